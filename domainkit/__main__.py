@@ -1,0 +1,3 @@
+from domainkit.cli import main
+
+main()

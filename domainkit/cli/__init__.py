@@ -1,0 +1,70 @@
+"""The ``domainkit`` command line: one module per command group, each command a few lines."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from domainkit import __version__
+from domainkit.cli.console import err_console
+from domainkit.errors import DomainkitError
+
+
+class _Group(TyperGroup):
+    """Turns errors a user can fix into a one-line message and exit code 1, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DomainkitError as e:
+            err_console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="domainkit",
+    help="Turn a folder of domain documents into a vertical assistant.\n\n"
+    "Typical use: `domainkit init mydomain --recipe customer-support`, put documents in "
+    "mydomain/docs/, then `domainkit index mydomain` and `domainkit search mydomain QUERY`.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"domainkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
+    ] = 0,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=err_console)], force=True
+    )
+    if verbose < 2:
+        for noisy in ("httpx", "sentence_transformers", "transformers", "faiss"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+from domainkit.cli import domain as _domain  # noqa: E402,F401  (registers commands)
+from domainkit.cli import index as _index  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,183 @@
+"""Read recipes and domain folders into a validated ``DomainConfig``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from domainkit.config.schema import DomainConfig
+from domainkit.errors import ConfigError
+
+DOMAIN_FILE = "domain.yaml"
+EVAL_FILE = "eval.yaml"
+
+
+def recipes_dir() -> Path:
+    """The folder of shipped recipes: ``$DOMAINKIT_RECIPES``, else the checkout's ``recipes/``.
+
+    Recipes are data users read and copy, so they live at the top of the repository rather
+    than inside the package; domainkit is installed from a checkout (``pip install -e .``).
+    """
+    override = os.environ.get("DOMAINKIT_RECIPES")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "recipes"
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """Resolve a recipe given by name (``legal``) or by a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if relative_to is not None and not candidate.is_absolute():
+        candidate = relative_to / candidate
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    shipped = recipes_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"unknown recipe {name_or_path!r}: expected one of {', '.join(available_recipes())} "
+        "or a path to a recipe YAML file"
+    )
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, values replace)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def validate_config(
+    data: dict[str, Any], sources: list[tuple[Path, dict[str, Any]]]
+) -> DomainConfig:
+    """Validate merged settings; each error names the file whose value is at fault.
+
+    Args:
+        data: The merged settings.
+        sources: ``(file, raw mapping)`` pairs, most specific last (recipe, then domain.yaml).
+    """
+    try:
+        return DomainConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe_error(err, sources) for err in e.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _describe_error(err: dict[str, Any], sources: list[tuple[Path, dict[str, Any]]]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    field = ".".join(loc) or "(top level)"
+    file = next((f for f, raw in reversed(sources) if _has_path(raw, err["loc"])), sources[-1][0])
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling; see `domainkit init --help` for the schema)"
+    elif err["type"] == "missing":
+        return f"{file}: field '{field}' is required"
+    return f"{file}: field '{field}': got {err.get('input')!r}: {message}"
+
+
+def _has_path(raw: Any, loc: tuple) -> bool:
+    for part in loc:
+        if isinstance(raw, dict) and part in raw:
+            raw = raw[part]
+        else:
+            return False
+    return True
+
+
+def load_recipe(name_or_path: str) -> DomainConfig:
+    """Load and validate one recipe on its own."""
+    path = recipe_path(name_or_path)
+    raw = read_yaml_mapping(path)
+    return validate_config(raw, [(path, raw)])
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A domain folder: its validated configuration and where its files live."""
+
+    root: Path
+    config: DomainConfig
+
+    @property
+    def docs_dir(self) -> Path:
+        return self.root / self.config.docs_dir
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / self.config.build_dir
+
+    @property
+    def index_dir(self) -> Path:
+        return self.build_dir / "index"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.root / EVAL_FILE
+
+
+def load_domain(root: Path | str, build_dir: Path | str | None = None) -> Domain:
+    """Load a domain folder: its domain.yaml merged over the recipe it names.
+
+    Args:
+        root: The domain folder (holding domain.yaml and docs/).
+        build_dir: Overrides the configured build folder (absolute, or relative to ``root``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a folder (expected a domain folder with {DOMAIN_FILE})")
+    domain_file = root / DOMAIN_FILE
+    if not domain_file.is_file():
+        raise ConfigError(
+            f"{domain_file}: not found; create one with `domainkit init {root} --recipe NAME`"
+        )
+    raw = read_yaml_mapping(domain_file)
+    sources: list[tuple[Path, dict[str, Any]]] = []
+    base: dict[str, Any] = {}
+    recipe_name = raw.get("recipe")
+    if recipe_name is not None:
+        if not isinstance(recipe_name, str):
+            raise ConfigError(
+                f"{domain_file}: field 'recipe': got {recipe_name!r}: expected a name"
+            )
+        path = recipe_path(recipe_name, relative_to=root)
+        base = read_yaml_mapping(path)
+        sources.append((path, base))
+    sources.append((domain_file, raw))
+    config = validate_config(deep_merge(base, raw), sources)
+    if build_dir is not None:
+        config = config.model_copy(update={"build_dir": str(build_dir)})
+    return Domain(root=root, config=config)

@@ -1,0 +1,179 @@
+"""The typed schema shared by recipes and domain.yaml.
+
+A recipe is a complete ``DomainConfig`` for one vertical; a domain.yaml names a recipe and
+overrides any field. Every field has a default, a description and validation, so a typo or
+a bad value fails early with the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PersonaConfig(_Section):
+    """Who the assistant is and who it talks to."""
+
+    assistant_name: str = Field("Assistant", description="Name the assistant uses for itself.")
+    role: str = Field(
+        "a helpful assistant for the organization's documents",
+        description="One phrase describing the assistant's job.",
+    )
+    tone: str = Field("clear, accurate and concise", description="How answers should sound.")
+    user_persona: str = Field(
+        "a person with a practical question about the documents",
+        description="What the simulated user is like when synthetic dialogs are generated.",
+    )
+
+
+class IngestConfig(_Section):
+    """Which files under docs/ are read."""
+
+    include: list[str] = Field(["**/*"], description="Glob patterns (relative to docs/) to read.")
+    exclude: list[str] = Field([], description="Glob patterns to skip, applied after include.")
+    max_file_mb: float = Field(50.0, gt=0, description="Files larger than this are skipped.")
+
+
+class ChunkingConfig(_Section):
+    """How documents are cut into retrievable passages."""
+
+    chunk_size: int = Field(
+        220, ge=16, le=8192, description="Maximum chunk length in embedder tokens."
+    )
+    chunk_overlap: int = Field(
+        32, ge=0, description="Tokens shared by consecutive chunks of one section."
+    )
+    min_chunk_tokens: int = Field(
+        4, ge=0, description="Chunks shorter than this (e.g. a lone heading) are dropped."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_smaller_than_size(self) -> ChunkingConfig:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than "
+                f"chunk_size ({self.chunk_size})"
+            )
+        return self
+
+
+class RetrievalConfig(_Section):
+    """Embedding, indexing and search settings."""
+
+    embedder: str = Field(
+        "sentence-transformers", description="Embedder backend, by registry name."
+    )
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Model name, hub id or local path; all-MiniLM-L6-v2 is the embedded default.",
+    )
+    batch_size: int = Field(64, ge=1, description="Chunks embedded per batch.")
+    device: str = Field("auto", description="torch device for embedding: auto, cpu, cuda, mps.")
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="FAISS index; auto picks exact search for small corpora."
+    )
+    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Default search mode.")
+    top_k: int = Field(4, ge=1, le=100, description="Passages retrieved per question.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant.")
+    candidates: int = Field(
+        50, ge=1, description="Candidates taken from each retriever before fusion."
+    )
+
+
+class SynthConfig(_Section):
+    """Synthetic instruction data generated from the chunks by a teacher model."""
+
+    teacher: str = Field("hf", description="Teacher backend by name: hf (local) or openai.")
+    teacher_model: str = Field(
+        "SmolLM2-135M-Instruct", description="Teacher model name, hub id, path or endpoint model."
+    )
+    mix: dict[Literal["self_chat", "qa", "raft", "refusal"], float] = Field(
+        {"self_chat": 0.25, "qa": 0.4, "raft": 0.25, "refusal": 0.1},
+        description="Share of samples per generator.",
+    )
+    questions_per_chunk: int = Field(3, ge=1, description="Paraphrased questions per chunk.")
+    self_chat_turns: int = Field(3, ge=1, le=10, description="User turns per self-chat dialog.")
+    raft_distractors: int = Field(3, ge=0, description="Hard-negative passages per RAFT sample.")
+    raft_gold_absent: float = Field(
+        0.2, ge=0, le=1, description="Share of RAFT samples whose context lacks the gold passage."
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of chunks held out for validation."
+    )
+
+
+class TrainConfig(_Section):
+    """Fine-tuning of the student model."""
+
+    student_model: str = Field(
+        "SmolLM2-135M-Instruct", description="Student model name, hub id or path."
+    )
+    method: Literal["qlora", "lora", "full"] = Field("qlora", description="Tuning method.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank: higher learns more, costs memory.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    max_seq_len: int = Field(1024, ge=32, description="Longer samples are truncated.")
+
+
+class RuntimeConfig(_Section):
+    """How the assistant answers at run time."""
+
+    policy: Literal["auto", "rag", "closed"] = Field(
+        "auto", description="auto: retrieval when relevant, else closed-book or refusal."
+    )
+    relevance_threshold: float = Field(
+        0.35, description="Minimum passage relevance to answer from the documents."
+    )
+    confidence_threshold: float = Field(
+        0.5, ge=0, le=1, description="Minimum model confidence to answer closed-book."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest answer generated.")
+    temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature (0 = greedy).")
+
+
+class DomainConfig(_Section):
+    """A complete domain configuration: recipe defaults merged with domain.yaml overrides."""
+
+    name: str = Field(..., min_length=1, description="Short name of the domain or recipe.")
+    organization: str | None = Field(None, description="Organization the documents belong to.")
+    description: str = Field("", description="One sentence on what the assistant is for.")
+    recipe: str | None = Field(None, description="Recipe this domain starts from.")
+    persona: PersonaConfig = Field(default_factory=PersonaConfig)
+    system_prompt: str = Field(
+        "You are {assistant_name}, {role}. Be {tone}.",
+        description="System prompt; {assistant_name}, {role}, {tone}, {organization} are filled.",
+    )
+    refusal: str = Field(
+        "I'm sorry, the documents I have do not cover that.",
+        description="What the assistant says when the documents do not answer a question.",
+    )
+    disclaimer: str | None = Field(None, description="Text appended to answers, if any.")
+    docs_dir: str = Field("docs", description="Folder of documents, relative to the domain.")
+    build_dir: str = Field(".domainkit", description="Build folder, relative to the domain.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def render_system_prompt(self) -> str:
+        """The system prompt with the persona's fields filled in."""
+        organization = {"organization": self.organization or self.name}
+        persona = {
+            key: value.format_map(_KeepMissing(organization))
+            for key, value in self.persona.model_dump().items()
+        }
+        return self.system_prompt.format_map(_KeepMissing(persona | organization)).strip()
+
+
+class _KeepMissing(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"

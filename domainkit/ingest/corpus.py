@@ -1,0 +1,92 @@
+"""Read every document under a docs/ folder, skipping (and reporting) what cannot be read."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from domainkit.config.schema import IngestConfig
+from domainkit.errors import IngestError, UnknownNameError
+from domainkit.ingest.document import Document
+from domainkit.ingest.loaders import LOADERS, LoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    source: str
+    reason: str
+
+
+@dataclass
+class IngestResult:
+    documents: list[Document] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    files_read: int = 0
+
+
+def list_files(docs_dir: Path, settings: IngestConfig) -> list[Path]:
+    """Files under ``docs_dir`` matching the include globs and none of the exclude globs."""
+    found: set[Path] = set()
+    for pattern in settings.include:
+        found.update(p for p in docs_dir.glob(pattern) if p.is_file())
+    visible = [p for p in found if not _hidden(p.relative_to(docs_dir))]
+    return sorted(
+        p for p in visible if not any(p.relative_to(docs_dir).match(x) for x in settings.exclude)
+    )
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith((".", "~$")) for part in relative.parts)
+
+
+def load_documents(docs_dir: Path, settings: IngestConfig | None = None) -> IngestResult:
+    """Load all documents under ``docs_dir``.
+
+    Raises:
+        IngestError: ``docs_dir`` is missing, holds no files, or no file could be read.
+    """
+    settings = settings or IngestConfig()
+    docs_dir = Path(docs_dir)
+    if not docs_dir.is_dir():
+        raise IngestError(f"{docs_dir}: documents folder not found; put your documents there")
+    files = list_files(docs_dir, settings)
+    if not files:
+        raise IngestError(f"{docs_dir}: no documents found (supported: {supported_suffixes()})")
+    result = IngestResult()
+    for path in tqdm(files, desc="Reading documents", unit="file", disable=len(files) < 50):
+        source = path.relative_to(docs_dir).as_posix()
+        try:
+            result.documents.extend(_load_one(path, source, settings))
+            result.files_read += 1
+        except LoadError as e:
+            log.info("skipped %s: %s", source, e)
+            result.skipped.append(SkippedFile(source, str(e)))
+    if not result.documents:
+        reasons = "; ".join(f"{s.source}: {s.reason}" for s in result.skipped[:5])
+        raise IngestError(f"{docs_dir}: none of {len(files)} files could be read ({reasons})")
+    return result
+
+
+def _load_one(path: Path, source: str, settings: IngestConfig) -> list[Document]:
+    try:
+        loader = LOADERS.get(path.suffix)
+    except UnknownNameError:
+        raise LoadError(f"unsupported file type {path.suffix or '(none)'}") from None
+    size_mb = path.stat().st_size / 2**20
+    if size_mb > settings.max_file_mb:
+        raise LoadError(f"{size_mb:.0f} MB is over the {settings.max_file_mb:g} MB limit")
+    try:
+        return loader(path, source)
+    except LoadError:
+        raise
+    except Exception as e:  # a third-party parser failing on odd input must not stop the run
+        raise LoadError(f"could not parse ({type(e).__name__}: {e})") from e
+
+
+def supported_suffixes() -> str:
+    return ", ".join(LOADERS.names())

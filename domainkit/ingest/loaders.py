@@ -1,0 +1,179 @@
+"""File loaders, chosen by file extension from the ``LOADERS`` registry.
+
+A loader turns one file into one or more ``Document``s or raises ``LoadError`` with a reason a
+user can act on; the corpus loader records the reason and goes on with the other files.
+HTML and Word headings become Markdown ``#`` lines so one heading-aware chunker serves all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from domainkit.ingest.document import Document
+from domainkit.ingest.normalize import normalize_text
+from domainkit.registry import Registry
+
+Loader = Callable[[Path, str], list[Document]]
+LOADERS: Registry[Loader] = Registry("loader")
+
+
+class LoadError(Exception):
+    """One file cannot be read; the message says why."""
+
+
+def read_text_file(path: Path) -> str:
+    """Decode a text file: UTF-8 (with or without BOM), else a confidently detected encoding."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise LoadError("empty file")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    if b"\x00" in data[:8192]:
+        raise LoadError("binary content (NUL bytes) in a text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        utf8_error = f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})"
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(data)
+    best = matches.best()
+    # chaos measures how garbled the decoded text looks; above ~10% it is guesswork.
+    if best is None or best.chaos > 0.1:
+        raise LoadError(f"{utf8_error} and no other encoding fits; re-save it as UTF-8")
+    # Short texts fit several single-byte code pages equally well; Windows-1252 is by far
+    # the most common legacy encoding of documents, so it wins a tie.
+    western = next((m for m in matches if m.encoding == "cp1252"), None)
+    if western is not None and western.chaos <= best.chaos + 0.02:
+        return str(western)
+    return str(best)
+
+
+def _first_heading(text: str) -> str | None:
+    match = re.search(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def _title_from_name(path: Path) -> str:
+    return path.stem.replace("_", " ").replace("-", " ").strip().capitalize()
+
+
+def _require_text(text: str) -> str:
+    if not text.strip():
+        raise LoadError("no text after extraction")
+    return text
+
+
+@LOADERS.register(".md", ".markdown")
+def load_markdown(path: Path, source: str) -> list[Document]:
+    text = _require_text(normalize_text(read_text_file(path)))
+    title = _first_heading(text) or _title_from_name(path)
+    return [Document(text, source, title, "md", markup="markdown")]
+
+
+@LOADERS.register(".txt", ".text")
+def load_text(path: Path, source: str) -> list[Document]:
+    text = _require_text(normalize_text(read_text_file(path)))
+    first_line = text.split("\n", 1)[0].strip()
+    title = first_line if 0 < len(first_line) <= 120 else _title_from_name(path)
+    return [Document(text, source, title, "txt")]
+
+
+_HTML_DROP = ["script", "style", "noscript", "template", "svg", "nav", "header", "footer", "aside"]
+_HTML_BLOCKS = {"p", "div", "section", "article", "main", "blockquote", "pre", "tr", "dd", "dt"}
+
+
+@LOADERS.register(".html", ".htm")
+def load_html(path: Path, source: str) -> list[Document]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(read_text_file(path), "html.parser")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup(_HTML_DROP + ["title", "head"]):
+        tag.decompose()
+    body = soup.find("main") or soup.find("article") or soup.body or soup
+    text = _require_text(normalize_text(_html_to_markdown(body)))
+    title = title or _first_heading(text) or _title_from_name(path)
+    return [Document(text, source, title, "html", markup="markdown")]
+
+
+def _html_to_markdown(root) -> str:
+    """Flatten HTML to Markdown-like text: headings as # lines, list items as bullets."""
+    for level in range(1, 7):
+        for tag in root.find_all(f"h{level}"):
+            tag.replace_with(f"\n\n{'#' * level} {tag.get_text(' ', strip=True)}\n\n")
+    for tag in root.find_all("li"):
+        tag.replace_with(f"\n- {tag.get_text(' ', strip=True)}\n")
+    for tag in root.find_all(["td", "th"]):
+        tag.replace_with(f"{tag.get_text(' ', strip=True)} | ")
+    for tag in root.find_all("br"):
+        tag.replace_with("\n")
+    for tag in root.find_all(_HTML_BLOCKS):
+        tag.insert_before("\n\n")
+        tag.insert_after("\n\n")
+    lines = (
+        re.sub(r"[ \t]+", " ", line).strip().rstrip("|").strip()
+        for line in root.get_text().split("\n")
+    )
+    return "\n".join(lines)
+
+
+@LOADERS.register(".pdf")
+def load_pdf(path: Path, source: str) -> list[Document]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise LoadError("encrypted PDF (needs a password)")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        meta_title = (reader.metadata.title if reader.metadata else None) or ""
+    except LoadError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
+        raise LoadError(f"unreadable PDF ({type(e).__name__}: {e})") from None
+    texts = [normalize_text(page, layout=True) for page in pages]
+    if not any(texts):
+        raise LoadError("no extractable text (a scanned PDF? run OCR on it first)")
+    title = meta_title.strip() or next(t.split("\n", 1)[0] for t in texts if t)[:120]
+    return [
+        Document(text, source, title, "pdf", page=number)
+        for number, text in enumerate(texts, start=1)
+        if text
+    ]
+
+
+@LOADERS.register(".docx")
+def load_docx(path: Path, source: str) -> list[Document]:
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(str(path))
+    except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError) as e:
+        raise LoadError(f"unreadable Word file ({type(e).__name__}: {e})") from None
+    lines = [_docx_paragraph(paragraph) for paragraph in document.paragraphs]
+    for table in document.tables:
+        for row in table.rows:
+            lines.append(" | ".join(cell.text.strip() for cell in row.cells))
+    text = _require_text(normalize_text("\n\n".join(line for line in lines if line.strip())))
+    title = (document.core_properties.title or "").strip() or _first_heading(text)
+    return [Document(text, source, title or _title_from_name(path), "docx", markup="markdown")]
+
+
+def _docx_paragraph(paragraph) -> str:
+    style = (paragraph.style.name if paragraph.style is not None else "") or ""
+    text = paragraph.text.strip()
+    if style == "Title":
+        return f"# {text}"
+    match = re.fullmatch(r"Heading (\d)", style)
+    if match:
+        return f"{'#' * int(match.group(1))} {text}"
+    if style.startswith("List"):
+        return f"- {text}"
+    return text

@@ -1,0 +1,85 @@
+"""Text embedders, chosen by name from the ``EMBEDDERS`` registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cached_property
+from typing import Protocol
+
+import numpy as np
+
+from domainkit.config.schema import RetrievalConfig
+from domainkit.models import resolve_embedding_model
+from domainkit.registry import Registry
+from domainkit.utils.device import best_device
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalized float32 vectors and counts tokens for chunking."""
+
+    id: str  # identifies the model: vectors of different ids are never mixed in one index
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed(self, texts: list[str], *, progress: bool = False) -> np.ndarray: ...
+
+
+EMBEDDERS: Registry[Callable[[RetrievalConfig], Embedder]] = Registry("embedder")
+
+
+def make_embedder(settings: RetrievalConfig) -> Embedder:
+    """Build the embedder a domain's retrieval settings name."""
+    return EMBEDDERS.get(settings.embedder)(settings)
+
+
+@EMBEDDERS.register("sentence-transformers")
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model; loaded lazily, since counting tokens needs only the
+    tokenizer and an up-to-date index needs no model at all."""
+
+    def __init__(self, settings: RetrievalConfig):
+        self.model_name = settings.embedding_model
+        self.batch_size = settings.batch_size
+        self.device = settings.device
+
+    @property
+    def id(self) -> str:
+        return f"sentence-transformers:{self.model_name}"
+
+    @cached_property
+    def _path(self) -> str:
+        return resolve_embedding_model(self.model_name)
+
+    @cached_property
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self._path)
+        tokenizer.model_max_length = 10**9  # used only to count, long texts are expected
+        return tokenizer
+
+    @cached_property
+    def model(self):
+        from sentence_transformers import SentenceTransformer
+
+        device = best_device(self.device)
+        log.info("loading embedder %s on %s", self.model_name, device)
+        return SentenceTransformer(self._path, device=device)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def embed(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=progress,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

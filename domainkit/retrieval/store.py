@@ -1,0 +1,263 @@
+"""The persisted index of a domain: chunks, embeddings, FAISS and BM25, with a manifest.
+
+Layout under ``<build>/index/``::
+
+    CURRENT            name of the live version folder (replaced atomically)
+    v-<fingerprint>/   manifest.json, chunks.jsonl, embeddings.npy, dense.faiss, bm25/
+
+A build writes a complete new version folder under a temporary name, renames it into place
+and only then switches ``CURRENT``, so a killed run leaves the previous index intact.
+Embeddings of unchanged chunks are reused from the previous version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from domainkit import __version__
+from domainkit.config.loading import Domain
+from domainkit.errors import IndexStoreError
+from domainkit.ingest import Chunk, Chunker, SkippedFile, load_documents
+from domainkit.ingest.corpus import list_files
+from domainkit.retrieval.bm25 import BM25Index
+from domainkit.retrieval.dense import build_faiss, index_kind, load_faiss, save_faiss
+from domainkit.retrieval.embedders import Embedder
+from domainkit.utils.atomic import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    fsync_dir,
+    read_jsonl,
+)
+from domainkit.utils.hashing import file_hash, json_hash, text_hash
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_CURRENT = "CURRENT"
+
+
+@dataclass
+class LoadedIndex:
+    """An index version read back from disk."""
+
+    path: Path
+    manifest: dict
+    chunks: list[Chunk]
+    embeddings: np.ndarray
+    dense: faiss.Index
+    bm25: BM25Index
+
+
+@dataclass
+class IndexReport:
+    """What a build did, for the CLI summary."""
+
+    path: Path
+    up_to_date: bool
+    documents: int = 0
+    files_read: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    reused: int = 0
+    index_type: str = ""
+    seconds: float = 0.0
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def current_version(index_dir: Path) -> Path | None:
+    pointer = index_dir / _CURRENT
+    if not pointer.is_file():
+        return None
+    version = index_dir / pointer.read_text(encoding="utf-8").strip()
+    return version if (version / "manifest.json").is_file() else None
+
+
+def load_index(index_dir: Path) -> LoadedIndex:
+    """Load the live index version.
+
+    Raises:
+        IndexStoreError: There is no complete index (run ``domainkit index`` first).
+    """
+    version = current_version(index_dir)
+    if version is None:
+        raise IndexStoreError(f"{index_dir}: no index yet; run `domainkit index` on the domain")
+    manifest = _read_manifest(version)
+    if manifest.get("format") != FORMAT_VERSION:
+        raise IndexStoreError(
+            f"{version}: index format {manifest.get('format')} is not "
+            f"{FORMAT_VERSION}; rebuild it with `domainkit index --force`"
+        )
+    chunks = [Chunk.from_dict(row) for row in read_jsonl(version / "chunks.jsonl")]
+    embeddings = np.load(version / "embeddings.npy", mmap_mode="r")
+    return LoadedIndex(
+        path=version,
+        manifest=manifest,
+        chunks=chunks,
+        embeddings=embeddings,
+        dense=load_faiss(version / "dense.faiss"),
+        bm25=BM25Index.load(version / "bm25", size=len(chunks)),
+    )
+
+
+def _read_manifest(version: Path) -> dict:
+    import json
+
+    return json.loads((version / "manifest.json").read_text(encoding="utf-8"))
+
+
+def fingerprint(domain: Domain, embedder: Embedder) -> str:
+    """Hash of everything the index depends on: files, settings, embedder, code version."""
+    config = domain.config
+    docs = domain.docs_dir
+    files = {p.relative_to(docs).as_posix(): file_hash(p) for p in list_files(docs, config.ingest)}
+    settings = {
+        "ingest": config.ingest.model_dump(),
+        "chunking": config.chunking.model_dump(),
+        "index_type": config.retrieval.index_type,
+        "embedder": embedder.id,
+        "format": FORMAT_VERSION,
+        "domainkit": __version__,
+    }
+    return json_hash({"files": files, "settings": settings})
+
+
+def build_index(
+    domain: Domain, embedder: Embedder, *, force: bool = False, progress: bool = True
+) -> IndexReport:
+    """Ingest, chunk, embed and index a domain's documents, reusing what has not changed.
+
+    Args:
+        domain: The domain to index.
+        embedder: Embedder for chunks (and, via its tokenizer, chunk sizes).
+        force: Rebuild even when the fingerprint matches the live index.
+        progress: Show progress bars.
+    """
+    started = time.perf_counter()
+    index_dir = domain.index_dir
+    stamp = fingerprint(domain, embedder)
+    previous = current_version(index_dir)
+    if previous is not None and not force and _read_manifest(previous).get("fingerprint") == stamp:
+        manifest = _read_manifest(previous)
+        return IndexReport(
+            path=previous,
+            up_to_date=True,
+            chunks=manifest["counts"]["chunks"],
+            documents=manifest["counts"]["documents"],
+            index_type=manifest["index"]["type"],
+        )
+
+    ingested = load_documents(domain.docs_dir, domain.config.ingest)
+    chunks = Chunker(embedder.count_tokens, domain.config.chunking).chunk_all(ingested.documents)
+    if not chunks:
+        raise IndexStoreError(f"{domain.docs_dir}: documents were read but gave no chunks")
+    cache = _reusable_vectors(previous, embedder.id)
+    vectors, embedded = _embed_with_cache(chunks, embedder, cache, progress)
+    dense = build_faiss(vectors, domain.config.retrieval.index_type)
+    bm25 = BM25Index.build([c.embed_text for c in chunks])
+    manifest = {
+        "format": FORMAT_VERSION,
+        "domainkit": __version__,
+        "fingerprint": stamp,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "embedder": {"id": embedder.id, "dim": int(vectors.shape[1])},
+        "index": {"type": index_kind(dense), "vectors": int(dense.ntotal)},
+        "chunking": domain.config.chunking.model_dump(),
+        "counts": {
+            "files": ingested.files_read,
+            "documents": len(ingested.documents),
+            "chunks": len(chunks),
+            "skipped": len(ingested.skipped),
+        },
+        "sources": sorted({c.source for c in chunks}),
+        "skipped": [{"source": s.source, "reason": s.reason} for s in ingested.skipped],
+    }
+    version = _write_version(index_dir, stamp, chunks, vectors, dense, bm25, manifest)
+    return IndexReport(
+        path=version,
+        up_to_date=False,
+        documents=len(ingested.documents),
+        files_read=ingested.files_read,
+        chunks=len(chunks),
+        embedded=embedded,
+        reused=len(chunks) - embedded,
+        index_type=manifest["index"]["type"],
+        seconds=time.perf_counter() - started,
+        skipped=ingested.skipped,
+    )
+
+
+def _reusable_vectors(previous: Path | None, embedder_id: str) -> dict[str, np.ndarray]:
+    """Vectors of the previous version keyed by embedded-text hash, if made by this embedder."""
+    if previous is None:
+        return {}
+    try:
+        manifest = _read_manifest(previous)
+        if manifest.get("embedder", {}).get("id") != embedder_id:
+            return {}
+        rows = read_jsonl(previous / "chunks.jsonl")
+        vectors = np.load(previous / "embeddings.npy")
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("previous index unreadable, embedding everything again: %s", e)
+        return {}
+    return {text_hash(Chunk.from_dict(row).embed_text): vectors[i] for i, row in enumerate(rows)}
+
+
+def _embed_with_cache(
+    chunks: list[Chunk], embedder: Embedder, cache: dict[str, np.ndarray], progress: bool
+) -> tuple[np.ndarray, int]:
+    keys = [text_hash(c.embed_text) for c in chunks]
+    missing = sorted({k: i for i, k in enumerate(keys) if k not in cache}.values())
+    if missing:
+        log.info("embedding %d new chunks (%d reused)", len(missing), len(chunks) - len(missing))
+        fresh = embedder.embed([chunks[i].embed_text for i in missing], progress=progress)
+        cache = {**cache, **{keys[i]: fresh[j] for j, i in enumerate(missing)}}
+    vectors = np.stack([cache[k] for k in keys]).astype(np.float32)
+    return vectors, len(missing)
+
+
+def _write_version(
+    index_dir: Path,
+    stamp: str,
+    chunks: list[Chunk],
+    vectors: np.ndarray,
+    dense: faiss.Index,
+    bm25: BM25Index,
+    manifest: dict,
+) -> Path:
+    index_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(index_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=index_dir))
+    try:
+        atomic_write_jsonl(tmp / "chunks.jsonl", (c.to_dict() for c in chunks))
+        np.save(tmp / "embeddings.npy", vectors)
+        save_faiss(dense, tmp / "dense.faiss")
+        bm25.save(tmp / "bm25")
+        atomic_write_json(tmp / "manifest.json", manifest)  # written last: marks completeness
+        fsync_dir(tmp)
+        version = index_dir / f"v-{stamp}-{int(time.time() * 1000)}"
+        os.replace(tmp, version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(index_dir / _CURRENT, version.name + "\n")
+    fsync_dir(index_dir)
+    for old in index_dir.glob("v-*"):
+        if old != version:
+            shutil.rmtree(old, ignore_errors=True)
+    return version
+
+
+def _remove_stale_temporaries(index_dir: Path) -> None:
+    for stale in index_dir.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,93 @@
+from domainkit.config.schema import ChunkingConfig
+from domainkit.ingest import Chunker, Document
+from domainkit.ingest.chunking import heading_sections
+
+from .conftest import HashEmbedder
+
+MANUAL = """# Kestrel Perch
+
+Intro paragraph about the speaker.
+
+## Setup
+
+### Pairing
+
+Hold the pair button for three seconds until the light blinks blue.
+
+```
+# not a heading, a comment in a code block
+```
+
+## Care
+
+Wipe with a dry cloth.
+"""
+
+
+def _chunker(size=40, overlap=8):
+    return Chunker(
+        HashEmbedder().count_tokens, ChunkingConfig(chunk_size=size, chunk_overlap=overlap)
+    )
+
+
+def _doc(text, source="manual.md", markup="markdown"):
+    return Document(text, source, "Kestrel Perch", "md", markup=markup)
+
+
+def test_sections_follow_the_heading_path_and_skip_code_fences():
+    sections = [
+        (s.headings, MANUAL[s.start : s.end].strip()[:20]) for s in heading_sections(MANUAL)
+    ]
+    assert (("Kestrel Perch", "Setup", "Pairing"), "Hold the pair button") in sections
+    assert (("Kestrel Perch", "Care"), "Wipe with a dry clot") in sections
+    assert not any("not a heading" in h for headings, _ in sections for h in headings)
+
+
+def test_chunks_are_exact_spans_with_headings_and_empty_sections_dropped():
+    doc = _doc(MANUAL)
+    chunks = _chunker().chunk(doc)
+    for chunk in chunks:
+        assert doc.text[chunk.start : chunk.end] == chunk.text
+    assert [c.headings for c in chunks] == [
+        ("Kestrel Perch",),
+        ("Kestrel Perch", "Setup", "Pairing"),
+        ("Kestrel Perch", "Care"),
+    ]
+    pairing = chunks[1]
+    assert pairing.breadcrumb == "Kestrel Perch > Setup > Pairing"
+    assert pairing.embed_text.startswith("Kestrel Perch > Setup > Pairing\n\nHold the pair")
+
+
+def test_long_sections_are_split_within_budget_with_overlap():
+    words = " ".join(f"word{i}" for i in range(300))
+    doc = _doc(words, source="long.txt", markup="plain")
+    chunks = _chunker(size=50, overlap=10).chunk(doc)
+    assert len(chunks) >= 6
+    assert all(c.n_tokens <= 50 for c in chunks)
+    for left, right in zip(chunks, chunks[1:], strict=False):
+        assert left.end > right.start, "consecutive chunks should overlap"
+        assert doc.text[right.start : right.end] == right.text
+
+
+def test_chunk_ids_are_stable_and_change_only_with_content():
+    chunker = _chunker()
+    first = chunker.chunk(_doc(MANUAL))
+    again = chunker.chunk(_doc(MANUAL))
+    assert [c.id for c in first] == [c.id for c in again]
+    edited = chunker.chunk(_doc(MANUAL.replace("dry cloth", "soft dry cloth")))
+    changed = {c.id for c in edited} ^ {c.id for c in first}
+    assert len(changed) == 2, "only the edited chunk's id changes (old out, new in)"
+    elsewhere = chunker.chunk(_doc(MANUAL, source="copy.md"))
+    assert not {c.id for c in elsewhere} & {c.id for c in first}, "same text, other file: new id"
+
+
+def test_duplicate_chunks_in_one_document_are_kept_once():
+    same, other = "The same words are here.", "Some other words are here."
+    text = f"# A\n\n{same}\n\n# B\n\n{other}\n\n# A\n\n{same}\n"
+    chunks = _chunker().chunk_all([_doc(text)])
+    assert [c.text for c in chunks] == [same, other]
+
+
+def test_roundtrip_through_dict():
+    [chunk, *_] = _chunker().chunk(_doc(MANUAL))
+    assert type(chunk).from_dict(chunk.to_dict()) == chunk

@@ -1,0 +1,112 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from domainkit.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_explains_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("init", "recipes", "index", "search"):
+        assert command in result.output
+        sub = invoke(command, "--help")
+        assert sub.exit_code == 0 and "Usage" in sub.output
+
+
+def test_index_then_search_json(support_domain):
+    result = invoke("index", support_domain, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["chunks"] > 0 and report["embedded"] == report["chunks"]
+
+    again = json.loads(invoke("index", support_domain, "--json").stdout)
+    assert again["up_to_date"] is True
+
+    result = invoke(
+        "search", support_domain, "how long does the Talon battery last", "-k", "2", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["mode"] == "hybrid" and len(payload["hits"]) == 2
+    assert payload["hits"][0]["source"] == "battery.txt"
+    assert {"chunk_id", "headings", "score", "dense_score", "bm25_score", "text"} <= set(
+        payload["hits"][0]
+    )
+
+
+def test_search_human_output_shows_source_and_scores(support_domain):
+    invoke("index", support_domain)
+    result = invoke("search", support_domain, "restocking fee", "--mode", "bm25")
+    assert result.exit_code == 0, result.output
+    assert "returns.md" in result.stdout and "Returns > Restocking fee" in result.stdout
+    assert "bm25" in result.stdout
+
+
+def test_index_summary_lists_skipped_files(support_domain):
+    (support_domain / "docs" / "broken.pdf").write_bytes(b"%PDF-1.4 junk")
+    result = invoke("index", support_domain)
+    assert result.exit_code == 0, result.output
+    assert "broken.pdf" in result.stdout and "unreadable PDF" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "{domain}", "q"), "no index yet"),
+        (("index", "{missing}"), "not a folder"),
+        (("search", "{domain}", "q", "--mode", "magic"), "expected hybrid, dense or bm25"),
+    ],
+)
+def test_errors_exit_non_zero_with_a_message_and_no_traceback(
+    support_domain, tmp_path, args, message
+):
+    values = {"domain": support_domain, "missing": tmp_path / "missing"}
+    result = invoke(*(a.format(**values) for a in args))
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_empty_docs_folder_fails_with_exit_1(tmp_path):
+    root = tmp_path / "d"
+    assert invoke("init", root, "--recipe", "legal").exit_code == 0
+    (root / "docs" / "example.md").unlink()
+    result = invoke("index", root)
+    assert result.exit_code == 1
+    assert "no documents found" in result.output
+
+
+def test_init_scaffolds_and_refuses_to_overwrite(tmp_path):
+    root = tmp_path / "newdomain"
+    result = invoke("init", root, "--recipe", "medical", "-o", "Clinic")
+    assert result.exit_code == 0, result.output
+    assert "domainkit index" in result.stdout
+    assert "recipe: medical" in (root / "domain.yaml").read_text()
+    again = invoke("init", root)
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_recipes_lists_the_shipped_recipes():
+    result = invoke("recipes")
+    assert result.exit_code == 0
+    for name in ("legal", "customer-support", "education", "medical"):
+        assert name in result.stdout
+
+
+def test_cli_py_and_module_entry_points_run():
+    for command in (
+        [sys.executable, "cli.py", "--version"],
+        [sys.executable, "-m", "domainkit", "--version"],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        assert result.stdout.startswith("domainkit ")

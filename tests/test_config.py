@@ -1,0 +1,124 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from domainkit.config import available_recipes, load_domain, load_recipe
+from domainkit.config.scaffold import scaffold_domain
+from domainkit.errors import ConfigError
+
+from .conftest import write_domain
+
+
+def test_the_four_verticals_ship_as_recipes():
+    assert {"legal", "customer-support", "education", "medical"} <= set(available_recipes())
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_every_recipe_parses_and_renders_its_system_prompt(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    prompt = recipe.render_system_prompt()
+    assert "{" not in prompt, prompt
+    assert recipe.refusal.strip()
+
+
+def test_legal_and_medical_carry_disclaimers_and_stricter_thresholds():
+    support = load_recipe("customer-support")
+    for name in ("legal", "medical"):
+        recipe = load_recipe(name)
+        assert recipe.disclaimer
+        assert recipe.runtime.confidence_threshold > support.runtime.confidence_threshold
+
+
+def test_domain_overrides_recipe_fields_and_keeps_the_rest(tmp_path):
+    root = write_domain(tmp_path / "d", {"a.md": "# A\n\ntext"}, persona={"tone": "terse"})
+    domain = load_domain(root)
+    recipe = load_recipe("customer-support")
+    assert domain.config.persona.tone == "terse"
+    assert domain.config.persona.assistant_name == recipe.persona.assistant_name
+    assert domain.config.chunking.chunk_size == 40
+    assert domain.config.refusal == recipe.refusal
+    assert "Testco" in domain.config.render_system_prompt()
+
+
+def _error_for(tmp_path: Path, config: dict) -> str:
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "domain.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as info:
+        load_domain(root)
+    return str(info.value)
+
+
+def test_bad_value_names_file_field_value_and_expectation(tmp_path):
+    message = _error_for(
+        tmp_path, {"name": "x", "recipe": "legal", "chunking": {"chunk_size": "big"}}
+    )
+    assert "domain.yaml" in message
+    assert "chunking.chunk_size" in message
+    assert "'big'" in message
+    assert "integer" in message
+
+
+def test_unknown_field_is_reported_not_ignored(tmp_path):
+    message = _error_for(tmp_path, {"name": "x", "recipe": "legal", "retreival": {"top_k": 3}})
+    assert "retreival" in message and "unknown field" in message
+
+
+def test_out_of_range_and_cross_field_errors(tmp_path):
+    message = _error_for(
+        tmp_path,
+        {
+            "name": "x",
+            "chunking": {"chunk_size": 50, "chunk_overlap": 60},
+            "runtime": {"temperature": 9},
+        },
+    )
+    assert "chunk_overlap (60) must be smaller than chunk_size (50)" in message
+    assert "runtime.temperature" in message and "less than or equal to 2" in message
+
+
+def test_unknown_recipe_lists_the_known_ones(tmp_path):
+    message = _error_for(tmp_path, {"name": "x", "recipe": "astrology"})
+    assert "astrology" in message and "customer-support" in message
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "domain.yaml").write_text("name: x\nrecipe: [legal\n")
+    with pytest.raises(ConfigError, match=r"domain.yaml \(line \d+, column \d+\): invalid YAML"):
+        load_domain(root)
+
+
+def test_missing_domain_yaml_says_how_to_create_one(tmp_path):
+    with pytest.raises(ConfigError, match="domainkit init"):
+        load_domain(tmp_path)
+
+
+def test_error_in_a_recipe_file_names_the_recipe_file(tmp_path):
+    recipe = tmp_path / "my-recipe.yaml"
+    recipe.write_text("name: mine\nretrieval:\n  mode: psychic\n")
+    message = _error_for(tmp_path, {"name": "x", "recipe": str(recipe)})
+    assert "my-recipe.yaml" in message and "retrieval.mode" in message and "psychic" in message
+
+
+def test_scaffold_creates_a_loadable_domain_and_never_overwrites(tmp_path):
+    root = tmp_path / "acme"
+    written = scaffold_domain(root, "legal", organization="Acme Law")
+    assert {p.name for p in written} == {"domain.yaml", "eval.yaml", "example.md"}
+    domain = load_domain(root)
+    assert domain.config.recipe == "legal"
+    assert domain.config.organization == "Acme Law"
+    assert domain.config.disclaimer == load_recipe("legal").disclaimer
+    with pytest.raises(ConfigError, match="already exists"):
+        scaffold_domain(root, "legal")
+
+
+def test_scaffold_keeps_existing_documents(tmp_path):
+    root = tmp_path / "acme"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "example.md").write_text("my own text")
+    scaffold_domain(root, "education")
+    assert (root / "docs" / "example.md").read_text() == "my own text"
