@@ -64,7 +64,7 @@ def test_index_summary_lists_skipped_files(support_domain):
     [
         (("search", "{domain}", "q"), "no index yet"),
         (("index", "{missing}"), "not a folder"),
-        (("search", "{domain}", "q", "--mode", "magic"), "expected hybrid, dense or bm25"),
+        (("search", "{domain}", "q", "--mode", "magic"), "'magic' is not one of"),
     ],
 )
 def test_errors_exit_non_zero_with_a_message_and_no_traceback(

@@ -55,7 +55,7 @@ def test_html_turns_headings_into_markdown_and_drops_boilerplate(tmp_path):
         "</main><footer>Copyright Kestrel</footer><script>var x=1;</script></body></html>"
     )
     [doc] = LOADERS.get(".html")(path, "p.html")
-    assert doc.title == "Returns | Kestrel"
+    assert doc.title == "Returns"
     assert "# Returns" in doc.text and "## Fees" in doc.text
     assert "Within 30 days." in doc.text
     assert "- Soundbar: 15%" in doc.text and "Talon | 10%" in doc.text

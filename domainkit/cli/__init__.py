@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -60,6 +61,7 @@ def _main(
     if verbose < 2:
         for noisy in ("httpx", "sentence_transformers", "transformers", "faiss"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
 
 
 from domainkit.cli import domain as _domain  # noqa: E402,F401  (registers commands)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -12,6 +13,12 @@ from domainkit.cli.console import console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
 from domainkit.retrieval import IndexReport, build_index, make_embedder, open_retriever
+
+
+class SearchMode(str, Enum):
+    hybrid = "hybrid"
+    dense = "dense"
+    bm25 = "bm25"
 
 
 @app.command()
@@ -76,17 +83,15 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.", show_default=False)],
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 5,
     mode: Annotated[
-        str, typer.Option(help="hybrid (dense + BM25, fused), dense or bm25.")
-    ] = "hybrid",
+        SearchMode, typer.Option(help="hybrid (dense + BM25 fused by rank), dense or bm25.")
+    ] = SearchMode.hybrid,
     build_dir: BuildDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Search the domain's index and show the best chunks with source, headings and scores."""
-    if mode not in ("hybrid", "dense", "bm25"):
-        raise typer.BadParameter(f"{mode!r}: expected hybrid, dense or bm25", param_hint="--mode")
-    hits = open_retriever(load_domain(domain, build_dir)).search(query, k=k, mode=mode)
+    hits = open_retriever(load_domain(domain, build_dir)).search(query, k=k, mode=mode.value)
     if json_output:
-        print_json({"query": query, "mode": mode, "hits": [h.to_dict() for h in hits]})
+        print_json({"query": query, "mode": mode.value, "hits": [h.to_dict() for h in hits]})
         return
     if not hits:
         console.print("No matching chunks.")

@@ -44,8 +44,10 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith((".", "~$")) for part in relative.parts)
 
 
-def load_documents(docs_dir: Path, settings: IngestConfig | None = None) -> IngestResult:
-    """Load all documents under ``docs_dir``.
+def load_documents(
+    docs_dir: Path, settings: IngestConfig | None = None, *, progress: bool = True
+) -> IngestResult:
+    """Load all documents under ``docs_dir``, with a progress bar for large folders.
 
     Raises:
         IngestError: ``docs_dir`` is missing, holds no files, or no file could be read.
@@ -58,7 +60,9 @@ def load_documents(docs_dir: Path, settings: IngestConfig | None = None) -> Inge
     if not files:
         raise IngestError(f"{docs_dir}: no documents found (supported: {supported_suffixes()})")
     result = IngestResult()
-    for path in tqdm(files, desc="Reading documents", unit="file", disable=len(files) < 50):
+    for path in tqdm(
+        files, desc="Reading documents", unit="file", disable=not progress or len(files) < 50
+    ):
         source = path.relative_to(docs_dir).as_posix()
         try:
             result.documents.extend(_load_one(path, source, settings))

@@ -95,7 +95,8 @@ def load_html(path: Path, source: str) -> list[Document]:
         tag.decompose()
     body = soup.find("main") or soup.find("article") or soup.body or soup
     text = _require_text(normalize_text(_html_to_markdown(body)))
-    title = title or _first_heading(text) or _title_from_name(path)
+    # The page's own <h1> beats <title>, which usually carries the site name as well.
+    title = _first_heading(text) or title or _title_from_name(path)
     return [Document(text, source, title, "html", markup="markdown")]
 
 

@@ -12,6 +12,7 @@ Embeddings of unchanged chunks are reused from the previous version.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -111,8 +112,6 @@ def load_index(index_dir: Path) -> LoadedIndex:
 
 
 def _read_manifest(version: Path) -> dict:
-    import json
-
     return json.loads((version / "manifest.json").read_text(encoding="utf-8"))
 
 
@@ -147,17 +146,19 @@ def build_index(
     index_dir = domain.index_dir
     stamp = fingerprint(domain, embedder)
     previous = current_version(index_dir)
-    if previous is not None and not force and _read_manifest(previous).get("fingerprint") == stamp:
+    if previous is not None and not force:
         manifest = _read_manifest(previous)
-        return IndexReport(
-            path=previous,
-            up_to_date=True,
-            chunks=manifest["counts"]["chunks"],
-            documents=manifest["counts"]["documents"],
-            index_type=manifest["index"]["type"],
-        )
+        if manifest.get("fingerprint") == stamp:
+            return IndexReport(
+                path=previous,
+                up_to_date=True,
+                documents=manifest["counts"]["documents"],
+                files_read=manifest["counts"]["files"],
+                chunks=manifest["counts"]["chunks"],
+                index_type=manifest["index"]["type"],
+            )
 
-    ingested = load_documents(domain.docs_dir, domain.config.ingest)
+    ingested = load_documents(domain.docs_dir, domain.config.ingest, progress=progress)
     chunks = Chunker(embedder.count_tokens, domain.config.chunking).chunk_all(ingested.documents)
     if not chunks:
         raise IndexStoreError(f"{domain.docs_dir}: documents were read but gave no chunks")

@@ -1,0 +1,76 @@
+"""End to end with the real embedded embedder (all-MiniLM-L6-v2) on the shipped corpora."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from domainkit.cli import app
+from domainkit.config import load_domain
+from domainkit.retrieval import build_index, make_embedder, open_retriever
+
+CORPORA = Path(__file__).resolve().parents[1] / "corpora"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def support(tmp_path_factory):
+    """The customer-support corpus indexed once into a temporary build folder."""
+    domain = load_domain(CORPORA / "customer-support", build_dir=tmp_path_factory.mktemp("build"))
+    report = build_index(domain, make_embedder(domain.config.retrieval), progress=False)
+    return domain, report
+
+
+def test_every_file_of_the_corpus_is_read(support):
+    domain, report = support
+    files = [p for p in domain.docs_dir.rglob("*") if p.is_file()]
+    assert report.files_read == len(files) >= 15 and not report.skipped
+    assert report.index_type == "flat" and report.chunks > len(files)
+
+
+def test_eval_questions_find_their_source_document(support):
+    """Hybrid retrieval puts the document a hand-written question came from in the top 5."""
+    domain, _ = support
+    retriever = open_retriever(domain)
+    questions = yaml.safe_load(domain.eval_path.read_text())["questions"]
+    answerable = [q for q in questions if q.get("answerable", True)]
+    found = 0
+    for q in answerable:
+        sources = {"docs/" + h.chunk.source for h in retriever.search(q["question"], k=5)}
+        found += q["source"] in sources
+    hit_rate = found / len(answerable)
+    assert hit_rate >= 0.75, f"hit@5 {hit_rate:.2f} over {len(answerable)} questions"
+
+
+def test_cli_search_on_the_real_model(support, tmp_path):
+    domain, _ = support
+    result = CliRunner().invoke(
+        app,
+        [
+            "search",
+            str(domain.root),
+            "light flashing green after setup",
+            "--json",
+            "--build-dir",
+            str(domain.build_dir),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "led-and-button-reference.html" in result.stdout
+
+
+def test_edit_one_document_reembeds_only_its_chunks(tmp_path):
+    root = tmp_path / "legal"
+    shutil.copytree(CORPORA / "legal", root, ignore=shutil.ignore_patterns(".domainkit"))
+    domain = load_domain(root)
+    embedder = make_embedder(domain.config.retrieval)
+    first = build_index(domain, embedder, progress=False)
+    rent = root / "docs" / "code" / "part-4-rent.md"
+    rent.write_text(rent.read_text() + "\n\n## Section 99. Test\n\nA new closing section.\n")
+    second = build_index(domain, embedder, progress=False)
+    assert 1 <= second.embedded <= 3 and second.reused >= first.chunks - 3
