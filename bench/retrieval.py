@@ -78,29 +78,39 @@ def latency(retriever: Retriever, queries: list[str], mode: str) -> tuple[float,
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
-def synthetic_index(base: LoadedIndex, n: int, kind: str, rng: np.random.Generator) -> LoadedIndex:
+def synthetic_corpus(base: LoadedIndex, n: int, rng: np.random.Generator):
     """``n`` chunks whose texts are sampled from the real corpus's words (so BM25 sees a
     realistic vocabulary) and whose vectors are real ones plus noise (so FAISS sees a
     realistic distribution)."""
     words = np.array(" ".join(c.text for c in base.chunks).split())
-    lengths = rng.integers(80, 200, size=n)
-    texts = [" ".join(rng.choice(words, size=length)) for length in lengths]
+    texts = [" ".join(rng.choice(words, size=size)) for size in rng.integers(80, 200, size=n)]
     real = np.asarray(base.embeddings)
     vectors = real[rng.integers(0, len(real), size=n)] + rng.normal(0, 0.05, (n, real.shape[1]))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     chunks = [
-        Chunk(f"s{i}", t, f"synthetic/{i}.md", "synthetic", (), 0, len(t))
-        for i, t in enumerate(texts)
+        Chunk(f"s{i}", text, f"synthetic/{i}.md", "synthetic", (), 0, len(text))
+        for i, text in enumerate(texts)
     ]
     start = time.perf_counter()
-    dense = build_faiss(vectors, kind)
-    dense_seconds = time.perf_counter() - start
-    start = time.perf_counter()
     bm25 = BM25Index.build(texts)
-    bm25_seconds = time.perf_counter() - start
-    print(f"  built synthetic {kind}: FAISS {dense_seconds:.1f}s, BM25 {bm25_seconds:.1f}s")
-    manifest = {**base.manifest, "index": {"type": kind, "vectors": n}}
+    print(f"  synthetic corpus: {n} chunks, BM25 built in {time.perf_counter() - start:.1f}s")
+    return chunks, vectors, bm25
+
+
+def synthetic_index(base: LoadedIndex, corpus, kind: str) -> LoadedIndex:
+    chunks, vectors, bm25 = corpus
+    start = time.perf_counter()
+    dense = build_faiss(vectors, kind)
+    print(f"  FAISS {kind} built in {time.perf_counter() - start:.1f}s")
+    manifest = {**base.manifest, "index": {"type": kind, "vectors": len(chunks)}}
     return LoadedIndex(base.path, manifest, chunks, vectors, dense, bm25)
+
+
+def approximate_recall(exact: LoadedIndex, approx: LoadedIndex, queries: np.ndarray) -> float:
+    """Share of the exact top-10 neighbours that the approximate index also returns."""
+    _, truth = exact.dense.search(queries, 10)
+    _, found = approx.dense.search(queries, 10)
+    return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)]))
 
 
 def main() -> int:
@@ -148,15 +158,18 @@ def main() -> int:
             label = f"PubMedQA ({len(index.chunks)} chunks, flat)"
             print(f"  {label:32} {mode:8} {p50:7.1f} {p95:7.1f}")
         rng = np.random.default_rng(0)
+        corpus = synthetic_corpus(index, args.synthetic, rng)
+        built = {}
         for kind in ("flat", "hnsw"):
-            big = synthetic_index(index, args.synthetic, kind, rng)
-            big_retriever = Retriever(big, embedder, domain.config.retrieval)
+            built[kind] = synthetic_index(index, corpus, kind)
+            big_retriever = Retriever(built[kind], embedder, domain.config.retrieval)
             for mode in MODES:
                 p50, p95 = latency(big_retriever, queries, mode)
-                print(
-                    f"  {f'synthetic ({args.synthetic} chunks, {kind})':32} {mode:8} "
-                    f"{p50:7.1f} {p95:7.1f}"
-                )
+                label = f"synthetic ({args.synthetic} chunks, {kind})"
+                print(f"  {label:32} {mode:8} {p50:7.1f} {p95:7.1f}")
+        query_vectors = embedder.embed(queries)
+        recall = approximate_recall(built["flat"], built["hnsw"], query_vectors)
+        print(f"\nHNSW recall@10 against exact search at {args.synthetic} chunks: {recall:.3f}")
     return 0
 
 

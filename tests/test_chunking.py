@@ -91,3 +91,20 @@ def test_duplicate_chunks_in_one_document_are_kept_once():
 def test_roundtrip_through_dict():
     [chunk, *_] = _chunker().chunk(_doc(MANUAL))
     assert type(chunk).from_dict(chunk.to_dict()) == chunk
+
+
+def test_setext_headings_in_markdown_and_plain_text():
+    text = (
+        "BILLING\n=======\n\nIntro to billing.\n\n"
+        "HOW TO CANCEL\n-------------\n\nCancel any time in the app.\n\n"
+        "- a list item\n- another\n"
+    )
+    sections = [(s.headings, text[s.start : s.end].strip()) for s in heading_sections(text)]
+    assert (("BILLING",), "Intro to billing.") in sections
+    assert sections[-1][0] == ("BILLING", "HOW TO CANCEL")
+    assert sections[-1][1].startswith("Cancel any time")
+
+
+def test_a_list_followed_by_a_rule_is_not_a_heading():
+    text = "- item one\n---\n\nAfter the rule.\n"
+    assert [s.headings for s in heading_sections(text)] == [()]

@@ -23,7 +23,7 @@ def test_index_persists_chunks_vectors_and_a_manifest(support_domain, embedder):
     assert manifest["embedder"] == {"id": embedder.id, "dim": HashEmbedder.dim}
     assert manifest["index"]["type"] == "flat"
     assert manifest["chunking"]["chunk_size"] == 40
-    assert set(manifest["sources"]) == {
+    assert set(manifest["files"]) == {
         "warranty.md",
         "returns.md",
         "battery.txt",

@@ -45,6 +45,13 @@ def test_text_uses_first_line_as_title(tmp_path):
     assert doc.title == "Battery care" and doc.markup == "plain"
 
 
+def test_text_with_underlined_headings_chunks_as_markdown(tmp_path):
+    path = tmp_path / "billing.txt"
+    path.write_text("BILLING\n\nHOW TO CANCEL\n-------------\nCancel in the app.\n")
+    [doc] = LOADERS.get(".txt")(path, "billing.txt")
+    assert doc.markup == "markdown"
+
+
 def test_html_turns_headings_into_markdown_and_drops_boilerplate(tmp_path):
     path = tmp_path / "p.html"
     path.write_text(

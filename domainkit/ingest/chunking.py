@@ -22,6 +22,8 @@ from domainkit.utils.hashing import text_hash
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_LIST_OR_QUOTE = re.compile(r"^([-*+>|]|\d+[.)])(\s|$)")
 
 
 @dataclass(frozen=True)
@@ -79,23 +81,42 @@ class _Section:
 
 
 def heading_sections(text: str) -> Iterator[_Section]:
-    """Cut Markdown text at its headings (ignoring ``#`` lines inside code fences).
+    """Cut Markdown text at its headings, ATX (``## Title``) or setext (a line underlined with
+    ``===`` or ``---``), ignoring heading-like lines inside code fences.
 
-    Each section spans the body under one heading, without the heading line itself.
+    Each section spans the body under one heading, without the heading lines themselves.
     """
+    lines = text.splitlines(keepends=True)
     stack: list[tuple[int, str]] = []
-    body_start, offset, in_fence = 0, 0, False
-    for line in text.splitlines(keepends=True):
+    body_start, offset, in_fence, skip = 0, 0, False, 0
+    for i, line in enumerate(lines):
+        start, offset = offset, offset + len(line)
+        if skip:
+            skip -= 1
+            continue
         if _FENCE.match(line):
             in_fence = not in_fence
-        match = None if in_fence else _HEADING.match(line.rstrip("\n"))
-        if match:
-            yield _Section(tuple(h for _, h in stack), body_start, offset)
-            level = len(match.group(1))
-            stack = [(lvl, h) for lvl, h in stack if lvl < level] + [(level, match.group(2))]
-            body_start = offset + len(line)
-        offset += len(line)
+        heading = None if in_fence else _heading(line, lines[i + 1] if i + 1 < len(lines) else "")
+        if heading is None:
+            continue
+        level, title, n_lines = heading
+        yield _Section(tuple(h for _, h in stack), body_start, start)
+        stack = [(lvl, h) for lvl, h in stack if lvl < level] + [(level, title)]
+        body_start = start + sum(len(x) for x in lines[i : i + n_lines])
+        skip = n_lines - 1
     yield _Section(tuple(h for _, h in stack), body_start, len(text))
+
+
+def _heading(line: str, next_line: str) -> tuple[int, str, int] | None:
+    """(level, title, lines used) if ``line`` starts a heading."""
+    match = _HEADING.match(line.rstrip("\n"))
+    if match:
+        return len(match.group(1)), match.group(2), 1
+    underline = _SETEXT.match(next_line)
+    title = line.strip()
+    if underline and title and not _LIST_OR_QUOTE.match(title):
+        return (1 if underline.group(1)[0] == "=" else 2), title, 2
+    return None
 
 
 def _locate(text: str, pieces: list[str]) -> Iterator[tuple[int, str]]:

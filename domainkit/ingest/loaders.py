@@ -78,7 +78,12 @@ def load_text(path: Path, source: str) -> list[Document]:
     text = _require_text(normalize_text(read_text_file(path)))
     first_line = text.split("\n", 1)[0].strip()
     title = first_line if 0 < len(first_line) <= 120 else _title_from_name(path)
-    return [Document(text, source, title, "txt")]
+    # Plain text often underlines its headings (setext style); then it chunks like Markdown.
+    markup = "markdown" if _SETEXT_UNDERLINE.search(text) else "plain"
+    return [Document(text, source, title, "txt", markup=markup)]
+
+
+_SETEXT_UNDERLINE = re.compile(r"^\S[^\n]*\n {0,3}(={3,}|-{3,})[ \t]*$", re.MULTILINE)
 
 
 _HTML_DROP = ["script", "style", "noscript", "template", "svg", "nav", "header", "footer", "aside"]

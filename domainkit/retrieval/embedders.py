@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from domainkit.config.schema import RetrievalConfig
 from domainkit.models import resolve_embedding_model
@@ -73,13 +74,22 @@ class SentenceTransformerEmbedder:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def embed(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension()), dtype=np.float32)
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        model = self.model
+        # sentence-transformers 6 renamed the method; keep older releases working.
+        dimension = getattr(model, "get_embedding_dimension", None)
+        dim = dimension() if dimension else model.get_sentence_embedding_dimension()
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        # Longest first, so each batch pads to similar lengths and the ETA starts pessimistic.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with tqdm(total=len(texts), desc="Embedding", unit="chunk", disable=not progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                out[rows] = self.model.encode(
+                    [texts[i] for i in rows],
+                    batch_size=len(rows),
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                bar.update(len(rows))
+        return out

@@ -115,11 +115,17 @@ def _read_manifest(version: Path) -> dict:
     return json.loads((version / "manifest.json").read_text(encoding="utf-8"))
 
 
-def fingerprint(domain: Domain, embedder: Embedder) -> str:
+def source_hashes(domain: Domain) -> dict[str, str]:
+    """Content hash of every document file the index reads, by path relative to docs/."""
+    docs = domain.docs_dir
+    return {
+        p.relative_to(docs).as_posix(): file_hash(p) for p in list_files(docs, domain.config.ingest)
+    }
+
+
+def fingerprint(files: dict[str, str], domain: Domain, embedder: Embedder) -> str:
     """Hash of everything the index depends on: files, settings, embedder, code version."""
     config = domain.config
-    docs = domain.docs_dir
-    files = {p.relative_to(docs).as_posix(): file_hash(p) for p in list_files(docs, config.ingest)}
     settings = {
         "ingest": config.ingest.model_dump(),
         "chunking": config.chunking.model_dump(),
@@ -144,7 +150,8 @@ def build_index(
     """
     started = time.perf_counter()
     index_dir = domain.index_dir
-    stamp = fingerprint(domain, embedder)
+    files = source_hashes(domain)
+    stamp = fingerprint(files, domain, embedder)
     previous = current_version(index_dir)
     if previous is not None and not force:
         manifest = _read_manifest(previous)
@@ -180,7 +187,7 @@ def build_index(
             "chunks": len(chunks),
             "skipped": len(ingested.skipped),
         },
-        "sources": sorted({c.source for c in chunks}),
+        "files": files,
         "skipped": [{"source": s.source, "reason": s.reason} for s in ingested.skipped],
     }
     version = _write_version(index_dir, stamp, chunks, vectors, dense, bm25, manifest)
