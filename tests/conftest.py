@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from domainkit.retrieval.embedders import EMBEDDERS
+from domainkit.synth.teachers import TEACHERS
 
 _WORD = re.compile(r"\w+")
 
@@ -95,3 +96,59 @@ SUPPORT_DOCS = {
 @pytest.fixture
 def support_domain(tmp_path: Path) -> Path:
     return write_domain(tmp_path / "support", SUPPORT_DOCS)
+
+
+class ScriptedTeacher:
+    """A rule-following stand-in for a teacher model: it answers each prompt kind the way a
+    good teacher would (questions from facts, answers copied from the passage), so pipeline
+    tests exercise real prompts, parsing and filters deterministically."""
+
+    batch_size = 4
+
+    def __init__(self, settings=None):
+        self.id = "test:scripted"
+        self.conversations: list[list[dict]] = []
+
+    def generate(self, conversations, sampling):
+        self.conversations.extend(conversations)
+        return [self.reply(c) for c in conversations]
+
+    @staticmethod
+    def reply(conversation: list[dict]) -> str:
+        system, last = conversation[0]["content"], conversation[-1]["content"]
+        if "turn a statement into the question" in system:
+            fact = last.rsplit("Statement:", 1)[1]
+            words = [w.strip(".,") for w in fact.split()]
+            return f"What do you know about {' '.join(words[:6])}?"
+        if "reword questions" in system:
+            return f"Could you tell me this: {last[0].lower()}{last[1:]}"
+        if "using only the information given" in system:
+            return _first_sentence(last.split("Information:\n", 1)[1].split("\n\nQuestion:")[0])
+        if "Reference:" in system:
+            return _first_sentence(system.split("Reference:\n", 1)[1].split("\n\nAnswer from")[0])
+        if "does NOT answer" in system:
+            return "Do you sell gift vouchers?"
+        if "check answers" in system:
+            return "yes"
+        return "I do not know."
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+
+
+TEACHERS.register("scripted")(ScriptedTeacher)
+
+
+@pytest.fixture
+def indexed_support(support_domain):
+    """The small support domain, indexed with the hash embedder, synth set to the scripted
+    teacher."""
+    from domainkit.config import load_domain
+    from domainkit.retrieval import build_index
+
+    config = yaml.safe_load((support_domain / "domain.yaml").read_text())
+    config["synth"] = {"teacher": {"backend": "scripted"}, "validation_fraction": 0.3}
+    (support_domain / "domain.yaml").write_text(yaml.safe_dump(config))
+    build_index(load_domain(support_domain), HashEmbedder(), progress=False)
+    return support_domain

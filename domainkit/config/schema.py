@@ -85,26 +85,96 @@ class RetrievalConfig(_Section):
     )
 
 
+class TeacherConfig(_Section):
+    """The model that writes the synthetic data."""
+
+    backend: str = Field("hf", description="Teacher backend by name: hf (local) or openai.")
+    model: str = Field(
+        "SmolLM2-135M-Instruct",
+        description="Model: embedded name, hub id or path (hf), or the endpoint's model name.",
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (openai)."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the endpoint's API key."
+    )
+    concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once (openai).")
+    timeout: float = Field(120.0, gt=0, description="Seconds before a request is retried.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx and timeouts, with backoff.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (hf).")
+    device: str = Field("auto", description="torch device for the hf teacher.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(192, ge=8, le=4096, description="Longest teacher reply.")
+
+
+class SynthFilterConfig(_Section):
+    """Checks every generated sample must pass."""
+
+    min_answer_words: int = Field(3, ge=1, description="Shorter answers are rejected.")
+    max_answer_words: int = Field(220, ge=1, description="Longer answers are rejected.")
+    max_question_words: int = Field(60, ge=3, description="Longer questions are rejected.")
+    grounding_threshold: float = Field(
+        0.5, ge=0, le=1, description="Minimum support of an answer by its source chunk (0-1)."
+    )
+    roundtrip_k: int = Field(
+        3, ge=0, description="A question must retrieve its source chunk in the top k (0: off)."
+    )
+    judge: bool = Field(False, description="Also ask the teacher whether each answer is supported.")
+    duplicate_similarity: float = Field(
+        0.95, gt=0, le=1, description="Questions this similar to a kept one are duplicates."
+    )
+    eval_similarity: float = Field(
+        0.85, gt=0, le=1, description="Questions this similar to an eval question are removed."
+    )
+    scrub_pii: bool = Field(False, description="Mask emails, phone and card numbers in samples.")
+
+
 class SynthConfig(_Section):
     """Synthetic instruction data generated from the chunks by a teacher model."""
 
-    teacher: str = Field("hf", description="Teacher backend by name: hf (local) or openai.")
-    teacher_model: str = Field(
-        "SmolLM2-135M-Instruct", description="Teacher model name, hub id, path or endpoint model."
-    )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     mix: dict[Literal["self_chat", "qa", "raft", "refusal"], float] = Field(
         {"self_chat": 0.25, "qa": 0.4, "raft": 0.25, "refusal": 0.1},
         description="Share of samples per generator.",
     )
-    questions_per_chunk: int = Field(3, ge=1, description="Paraphrased questions per chunk.")
+    samples_per_chunk: float = Field(
+        6.0, gt=0, description="Samples aimed for per chunk when no --limit is given."
+    )
+    questions_per_chunk: int = Field(3, ge=1, description="Questions asked about each chunk.")
+    paraphrases: int = Field(
+        2, ge=0, le=5, description="Extra wordings of each question: facts stick when varied."
+    )
     self_chat_turns: int = Field(3, ge=1, le=10, description="User turns per self-chat dialog.")
     raft_distractors: int = Field(3, ge=0, description="Hard-negative passages per RAFT sample.")
     raft_gold_absent: float = Field(
         0.2, ge=0, le=1, description="Share of RAFT samples whose context lacks the gold passage."
     )
     validation_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of chunks held out for validation."
+        0.1, ge=0, lt=1, description="Share of chunks whose samples are held out for validation."
     )
+    extractive_fallback: bool = Field(
+        True,
+        description="When the teacher's answer fails the checks, answer with the source sentence "
+        "the question was made from (recorded as answer_origin=extract).",
+    )
+    user_data: str = Field(
+        "instructions", description="Folder (in the domain) of your own JSONL instruction data."
+    )
+    seed: int = Field(0, description="Seed for sampling chunks, splits and generation.")
+    filters: SynthFilterConfig = Field(default_factory=SynthFilterConfig)
+    prompts: dict[str, str] = Field(
+        {}, description="Overrides of the teacher prompt templates, by name (see synth/prompts.py)."
+    )
+
+    @model_validator(mode="after")
+    def _mix_is_usable(self) -> SynthConfig:
+        if not any(share > 0 for share in self.mix.values()):
+            raise ValueError("mix needs at least one generator with a share above 0")
+        if any(share < 0 for share in self.mix.values()):
+            raise ValueError("mix shares must not be negative")
+        return self
 
 
 class TrainConfig(_Section):

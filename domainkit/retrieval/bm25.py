@@ -25,6 +25,11 @@ def _tokenize(texts: list[str], return_ids: bool):
     )
 
 
+def content_terms(texts: list[str]) -> list[list[str]]:
+    """Stemmed, lower-cased terms of each text without stop words (BM25's own analysis)."""
+    return _tokenize(texts, return_ids=False) if texts else []
+
+
 class BM25Index:
     """A BM25 index over a list of texts; rows are addressed by position."""
 

@@ -1,12 +1,8 @@
 """The persisted index of a domain: chunks, embeddings, FAISS and BM25, with a manifest.
 
-Layout under ``<build>/index/``::
-
-    CURRENT            name of the live version folder (replaced atomically)
-    v-<fingerprint>/   manifest.json, chunks.jsonl, embeddings.npy, dense.faiss, bm25/
-
-A build writes a complete new version folder under a temporary name, renames it into place
-and only then switches ``CURRENT``, so a killed run leaves the previous index intact.
+Layout under ``<build>/index/``: ``CURRENT`` names the live ``v-<fingerprint>-<time>/``
+folder holding manifest.json, chunks.jsonl, embeddings.npy, dense.faiss and bm25/. Versions
+are published with ``utils.versioned``, so a killed run leaves the previous index intact.
 Embeddings of unchanged chunks are reused from the previous version.
 """
 
@@ -14,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,19 +26,13 @@ from domainkit.ingest.corpus import list_files
 from domainkit.retrieval.bm25 import BM25Index
 from domainkit.retrieval.dense import build_faiss, index_kind, load_faiss, save_faiss
 from domainkit.retrieval.embedders import Embedder
-from domainkit.utils.atomic import (
-    atomic_write_json,
-    atomic_write_jsonl,
-    atomic_write_text,
-    fsync_dir,
-    read_jsonl,
-)
+from domainkit.utils import versioned
+from domainkit.utils.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
 from domainkit.utils.hashing import file_hash, json_hash, text_hash
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_CURRENT = "CURRENT"
 
 
 @dataclass
@@ -77,11 +64,7 @@ class IndexReport:
 
 
 def current_version(index_dir: Path) -> Path | None:
-    pointer = index_dir / _CURRENT
-    if not pointer.is_file():
-        return None
-    version = index_dir / pointer.read_text(encoding="utf-8").strip()
-    return version if (version / "manifest.json").is_file() else None
+    return versioned.current_version(index_dir, "manifest.json")
 
 
 def load_index(index_dir: Path) -> LoadedIndex:
@@ -243,29 +226,11 @@ def _write_version(
     bm25: BM25Index,
     manifest: dict,
 ) -> Path:
-    index_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(index_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=index_dir))
-    try:
-        atomic_write_jsonl(tmp / "chunks.jsonl", (c.to_dict() for c in chunks))
-        np.save(tmp / "embeddings.npy", vectors)
-        save_faiss(dense, tmp / "dense.faiss")
-        bm25.save(tmp / "bm25")
-        atomic_write_json(tmp / "manifest.json", manifest)  # written last: marks completeness
-        fsync_dir(tmp)
-        version = index_dir / f"v-{stamp}-{int(time.time() * 1000)}"
-        os.replace(tmp, version)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(index_dir / _CURRENT, version.name + "\n")
-    fsync_dir(index_dir)
-    for old in index_dir.glob("v-*"):
-        if old != version:
-            shutil.rmtree(old, ignore_errors=True)
-    return version
+    def write(folder: Path) -> None:
+        atomic_write_jsonl(folder / "chunks.jsonl", (c.to_dict() for c in chunks))
+        np.save(folder / "embeddings.npy", vectors)
+        save_faiss(dense, folder / "dense.faiss")
+        bm25.save(folder / "bm25")
+        atomic_write_json(folder / "manifest.json", manifest)  # last: marks completeness
 
-
-def _remove_stale_temporaries(index_dir: Path) -> None:
-    for stale in index_dir.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    return versioned.publish(index_dir, stamp, write)

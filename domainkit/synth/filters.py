@@ -1,0 +1,205 @@
+"""Checks on generated samples. Every rejection is counted by filter and kept for inspection.
+
+A small teacher writes many bad answers, so the filters are what make its data usable:
+parse validity, length, repetition, relevance of the question to its fact, grounding of each
+answer in its source chunk, near-duplicates, overlap with the eval questions, and optional
+PII masking.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from domainkit.config.schema import SynthFilterConfig
+from domainkit.retrieval.bm25 import content_terms
+from domainkit.synth.parsing import repetition_ratio
+from domainkit.synth.sample import Rejection, Sample
+
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+
+
+@dataclass
+class FilterLog:
+    """Rejections by filter, plus how many teacher answers were replaced by source text."""
+
+    rejections: list[Rejection] = field(default_factory=list)
+    replaced_by_extract: int = 0
+    pii_masked: int = 0
+
+    def reject(
+        self, filter_name: str, generator: str, chunk_id: str | None, detail: str, **content
+    ) -> None:
+        self.rejections.append(Rejection(filter_name, generator, chunk_id, detail, content))
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(r.filter for r in self.rejections)
+
+
+def numbers_in(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUMBER.findall(text)}
+
+
+class GroundingScorer:
+    """How well a source passage supports an answer, from 0 to 1.
+
+    The score averages the cosine similarity of answer and passage embeddings with the share
+    of the answer's content terms found in the passage; any figure in the answer that the
+    passage does not contain makes the score 0, because invented numbers are the costliest
+    mistake in prices, deadlines and dosages.
+    """
+
+    def __init__(self, embedder, threshold: float):
+        self.embedder = embedder
+        self.threshold = threshold
+
+    def score(
+        self, answers: Sequence[str], sources: Sequence[str], source_vectors: np.ndarray
+    ) -> list[dict[str, float]]:
+        if not answers:
+            return []
+        vectors = self.embedder.embed(list(answers))
+        cosines = np.einsum("ij,ij->i", vectors, source_vectors)
+        answer_terms = content_terms(list(answers))
+        source_terms = content_terms(list(sources))
+        results = []
+        for answer, source, cosine, terms, known in zip(
+            answers, sources, cosines, answer_terms, source_terms, strict=True
+        ):
+            lexical = sum(t in set(known) for t in terms) / len(terms) if terms else 0.0
+            invented = numbers_in(answer) - numbers_in(source)
+            grounding = 0.0 if invented else 0.5 * max(float(cosine), 0.0) + 0.5 * lexical
+            results.append(
+                {
+                    "grounding": round(grounding, 4),
+                    "cosine": round(float(cosine), 4),
+                    "lexical": round(lexical, 4),
+                    "invented_numbers": len(invented),
+                }
+            )
+        return results
+
+
+def text_problem(text: str, settings: SynthFilterConfig, *, kind: str) -> str | None:
+    """Why a question or answer is unusable on its face (length, looping), or None."""
+    words = len(text.split())
+    if kind == "question" and not 3 <= words <= settings.max_question_words:
+        return f"question of {words} words"
+    if kind == "answer" and not settings.min_answer_words <= words <= settings.max_answer_words:
+        return f"answer of {words} words"
+    if repetition_ratio(text) > 0.3:
+        return "repetitive text"
+    return None
+
+
+def shares_terms(a: str, b: str, minimum: int = 1) -> bool:
+    terms_a, terms_b = content_terms([a, b])
+    return len(set(terms_a) & set(terms_b)) >= minimum
+
+
+def drop_near_duplicates(
+    samples: list[Sample], embedder, threshold: float, log: FilterLog
+) -> list[Sample]:
+    """Keep the first of any group of samples whose questions are near-identical."""
+    if not samples:
+        return samples
+    vectors = embedder.embed([_normalized(s.question) for s in samples])
+    kept, kept_vectors = [], []
+    for sample, vector in zip(samples, vectors, strict=True):
+        if kept_vectors:
+            similarity = np.asarray(kept_vectors) @ vector
+            best = int(similarity.argmax())
+            if similarity[best] >= threshold and kept[best].generator == sample.generator:
+                log.reject(
+                    "near_duplicate",
+                    sample.generator,
+                    sample.chunk_id,
+                    f"cosine {similarity[best]:.3f} with a kept sample",
+                    question=sample.question,
+                    kept=kept[best].question,
+                )
+                continue
+        kept.append(sample)
+        kept_vectors.append(vector)
+    return kept
+
+
+def decontaminate(
+    samples: list[Sample], eval_questions: list[str], embedder, threshold: float, log: FilterLog
+) -> list[Sample]:
+    """Remove samples whose question is too close to an evaluation question."""
+    if not samples or not eval_questions:
+        return samples
+    eval_vectors = embedder.embed(eval_questions)
+    vectors = embedder.embed([s.question for s in samples])
+    similarity = vectors @ eval_vectors.T
+    eval_grams = [_ngrams(q) for q in eval_questions]
+    kept = []
+    for sample, row in zip(samples, similarity, strict=True):
+        best = int(row.argmax())
+        grams = _ngrams(sample.question)
+        overlap = next(
+            (q for q, g in zip(eval_questions, eval_grams, strict=True) if g & grams), None
+        )
+        if row[best] >= threshold or overlap:
+            log.reject(
+                "eval_overlap",
+                sample.generator,
+                sample.chunk_id,
+                f"cosine {row[best]:.3f}" if row[best] >= threshold else "shares 6 words",
+                question=sample.question,
+                eval_question=overlap or eval_questions[best],
+            )
+            continue
+        kept.append(sample)
+    return kept
+
+
+def _normalized(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _ngrams(text: str, n: int = 6) -> set[tuple[str, ...]]:
+    words = _normalized(text).split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+_PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d ().-]{7,}\d\b")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def mask_pii(text: str) -> str:
+    """Replace e-mail addresses, card-like numbers (Luhn-valid) and phone numbers."""
+    text = _EMAIL.sub("[EMAIL]", text)
+
+    def card(match: re.Match) -> str:
+        digits = re.sub(r"\D", "", match.group())
+        return "[CARD]" if _luhn(digits) else match.group()
+
+    text = _CARD.sub(card, text)
+    return _PHONE.sub(
+        lambda m: "[PHONE]" if len(re.sub(r"\D", "", m.group())) >= 9 else m.group(), text
+    )
+
+
+def scrub_samples(samples: list[Sample], log: FilterLog) -> None:
+    """Mask PII in every message, in place, counting the samples changed."""
+    for sample in samples:
+        masked = [{**m, "content": mask_pii(m["content"])} for m in sample.messages]
+        if masked != sample.messages:
+            sample.messages = masked
+            log.pii_masked += 1

@@ -1,0 +1,100 @@
+"""Teacher prompt templates. Each can be overridden by name in the recipe's ``synth.prompts``.
+
+The prompts are short and use worked examples because the embedded teacher is a 135M-parameter
+model; a larger teacher follows them just as well.
+"""
+
+from __future__ import annotations
+
+from domainkit.errors import ConfigError
+
+DEFAULTS: dict[str, str] = {
+    "question_system": (
+        "You turn a statement into the question {user} would ask to get that information. "
+        "Reply with one question only."
+    ),
+    "question_user": "Statement: {fact}",
+    "paraphrase_system": (
+        "You reword questions. Keep the meaning and the names, change the other words. "
+        "Reply with one question only."
+    ),
+    "answer_system": (
+        "{system_prompt}\n\nAnswer in one to three sentences, using only the information given."
+    ),
+    "answer_user": "Information:\n{passage}\n\nQuestion: {question}",
+    "user_turn_system": (
+        'You are {user_persona}, chatting with {assistant_name} about "{topic}". '
+        "You turn a statement into the question you would ask to get that information. "
+        "Reply with one question only."
+    ),
+    "user_turn_user": "{previous}Statement: {fact}",
+    "assistant_turn_system": (
+        "{system_prompt}\n\nReference:\n{passage}\n\n"
+        "Answer from the reference only, in one to three sentences."
+    ),
+    "refusal_system": (
+        "You write a question that the given text does NOT answer: ask about a plausible "
+        "detail on the same topic that the text leaves out. Reply with one question only."
+    ),
+    "refusal_user": 'Text about "{topic}":\n{passage}',
+    "judge_system": "You check answers against a passage. Reply with yes or no only.",
+    "judge_user": (
+        "Passage:\n{passage}\n\nAnswer:\n{answer}\n\n"
+        "Is everything the answer states also stated in the passage? Reply yes or no."
+    ),
+}
+
+# Worked examples shown before the real input (user, assistant) pairs.
+EXAMPLES: dict[str, list[tuple[str, str]]] = {
+    "question": [
+        (
+            "Statement: The warranty lasts two years from the date of delivery.",
+            "How long does the warranty last?",
+        ),
+        (
+            "Statement: Orders placed before 2 pm on a weekday ship the same day.",
+            "If I order in the morning, when will my parcel be sent?",
+        ),
+    ],
+    "paraphrase": [
+        ("How long does the warranty last?", "For how many years am I covered by the warranty?"),
+        ("Can I pay in instalments?", "Is it possible to spread the payment over several months?"),
+    ],
+    "refusal": [
+        (
+            'Text about "Delivery":\n'
+            "Standard delivery takes 3 to 5 working days and costs 4 pounds.",
+            "Can I choose a specific delivery time slot?",
+        ),
+    ],
+}
+
+
+class Prompts:
+    """The templates in force: defaults with the recipe's overrides applied."""
+
+    def __init__(self, overrides: dict[str, str] | None = None):
+        unknown = sorted(set(overrides or {}) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"synth.prompts: unknown prompt {', '.join(unknown)}; "
+                f"expected one of {', '.join(DEFAULTS)}"
+            )
+        self.templates = {**DEFAULTS, **(overrides or {})}
+
+    def render(self, name: str, **fields: str) -> str:
+        return self.templates[name].format(**fields)
+
+    def with_examples(self, kind: str, system: str, user: str) -> list[dict[str, str]]:
+        """A conversation: system prompt, the worked examples of ``kind``, then ``user``."""
+        messages = [{"role": "system", "content": system}]
+        for example_user, example_reply in EXAMPLES.get(kind, []):
+            messages += [
+                {"role": "user", "content": example_user},
+                {"role": "assistant", "content": example_reply},
+            ]
+        return messages + [{"role": "user", "content": user}]
+
+    def example_replies(self, kind: str) -> set[str]:
+        """The worked examples' replies: a teacher that copies one is not answering."""
+        return {reply for _, reply in EXAMPLES.get(kind, [])}

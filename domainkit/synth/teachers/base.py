@@ -1,0 +1,131 @@
+"""The teacher interface, its registry and the on-disk call cache."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from domainkit.config.schema import TeacherConfig
+from domainkit.errors import DomainkitError
+from domainkit.registry import Registry
+from domainkit.utils.hashing import text_hash
+
+Conversation = list[dict[str, str]]
+
+
+class TeacherError(DomainkitError):
+    """The teacher cannot be used: endpoint down, wrong model, bad key."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request is sampled; part of the cache key."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 192
+    seed: int = 0
+
+
+class Teacher(Protocol):
+    """Writes replies to chat conversations, many at a time."""
+
+    id: str  # identifies backend and model; part of the cache key
+    batch_size: int  # conversations worth sending in one ``generate`` call
+
+    def generate(self, conversations: list[Conversation], sampling: Sampling) -> list[str]: ...
+
+
+TEACHERS: Registry[Callable[[TeacherConfig], Teacher]] = Registry("teacher")
+
+
+def make_teacher(settings: TeacherConfig) -> Teacher:
+    return TEACHERS.get(settings.backend)(settings)
+
+
+class CallCache:
+    """Finished teacher calls keyed by (teacher, conversation, sampling), in SQLite.
+
+    Every reply is committed as soon as its batch returns, so an interrupted run loses at most
+    the batch in flight and a rerun asks the teacher only for what is missing.
+    """
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, reply TEXT)")
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(teacher_id: str, conversation: Conversation, sampling: Sampling) -> str:
+        payload = json.dumps([teacher_id, conversation, asdict(sampling)], sort_keys=True)
+        return text_hash(payload, length=32)
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    f"SELECT key, reply FROM calls WHERE key IN ({marks})", part
+                )
+                found.update(rows.fetchall())
+        return found
+
+    def put_many(self, items: dict[str, str]) -> None:
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?)", items.items())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedTeacher:
+    """A teacher behind the call cache, reporting progress as batches finish.
+
+    Args:
+        teacher: The backend.
+        cache: Where finished calls are kept.
+        on_progress: Called with the number of conversations just answered or found cached.
+    """
+
+    def __init__(
+        self, teacher: Teacher, cache: CallCache, on_progress: Callable[[int], None] | None = None
+    ):
+        self.teacher = teacher
+        self.cache = cache
+        self.on_progress = on_progress or (lambda n: None)
+        self.calls_made = 0
+        self.calls_cached = 0
+
+    @property
+    def id(self) -> str:
+        return self.teacher.id
+
+    def generate(self, conversations: list[Conversation], sampling: Sampling) -> list[str]:
+        keys = [CallCache.key(self.teacher.id, c, sampling) for c in conversations]
+        replies = self.cache.get_many(list(dict.fromkeys(keys)))
+        self.calls_cached += sum(1 for k in keys if k in replies)
+        self.on_progress(sum(1 for k in keys if k in replies))
+        missing = list({k: i for i, k in enumerate(keys) if k not in replies}.values())
+        step = max(1, self.teacher.batch_size)
+        for start in range(0, len(missing), step):
+            rows = missing[start : start + step]
+            fresh = self.teacher.generate([conversations[i] for i in rows], sampling)
+            new = {keys[i]: reply for i, reply in zip(rows, fresh, strict=True)}
+            self.cache.put_many(new)
+            replies.update(new)
+            self.calls_made += len(rows)
+            self.on_progress(len(rows))
+        return [replies[k] for k in keys]
