@@ -74,3 +74,23 @@ def test_edit_one_document_reembeds_only_its_chunks(tmp_path):
     rent.write_text(rent.read_text() + "\n\n## Section 99. Test\n\nA new closing section.\n")
     second = build_index(domain, embedder, progress=False)
     assert 1 <= second.embedded <= 3 and second.reused >= first.chunks - 3
+
+
+def test_synth_with_the_embedded_teacher(support):
+    """A small synth run with SmolLM2-135M as teacher: data is made, checked and saved, and
+    every kept answer is grounded in its chunk (or is the chunk's own sentence)."""
+    from domainkit.synth import dataset, run_synth, synth_dir
+
+    domain, _ = support
+    report = run_synth(domain, limit=12, progress=False)
+    assert sum(report.rejected.values()) > 0, "a 135M teacher always gets some output rejected"
+    samples = dataset.load_samples(synth_dir(domain))
+    rows = samples["train"] + samples["validation"]
+    assert rows and len(rows) == sum(report.kept.values())
+    threshold = domain.config.synth.filters.grounding_threshold
+    for sample in rows:
+        if sample.generator == "qa":
+            assert (
+                sample.scores["grounding"] >= threshold or sample.meta["answer_origin"] == "extract"
+            )
+        assert sample.teacher == "hf:SmolLM2-135M-Instruct"

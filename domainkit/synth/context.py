@@ -17,8 +17,9 @@ from domainkit.synth.prompts import Prompts
 from domainkit.synth.teachers import CachedTeacher, Sampling
 from domainkit.utils.hashing import text_hash
 
-# Per kind of call: low temperature where faithfulness matters, higher for variety.
-_TEMPERATURE = {"question": 0.3, "paraphrase": 0.8, "answer": 0.2, "user": 0.7, "judge": 0.0}
+# Calls whose output must be faithful run cooler than the teacher's setting; user turns,
+# paraphrases and refusal questions use it as is, for variety.
+_FAITHFUL_TEMPERATURE = {"question": 0.3, "answer": 0.2, "judge": 0.0}
 
 
 @dataclass
@@ -70,11 +71,11 @@ class SynthContext:
         return random.Random(f"{self.synth.seed}:{purpose}")
 
     def sampling(self, kind: str, variant: int = 0) -> Sampling:
+        """Sampling for one kind of call; ``variant`` gives repeated calls distinct seeds."""
         teacher = self.synth.teacher
+        temperature = min(_FAITHFUL_TEMPERATURE.get(kind, 1.0), teacher.temperature)
         return Sampling(
-            temperature=min(_TEMPERATURE[kind], teacher.temperature)
-            if kind != "paraphrase"
-            else teacher.temperature,
+            temperature=temperature,
             top_p=teacher.top_p,
             max_new_tokens=teacher.max_new_tokens,
             seed=self.synth.seed + variant,
