@@ -94,8 +94,11 @@ def run_generator(ctx: SynthContext, step: Plan, bar: tqdm, kept_before: int = 0
         n_seeds = min(len(step.pool) - used, math.ceil(missing / (per_seed * yield_rate)))
         seeds = step.pool[used : used + n_seeds]
         used += n_seeds
-        bar.total += math.ceil(n_seeds * spec.calls_per_seed(ctx.synth))
+        planned, done_before = math.ceil(n_seeds * spec.calls_per_seed(ctx.synth)), bar.n
+        bar.total += planned
         new = spec.run(ctx, seeds, missing)
+        # Calls are planned for the best case; drop those that rejections made unnecessary.
+        bar.total -= max(0, planned - (bar.n - done_before))
         samples += new
         yield_rate = max(MIN_YIELD, len(new) / (n_seeds * per_seed))
         bar.set_postfix(

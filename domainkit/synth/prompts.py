@@ -37,12 +37,38 @@ DEFAULTS: dict[str, str] = {
         "detail on the same topic that the text leaves out. Reply with one question only."
     ),
     "refusal_user": 'Text about "{topic}":\n{passage}',
+    "offtopic_system": (
+        "You write one short question that a person might ask a search engine. "
+        "Reply with the question only."
+    ),
+    "offtopic_user": 'Write a question about {topic} that starts with "{starter}".',
     "judge_system": "You check answers against a passage. Reply with yes or no only.",
     "judge_user": (
         "Passage:\n{passage}\n\nAnswer:\n{answer}\n\n"
         "Is everything the answer states also stated in the passage? Reply yes or no."
     ),
 }
+
+# Everyday subjects for out-of-domain questions; the assistant must decline those too.
+OFFTOPIC_TOPICS = (
+    "cooking",
+    "gardening",
+    "travel",
+    "football",
+    "history",
+    "the weather",
+    "pets",
+    "films",
+    "cars",
+    "health",
+    "mathematics",
+    "geography",
+    "music",
+    "fashion",
+    "chess",
+    "astronomy",
+)
+OFFTOPIC_STARTERS = ("What", "How", "Why", "Which", "Who", "Where", "When", "Can")
 
 # Worked examples shown before the real input (user, assistant) pairs.
 EXAMPLES: dict[str, list[tuple[str, str]]] = {

@@ -1,4 +1,4 @@
-"""Refusals: questions on a chunk's topic that the documents do not answer.
+"""Refusals: questions the documents do not answer, on a chunk's topic or outside the domain.
 
 A question is kept only if at least half of its content terms (generic question words aside)
 occur nowhere in the documents: it asks about something they never mention. It is answered
@@ -16,6 +16,7 @@ from domainkit.synth.context import SynthContext
 from domainkit.synth.filters import text_problem
 from domainkit.synth.generators import GENERATORS, GeneratorSpec
 from domainkit.synth.parsing import parse_question
+from domainkit.synth.prompts import OFFTOPIC_STARTERS, OFFTOPIC_TOPICS
 from domainkit.synth.sample import Sample
 
 # Words any question may use; being absent from the documents says nothing about them.
@@ -35,15 +36,7 @@ def _generic_terms() -> frozenset[str]:
 
 
 def generate_refusals(ctx: SynthContext, seeds: list[Chunk], target: int) -> list[Sample]:
-    system = ctx.prompts.render("refusal_system")
-    conversations = [
-        ctx.prompts.with_examples(
-            "refusal",
-            system,
-            ctx.prompts.render("refusal_user", topic=c.breadcrumb or c.title, passage=c.text),
-        )
-        for c in seeds
-    ]
+    conversations = [_prompt(ctx, chunk, i) for i, chunk in enumerate(seeds)]
     replies = ctx.teacher.generate(conversations, ctx.sampling("user"))
     copies = ctx.prompts.example_replies("refusal")
     samples = []
@@ -79,6 +72,21 @@ def generate_refusals(ctx: SynthContext, seeds: list[Chunk], target: int) -> lis
             )
         )
     return samples[:target]
+
+
+def _prompt(ctx: SynthContext, chunk: Chunk, i: int) -> list[dict[str, str]]:
+    """Alternately a question on the chunk's topic that it leaves open, and an everyday
+    question outside the domain (small teachers manage the second far more often)."""
+    if i % 2 == 0:
+        user = ctx.prompts.render(
+            "refusal_user", topic=chunk.breadcrumb or chunk.title, passage=chunk.text
+        )
+        return ctx.prompts.with_examples("refusal", ctx.prompts.render("refusal_system"), user)
+    rng = ctx.rng(f"offtopic:{chunk.id}")
+    user = ctx.prompts.render(
+        "offtopic_user", topic=rng.choice(OFFTOPIC_TOPICS), starter=rng.choice(OFFTOPIC_STARTERS)
+    )
+    return chat(ctx.prompts.render("offtopic_system"), ("user", user))
 
 
 GENERATORS.register("refusal")(
