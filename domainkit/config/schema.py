@@ -177,19 +177,75 @@ class SynthConfig(_Section):
         return self
 
 
+class PretrainConfig(_Section):
+    """Optional continued pre-training on the raw chunks before SFT."""
+
+    enabled: bool = Field(False, description="Run causal-LM training on the chunks first.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the chunks.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+
+
+class PreferenceConfig(_Section):
+    """Optional preference tuning after SFT (trl)."""
+
+    method: Literal["none", "dpo", "orpo"] = Field(
+        "none", description="dpo or orpo: chosen = grounded answer, rejected = the base model's."
+    )
+    beta: float = Field(0.1, gt=0, description="Strength of the preference term.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the preference pairs.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    max_pairs: int = Field(256, ge=1, description="Questions used for preference pairs.")
+
+
 class TrainConfig(_Section):
     """Fine-tuning of the student model."""
 
     student_model: str = Field(
         "SmolLM2-135M-Instruct", description="Student model name, hub id or path."
     )
-    method: Literal["qlora", "lora", "full"] = Field("qlora", description="Tuning method.")
+    method: Literal["qlora", "lora", "full"] = Field(
+        "qlora", description="qlora: 4-bit NF4 base + LoRA; lora: full-precision base + LoRA."
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank: higher learns more, costs memory.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Layers that get adapters: all-linear or a list of names."
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilized scaling alpha/sqrt(r).")
+    init_lora_weights: Literal["default", "gaussian", "olora", "pissa"] = Field(
+        "default", description="Adapter initialisation (peft): default, gaussian, olora, pissa."
+    )
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warm-up."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    batch_size: int = Field(4, ge=1, description="Sequences (packed rows) per micro-batch.")
+    grad_accum: int = Field(2, ge=1, description="Micro-batches per optimizer step.")
     max_seq_len: int = Field(1024, ge=32, description="Longer samples are truncated.")
+    packing: bool = Field(
+        True,
+        description="Pack samples into full rows (no cross-sample attention); "
+        "off: batches of similar length.",
+    )
+    eval_every: int = Field(25, ge=1, description="Validation loss every N optimizer steps.")
+    save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
+    early_stopping_patience: int = Field(
+        3, ge=0, description="Stop after this many evaluations without improvement (0: never)."
+    )
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        [], description="Also log metrics to these, when installed."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or mps.")
+    seed: int = Field(0, description="Seed for data order, dropout and initialisation.")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
 
 
 class RuntimeConfig(_Section):

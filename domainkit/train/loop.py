@@ -1,0 +1,319 @@
+"""A small, explicit training loop: gradient accumulation, warm-up + decay, periodic
+validation with early stopping and best-adapter keeping, atomic checkpoints and exact
+resume. It runs unchanged under ``accelerate launch`` (DDP; FSDP/DeepSpeed via its config).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from domainkit.config.schema import TrainConfig
+from domainkit.train.data import IGNORE, Row, collate, make_batches
+from domainkit.utils.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches consumed in the current epoch
+    epoch: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Phase:
+    """One training phase (continued pre-training or SFT) and what it writes."""
+
+    name: str
+    train_rows: list[Row]
+    val_rows: list[Row]
+    learning_rate: float
+    epochs: float
+    out_dir: Path
+    packed: bool
+
+
+def lr_lambda(settings: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = math.ceil(settings.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if settings.lr_scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if settings.lr_scheduler == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    return factor
+
+
+class TrainingRun:
+    """Trains ``model`` on one phase's rows.
+
+    Args:
+        model: The model (peft-wrapped or full).
+        tokenizer: Its tokenizer (for the pad id and saving).
+        settings: Training settings.
+        phase: Data, learning rate, epochs and output folder.
+        accelerator: An ``accelerate.Accelerator`` (one process or many).
+        stop_after: Testing aid: raise ``KeyboardInterrupt`` after this many steps, as a kill.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        settings: TrainConfig,
+        phase: Phase,
+        accelerator,
+        stop_after: int | None = None,
+    ):
+        self.settings, self.phase, self.accelerator = settings, phase, accelerator
+        self.tokenizer = tokenizer
+        self.unwrapped = model
+        self.stop_after = stop_after
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=phase.learning_rate, weight_decay=settings.weight_decay
+        )
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.params = params
+        self.micro_per_epoch = self._micro_per_epoch()
+        steps_per_epoch = math.ceil(self.micro_per_epoch / settings.grad_accum)
+        self.total_steps = settings.max_steps or max(1, math.ceil(phase.epochs * steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(settings, self.total_steps)
+        )
+        self.state = TrainState()
+        self.tokens_seen = 0
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _epoch_batches(self, epoch: int) -> list[list[Row]]:
+        """This process's micro-batches of an epoch, the same count on every process."""
+        batches = make_batches(
+            self.phase.train_rows, self.settings.batch_size, self.settings.seed + epoch
+        )
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        usable = len(batches) // world * world or len(batches)
+        return batches[rank:usable:world]
+
+    def _micro_per_epoch(self) -> int:
+        return max(1, len(self._epoch_batches(0)))
+
+    def _tensors(self, batch: list[Row]) -> dict:
+        pad = self.tokenizer.pad_token_id
+        return {
+            k: v.to(self.accelerator.device)
+            for k, v in collate(batch, pad, self.phase.packed).items()
+        }
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> TrainState:
+        if resume:
+            self._restore()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            unit="step",
+            desc=f"Training ({self.phase.name})",
+            disable=not self.accelerator.is_main_process,
+        )
+        started, tokens_at_start = time.perf_counter(), self.tokens_seen
+        with bar:
+            while self.state.step < self.total_steps and not self.state.stopped_early:
+                loss = self._optimizer_step()
+                rate = (self.tokens_seen - tokens_at_start) / (time.perf_counter() - started)
+                self._record(
+                    {
+                        "step": self.state.step,
+                        "loss": loss,
+                        "tokens_per_s": rate,
+                        "lr": self.scheduler.get_last_lr()[0],
+                    }
+                )
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", refresh=False)
+                self._maybe_evaluate_and_save()
+                if self.stop_after is not None and self.state.step >= self.stop_after:
+                    raise KeyboardInterrupt(f"stopped after step {self.state.step} (test)")
+        if self.state.best_step is None:
+            self._save_adapter(self.phase.out_dir / "best")
+        return self.state
+
+    def _next_micro(self) -> list[Row]:
+        batches = self._epoch_batches(self.state.epoch)
+        if self.state.micro >= len(batches):
+            self.state.epoch += 1
+            self.state.micro = 0
+            batches = self._epoch_batches(self.state.epoch)
+        batch = batches[self.state.micro]
+        self.state.micro += 1
+        return batch
+
+    def _optimizer_step(self) -> float:
+        self.model.train()
+        rows = [self._next_micro() for _ in range(self.settings.grad_accum)]
+        self.tokens_seen += sum(len(r.input_ids) for batch in rows for r in batch)
+        micro = [self._tensors(batch) for batch in rows]
+        label_counts = [int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro]
+        total = max(1, sum(label_counts))
+        loss_sum = 0.0
+        for i, (batch, count) in enumerate(zip(micro, label_counts, strict=True)):
+            last = i == len(micro) - 1
+            context = self.accelerator.no_sync(self.model) if not last else nullcontext()
+            with context:
+                loss = self.model(**batch).loss * (count / total)
+                self.accelerator.backward(loss)
+            loss_sum += float(loss.detach())
+        self.accelerator.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return loss_sum
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Token-weighted mean loss on the validation rows."""
+        if not self.phase.val_rows:
+            return None
+        self.model.eval()
+        total_loss, total_tokens = 0.0, 0
+        for batch in make_batches(self.phase.val_rows, self.settings.batch_size, seed=0):
+            tensors = self._tensors(batch)
+            count = int((tensors["labels"][:, 1:] != IGNORE).sum())
+            if count:
+                total_loss += float(self.model(**tensors).loss) * count
+                total_tokens += count
+        return total_loss / max(1, total_tokens)
+
+    def _maybe_evaluate_and_save(self) -> None:
+        state, settings = self.state, self.settings
+        at_end = state.step >= self.total_steps
+        if state.step % settings.eval_every == 0 or at_end:
+            val = self.evaluate()
+            if val is not None:
+                self._record({"step": state.step, "val_loss": val})
+                if state.best_val is None or val < state.best_val:
+                    state.best_val, state.best_step = val, state.step
+                    state.evals_without_improvement = 0
+                    self._save_adapter(self.phase.out_dir / "best")
+                else:
+                    state.evals_without_improvement += 1
+                    patience = settings.early_stopping_patience
+                    if patience and state.evals_without_improvement >= patience:
+                        log.info(
+                            "early stop at step %d: no improvement for %d evaluations",
+                            state.step,
+                            patience,
+                        )
+                        state.stopped_early = True
+        if state.step % settings.save_every == 0 or at_end or state.stopped_early:
+            self._checkpoint()
+
+    def _record(self, row: dict) -> None:
+        self.state.history.append(row)
+        for logger in getattr(self, "loggers", []):
+            logger(row)
+
+    # -- saving and resuming ------------------------------------------------------------
+
+    def _save_adapter(self, folder: Path) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def _checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        root = self.phase.out_dir / "checkpoints"
+        folder = root / f"step-{self.state.step:06d}"
+        tmp = root / f".tmp-{self.state.step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        trainable = {
+            n: p.detach().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad
+        }
+        torch.save(trainable, tmp / "trainable.pt")
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+                "tokens_seen": self.tokens_seen,
+            },
+            tmp / "training.pt",
+        )
+        atomic_write_json(tmp / "state.json", asdict(self.state))  # last: marks completeness
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        for old in sorted(root.glob("step-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self) -> None:
+        folder = latest_checkpoint(self.phase.out_dir)
+        if folder is None:
+            log.info("no checkpoint to resume from; starting at step 0")
+            return
+        trainable = torch.load(folder / "trainable.pt", map_location="cpu")
+        params = dict(self.unwrapped.named_parameters())
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value.to(params[name].device))
+        training = torch.load(folder / "training.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        _set_rng_state(training["rng"])
+        self.tokens_seen = training["tokens_seen"]
+        self.state = TrainState(**json.loads((folder / "state.json").read_text()))
+        log.info("resumed from %s (step %d)", folder, self.state.step)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    done = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "state.json").is_file()]
+    return max(done, default=None)
+
+
+def _rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,97 @@
+"""Loading the student for training: 4-bit (QLoRA), full-precision LoRA, or full fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from domainkit.config.schema import TrainConfig
+from domainkit.models import resolve_causal_lm
+from domainkit.utils.device import best_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Student:
+    model: torch.nn.Module
+    tokenizer: object
+    device: str
+    path: str  # resolved base model folder or hub id
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    """bf16 where the hardware runs it natively, else fp32."""
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"{path}: the tokenizer has no chat template; pick a chat model")
+    return tokenizer
+
+
+def load_base(settings: TrainConfig, device: str, quantize: bool):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = resolve_causal_lm(settings.student_model)
+    dtype = compute_dtype(device)
+    kwargs: dict = {"dtype": dtype}
+    if quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not quantize:
+        model = model.to(device)
+    return model, path
+
+
+def lora_config(settings: TrainConfig):
+    from peft import LoraConfig
+
+    init = {"default": True, "gaussian": "gaussian", "olora": "olora", "pissa": "pissa"}
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.target_modules,
+        use_dora=settings.use_dora,
+        use_rslora=settings.use_rslora,
+        init_lora_weights=init[settings.init_lora_weights],
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_student(settings: TrainConfig) -> Student:
+    """The student ready to train: adapters added (LoRA/QLoRA) or all weights trainable."""
+    device = best_device(settings.device)
+    quantize = settings.method == "qlora"
+    torch.manual_seed(settings.seed)
+    model, path = load_base(settings, device, quantize)
+    model.config.use_cache = False
+    if settings.method == "full":
+        model.train()
+    else:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if quantize:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = get_peft_model(model, lora_config(settings))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("%s on %s: %d of %d parameters trainable", settings.method, device, trainable, total)
+    return Student(model, load_tokenizer(path), device, path)

@@ -1,0 +1,202 @@
+"""``domainkit train``: (continued pre-training,) SFT on the synth dataset, metrics, plot."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from domainkit.config.loading import Domain
+from domainkit.errors import DomainkitError
+from domainkit.synth import dataset, synth_dir
+from domainkit.train.data import (
+    DataStats,
+    Row,
+    fit_length,
+    pack,
+    single_rows,
+    tokenize_chat,
+    tokenize_text,
+)
+from domainkit.train.loop import Phase, TrainingRun
+from domainkit.train.metrics import external_loggers, plot_loss, write_jsonl
+from domainkit.train.model import Student, load_student
+from domainkit.utils.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainReport:
+    out_dir: Path
+    adapter: Path
+    method: str
+    device: str
+    steps: int
+    best_val_loss: float | None
+    best_step: int | None
+    stopped_early: bool
+    tokens_per_s: float
+    seconds: float
+    data: dict
+    plot: Path | None
+    phases: list[str] = field(default_factory=list)
+
+
+def train_dir(domain: Domain) -> Path:
+    return domain.build_dir / "train"
+
+
+def rows_for(
+    student: Student, conversations: list[list[dict]], max_len: int, packed: bool, stats: DataStats
+) -> list[Row]:
+    items = fit_length([tokenize_chat(student.tokenizer, c) for c in conversations], max_len, stats)
+    return pack(items, max_len) if packed else single_rows(items)
+
+
+def _conversations(samples, system_prompt: str) -> list[list[dict]]:
+    return [
+        s.messages
+        if s.messages[0]["role"] == "system"
+        else [{"role": "system", "content": system_prompt}, *s.messages]
+        for s in samples
+    ]
+
+
+def run_train(
+    domain: Domain,
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+    stop_after: int | None = None,
+) -> TrainReport:
+    """Fine-tune the student on the domain's synth dataset.
+
+    Args:
+        domain: A domain with a synth dataset.
+        resume: Continue from the last checkpoint of an interrupted run.
+        max_steps: Override the number of optimizer steps.
+        stop_after: Testing aid: simulate a kill after this many steps.
+    """
+    from accelerate import Accelerator
+
+    started = time.perf_counter()
+    settings = domain.config.train
+    if max_steps is not None:
+        settings = settings.model_copy(update={"max_steps": max_steps})
+    splits = dataset.load_samples(synth_dir(domain))
+    if not splits["train"]:
+        raise DomainkitError("the synth dataset has no training samples")
+    out = train_dir(domain)
+    if not resume:
+        shutil.rmtree(out / "sft" / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out / "pretrain" / "checkpoints", ignore_errors=True)
+    accelerator = Accelerator(cpu=settings.device == "cpu", device_placement=False)
+    student = load_student(settings)
+    system = domain.config.render_system_prompt()
+    stats = DataStats()
+    max_len, packed = settings.max_seq_len, settings.packing
+    phases = []
+    if settings.pretrain.enabled:
+        phases.append(_pretrain_phase(domain, student, out, stats))
+    train_rows = rows_for(student, _conversations(splits["train"], system), max_len, packed, stats)
+    val_rows = rows_for(
+        student, _conversations(splits["validation"], system), max_len, packed, DataStats()
+    )
+    phases.append(
+        Phase(
+            "sft",
+            train_rows,
+            val_rows,
+            settings.learning_rate,
+            settings.epochs,
+            out / "sft",
+            packed,
+        )
+    )
+    stats.tokens = sum(len(r.input_ids) for r in train_rows)
+    stats.label_tokens = sum(sum(1 for x in r.labels if x != -100) for r in train_rows)
+
+    histories: dict[str, list[dict]] = {}
+    state = None
+    loggers = external_loggers(settings.report_to, out, domain.config.name)
+    for phase in phases:
+        done = phase.out_dir / "done.json"
+        if resume and done.is_file():
+            continue
+        run = TrainingRun(
+            student.model, student.tokenizer, settings, phase, accelerator, stop_after=stop_after
+        )
+        run.loggers = loggers
+        state = run.run(resume=resume)
+        histories[phase.name] = state.history
+        if accelerator.is_main_process:
+            atomic_write_json(done, {"steps": state.step, "best_val_loss": state.best_val})
+        # The adapter continues from where continued pre-training left it into SFT.
+    adapter = out / "adapter"
+    if accelerator.is_main_process:
+        _publish_adapter(out / "sft" / "best", adapter)
+    sft_history = histories.get("sft", [])
+    plot = plot_loss(sft_history, out / "loss.png", f"{domain.config.name}: SFT loss")
+    write_jsonl(
+        [{"phase": name, **row} for name, rows in histories.items() for row in rows],
+        out / "metrics.jsonl",
+    )
+    rates = [r["tokens_per_s"] for r in sft_history if "tokens_per_s" in r]
+    report = TrainReport(
+        out_dir=out,
+        adapter=adapter,
+        method=settings.method,
+        device=student.device,
+        steps=state.step if state else 0,
+        best_val_loss=state.best_val if state else None,
+        best_step=state.best_step if state else None,
+        stopped_early=state.stopped_early if state else False,
+        tokens_per_s=rates[-1] if rates else 0.0,
+        seconds=time.perf_counter() - started,
+        data=asdict(stats),
+        plot=plot,
+        phases=[p.name for p in phases],
+    )
+    if accelerator.is_main_process:
+        atomic_write_json(out / "summary.json", summary_dict(report))
+    return report
+
+
+def _pretrain_phase(domain: Domain, student: Student, out: Path, stats: DataStats) -> Phase:
+    from domainkit.retrieval import load_index
+
+    settings = domain.config.train
+    chunks = load_index(domain.index_dir).chunks
+    items = fit_length(
+        [tokenize_text(student.tokenizer, c.embed_text) for c in chunks],
+        settings.max_seq_len,
+        DataStats(),
+    )
+    stats.notes.append(f"continued pre-training on {len(items)} chunks")
+    return Phase(
+        "pretrain",
+        pack(items, settings.max_seq_len),
+        [],
+        settings.pretrain.learning_rate,
+        settings.pretrain.epochs,
+        out / "pretrain",
+        packed=True,
+    )
+
+
+def _publish_adapter(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def summary_dict(report: TrainReport) -> dict:
+    row = asdict(report)
+    for key in ("out_dir", "adapter", "plot"):
+        row[key] = None if row[key] is None else str(row[key])
+    return row

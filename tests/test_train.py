@@ -1,0 +1,256 @@
+"""Fine-tuning on tiny random models: labels, packing, LoRA/QLoRA, resume, merge, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from domainkit.cli import app
+from domainkit.config import load_domain
+from domainkit.config.schema import TrainConfig
+from domainkit.synth import run_synth
+from domainkit.train.data import (
+    IGNORE,
+    DataStats,
+    Tokenized,
+    collate,
+    fit_length,
+    pack,
+    single_rows,
+    tokenize_chat,
+)
+from domainkit.train.export import merge_adapter
+from domainkit.train.loop import Phase, TrainingRun
+from domainkit.train.model import load_student
+
+from .tiny_lm import CHATML, save_tiny_chat_model, tiny_tokenizer
+
+ZEPHYR = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+CONVERSATION = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "What is the warranty?"},
+    {"role": "assistant", "content": "Two years."},
+    {"role": "user", "content": "And returns?"},
+    {"role": "assistant", "content": "Within 30 days."},
+]
+
+
+@pytest.mark.parametrize("template", [CHATML, ZEPHYR], ids=["chatml", "zephyr"])
+def test_only_assistant_tokens_carry_labels(template):
+    tokenizer = tiny_tokenizer(template)
+    item = tokenize_chat(tokenizer, CONVERSATION)
+    labelled = [t for t, label in zip(item.input_ids, item.labels, strict=True) if label != IGNORE]
+    text = tokenizer.decode(labelled)
+    assert "Two years." in text and "Within 30 days." in text
+    for prompt_text in ("helpful", "warranty", "returns", "user", "system"):
+        assert prompt_text not in text
+    assert text.count("<|im_end|>") == 2, "each answer ends with its end-of-turn token"
+    assert [x for x in item.labels if x != IGNORE] == labelled
+
+
+def test_length_limit_truncates_and_drops_with_counts():
+    long_answer = Tokenized(list(range(50)), [IGNORE] * 10 + list(range(10, 50)))
+    prompt_only = Tokenized(list(range(50)), [IGNORE] * 40 + list(range(40, 50)))
+    stats = DataStats()
+    kept = fit_length([long_answer, prompt_only], 30, stats)
+    assert [len(k) for k in kept] == [30]
+    assert (stats.samples, stats.truncated, stats.dropped) == (2, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny"))
+
+
+def _settings(tiny_model, **overrides) -> TrainConfig:
+    values = {
+        "student_model": str(tiny_model),
+        "method": "lora",
+        "batch_size": 2,
+        "grad_accum": 2,
+        "max_seq_len": 128,
+        "learning_rate": 5e-3,
+        "eval_every": 2,
+        "save_every": 2,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.1,
+    }
+    return TrainConfig(**(values | overrides))
+
+
+def _rows(student, n=12, packed=True):
+    conversations = [
+        [
+            {"role": "user", "content": f"Question number {i} about the warranty?"},
+            {"role": "assistant", "content": f"Answer {i}: the warranty lasts {i % 3 + 1} years."},
+        ]
+        for i in range(n)
+    ]
+    items = [tokenize_chat(student.tokenizer, c) for c in conversations]
+    return pack(items, 128) if packed else single_rows(items)
+
+
+def test_packed_and_grouped_samples_do_not_attend_to_each_other(tiny_model):
+    student = load_student(_settings(tiny_model))
+    model = student.model.eval()
+    a = tokenize_chat(student.tokenizer, CONVERSATION[:3])
+    b = tokenize_chat(student.tokenizer, CONVERSATION[3:])
+    pad = student.tokenizer.pad_token_id
+    with torch.no_grad():
+        alone = model(**collate(single_rows([b]), pad, packed=False)).logits[0]
+        packed = model(**collate(pack([a, b], 256), pad, packed=True)).logits[0]
+        grouped = model(**collate(single_rows([a, b]), pad, packed=False)).logits[1]
+    first, second = sorted([a, b], key=len, reverse=True)
+    offset = len(first) if second is b else 0
+    torch.testing.assert_close(packed[offset : offset + len(b)], alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grouped[: len(b)], alone, atol=1e-5, rtol=1e-4)
+
+
+class _Accel:
+    """A one-process stand-in with Accelerator's interface, for loop-level tests."""
+
+    from accelerate import Accelerator as _A
+
+    def __new__(cls):
+        return cls._A(cpu=True, device_placement=False)
+
+
+def _run(student, settings, out_dir, stop_after=None, resume=False):
+    rows = _rows(student)
+    phase = Phase("sft", rows, rows[:2], settings.learning_rate, 1.0, out_dir, packed=True)
+    run = TrainingRun(
+        student.model, student.tokenizer, settings, phase, _Accel(), stop_after=stop_after
+    )
+    return run, run.run(resume=resume)
+
+
+def test_lora_moves_the_adapter_and_leaves_the_base_alone(tiny_model, tmp_path):
+    student = load_student(_settings(tiny_model, max_steps=4))
+    base = {n: p.clone() for n, p in student.model.named_parameters() if "lora_" not in n}
+    adapter = {n: p.clone() for n, p in student.model.named_parameters() if "lora_B" in n}
+    _run(student, _settings(tiny_model, max_steps=4), tmp_path)
+    after = dict(student.model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in base.items())
+    assert all(not torch.equal(after[n], p) for n, p in adapter.items())
+    assert (tmp_path / "best" / "adapter_config.json").is_file()
+
+
+def test_a_killed_run_resumes_to_the_same_result(tiny_model, tmp_path):
+    settings = _settings(tiny_model, max_steps=6)
+    torch.manual_seed(0)
+    reference = load_student(settings)
+    _run(reference, settings, tmp_path / "a")
+    expected = {
+        n: p.detach().clone() for n, p in reference.model.named_parameters() if p.requires_grad
+    }
+
+    killed = load_student(settings)
+    with pytest.raises(KeyboardInterrupt):
+        _run(killed, settings, tmp_path / "b", stop_after=3)
+    assert (tmp_path / "b" / "checkpoints" / "step-000002" / "state.json").is_file()
+
+    resumed = load_student(settings)  # a fresh process: nothing carried over in memory
+    run, state = _run(resumed, settings, tmp_path / "b", resume=True)
+    assert state.step == 6
+    for name, value in resumed.model.named_parameters():
+        if value.requires_grad:
+            torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5)
+    losses = [r["loss"] for r in state.history if "loss" in r]
+    assert len(losses) == 6, "history before the kill is kept"
+
+
+def test_qlora_layers_are_4bit_on_cpu_and_train(tiny_model, tmp_path):
+    import bitsandbytes as bnb
+
+    settings = _settings(tiny_model, method="qlora", max_steps=2)
+    student = load_student(settings)
+    layer = student.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer.base_layer, bnb.nn.Linear4bit)
+    assert layer.base_layer.weight.dtype == torch.uint8
+    assert layer.base_layer.weight.quant_state.quant_type == "nf4"
+    _, state = _run(student, settings, tmp_path)
+    assert state.step == 2 and all(
+        torch.isfinite(torch.tensor(r["loss"])) for r in state.history if "loss" in r
+    )
+
+
+def test_merged_model_matches_base_plus_adapter(tiny_model, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    settings = _settings(tiny_model, max_steps=3)
+    student = load_student(settings)
+    _run(student, settings, tmp_path / "run")
+    merged_dir = merge_adapter(str(tiny_model), tmp_path / "run" / "best", tmp_path / "merged")
+    inputs = student.tokenizer("What is the warranty on the speaker?", return_tensors="pt")
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir)(**inputs).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        adapted = PeftModel.from_pretrained(base, tmp_path / "run" / "best").eval()
+        expected = adapted(**inputs).logits
+    torch.testing.assert_close(merged, expected, atol=1e-4, rtol=1e-4)
+    from safetensors import safe_open
+
+    with safe_open(str(merged_dir / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k], "adapters are merged away"  # noqa: SIM118
+
+
+@pytest.fixture
+def trained_domain(indexed_support, tiny_model):
+    config = yaml.safe_load((indexed_support / "domain.yaml").read_text())
+    config["train"] = {
+        "student_model": str(tiny_model),
+        "method": "lora",
+        "max_steps": 4,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "max_seq_len": 512,
+        "eval_every": 2,
+        "save_every": 2,
+        "lora_r": 4,
+    }
+    (indexed_support / "domain.yaml").write_text(yaml.safe_dump(config))
+    run_synth(load_domain(indexed_support), limit=30, progress=False)
+    return indexed_support
+
+
+def test_cli_train_then_export(trained_domain):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(trained_domain), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    out = trained_domain / ".domainkit" / "train"
+    assert summary["steps"] == 4 and summary["best_val_loss"] is not None
+    assert summary["data"]["label_tokens"] > 0
+    for name in ("adapter/adapter_config.json", "metrics.jsonl", "loss.png", "summary.json"):
+        assert (out / name).is_file(), name
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "tokens_per_s"} <= set(metrics[0]) and any("val_loss" in m for m in metrics)
+
+    result = runner.invoke(app, ["export", str(trained_domain), "--json"])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(result.stdout)
+    assert (trained_domain / ".domainkit" / "export" / "merged" / "config.json").is_file()
+    assert exported["gguf"] is None and "LLAMA_CPP_DIR" in exported["notes"][0]
+
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(exported["adapter"]).r == 4, "plain peft loads it"
+
+
+def test_cli_train_resume_after_kill(trained_domain):
+    from domainkit.train import run_train
+
+    domain = load_domain(trained_domain)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(domain, stop_after=3)
+    report = run_train(domain, resume=True)
+    assert report.steps == 4
