@@ -254,3 +254,39 @@ def test_cli_train_resume_after_kill(trained_domain):
         run_train(domain, stop_after=3)
     report = run_train(domain, resume=True)
     assert report.steps == 4
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_launch(trained_domain):
+    """The same training code under `accelerate launch` with 2 CPU processes (DDP over gloo:
+    accelerate's multi-process launcher falls back to CPU when there is no GPU)."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "domainkit",
+        "train",
+        str(trained_domain),
+        "--max-steps",
+        "2",
+        "--json",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    summary = json.loads((trained_domain / ".domainkit" / "train" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["processes"] == 2
+    assert (trained_domain / ".domainkit" / "train" / "adapter" / "adapter_config.json").is_file()

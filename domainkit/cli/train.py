@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -37,6 +38,8 @@ def train(
     """
     loaded = load_domain(domain, build_dir)
     report = run_train(loaded, resume=resume, max_steps=max_steps)
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, one process reports
+        return
     if json_output:
         print_json(summary_dict(report))
         return

@@ -24,6 +24,7 @@ from domainkit.train.loop import Phase, TrainingRun
 from domainkit.train.metrics import external_loggers, plot_loss, write_jsonl
 from domainkit.train.model import Student, load_student
 from domainkit.utils.atomic import atomic_write_json
+from domainkit.utils.device import best_device
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class TrainReport:
     adapter: Path
     method: str
     device: str
+    processes: int
     steps: int
     best_val_loss: float | None
     best_step: int | None
@@ -93,7 +95,7 @@ def run_train(
     if not resume:
         shutil.rmtree(out / "sft" / "checkpoints", ignore_errors=True)
         shutil.rmtree(out / "pretrain" / "checkpoints", ignore_errors=True)
-    accelerator = Accelerator(cpu=settings.device == "cpu", device_placement=False)
+    accelerator = Accelerator(cpu=best_device(settings.device) == "cpu", device_placement=False)
     student = load_student(settings)
     system = domain.config.render_system_prompt()
     stats = DataStats()
@@ -150,6 +152,7 @@ def run_train(
         adapter=adapter,
         method=settings.method,
         device=student.device,
+        processes=accelerator.num_processes,
         steps=state.step if state else 0,
         best_val_loss=state.best_val if state else None,
         best_step=state.best_step if state else None,

@@ -1,0 +1,209 @@
+"""Training throughput: domainkit's trainer against the baseline a user would otherwise
+write (transformers ``Trainer`` + peft, default padding to the longest sample of each
+random batch, no packing), on SmolLM2-135M, the same samples, labels and LoRA settings.
+
+Prints effective (non-padding) training tokens/s and peak memory for each, and the ratio.
+Each trainer runs in its own process so peak memory is its own.
+
+    .venv/bin/python bench/train.py [--domain corpora/customer-support] [--samples 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_samples(domain_dir: Path, n: int):
+    from domainkit.config import load_domain
+    from domainkit.synth import dataset, synth_dir
+
+    domain = load_domain(domain_dir)
+    samples = dataset.load_samples(synth_dir(domain))["train"][:n]
+    if not samples:
+        sys.exit(f"no synth dataset in {domain_dir}; run `domainkit synth {domain_dir}` first")
+    return domain, [s.messages for s in samples]
+
+
+def settings_for(domain, method: str):
+    return domain.config.train.model_copy(
+        update={
+            "method": method,
+            "epochs": 1.0,
+            "max_steps": None,
+            "eval_every": 10**6,
+            "save_every": 10**6,
+            "early_stopping_patience": 0,
+            "device": "cpu",
+        }
+    )
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_domainkit(domain, conversations, method: str) -> dict:
+    import tempfile
+
+    from accelerate import Accelerator
+
+    from domainkit.train.data import DataStats, fit_length, pack, tokenize_chat
+    from domainkit.train.loop import Phase, TrainingRun
+    from domainkit.train.model import load_student
+
+    settings = settings_for(domain, method)
+    student = load_student(settings)
+    items = fit_length(
+        [tokenize_chat(student.tokenizer, c) for c in conversations],
+        settings.max_seq_len,
+        DataStats(),
+    )
+    rows = pack(items, settings.max_seq_len)
+    phase = Phase("bench", rows, [], settings.learning_rate, 1.0, Path(tempfile.mkdtemp()), True)
+    run = TrainingRun(
+        student.model,
+        student.tokenizer,
+        settings,
+        phase,
+        Accelerator(cpu=True, device_placement=False),
+    )
+    start = time.perf_counter()
+    run.run()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(i) for i in items)
+    return {"tokens": tokens, "seconds": seconds, "steps": run.state.step, "peak_mb": peak_mb()}
+
+
+def run_baseline(domain, conversations, method: str) -> dict:
+    """What the transformers + peft docs lead a user to write."""
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from domainkit.train.data import DataStats, fit_length, tokenize_chat
+    from domainkit.train.model import load_base, load_tokenizer, lora_config
+
+    settings = settings_for(domain, method)
+    torch.manual_seed(settings.seed)
+    model, path = load_base(settings, "cpu", quantize=method == "qlora")
+    tokenizer = load_tokenizer(path)
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, lora_config(settings))
+    items = fit_length(
+        [tokenize_chat(tokenizer, c) for c in conversations], settings.max_seq_len, DataStats()
+    )
+    data = Dataset.from_list(
+        [
+            {"input_ids": i.input_ids, "labels": i.labels, "attention_mask": [1] * len(i)}
+            for i in items
+        ]
+    )
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        num_train_epochs=1,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_ratio=settings.warmup_ratio,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=settings.seed,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(i) for i in items)
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "steps": trainer.state.global_step,
+        "peak_mb": peak_mb(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--domain", type=Path, default=ROOT / "corpora" / "customer-support")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--method", default="qlora", choices=["qlora", "lora"])
+    parser.add_argument("--worker", choices=["domainkit", "baseline"])
+    args = parser.parse_args()
+    if args.worker:
+        domain, conversations = load_samples(args.domain, args.samples)
+        runner = run_domainkit if args.worker == "domainkit" else run_baseline
+        print(json.dumps(runner(domain, conversations, args.method)))
+        return 0
+
+    domain, conversations = load_samples(args.domain, args.samples)
+    settings = settings_for(domain, args.method)
+    print(
+        f"SmolLM2-135M-Instruct, {args.method}, r={settings.lora_r}, {len(conversations)} "
+        f"samples from {args.domain.name}'s synth data, batch {settings.batch_size} x "
+        f"accumulation {settings.grad_accum}, max_seq_len {settings.max_seq_len}, 1 epoch, CPU\n"
+    )
+    results = {}
+    for worker in ("baseline", "domainkit"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                worker,
+                "--domain",
+                str(args.domain),
+                "--samples",
+                str(args.samples),
+                "--method",
+                args.method,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results[worker] = json.loads(out.stdout.strip().splitlines()[-1])
+        r = results[worker]
+        label = {
+            "baseline": "Trainer + peft, padding (baseline)",
+            "domainkit": "domainkit (packing)",
+        }[worker]
+        print(
+            f"  {label:36} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
+            f"{r['tokens'] / r['seconds']:7.1f} effective tokens/s  {r['steps']:3d} steps  "
+            f"peak {r['peak_mb']:6.0f} MB"
+        )
+    speed = {k: v["tokens"] / v["seconds"] for k, v in results.items()}
+    print(
+        f"\n  speed-up: x{speed['domainkit'] / speed['baseline']:.2f}; peak memory ratio "
+        f"{results['domainkit']['peak_mb'] / results['baseline']['peak_mb']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
