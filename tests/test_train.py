@@ -290,3 +290,23 @@ def test_two_process_accelerate_launch(trained_domain):
     summary = json.loads((trained_domain / ".domainkit" / "train" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["processes"] == 2
     assert (trained_domain / ".domainkit" / "train" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_continued_pretraining_then_sft_then_dpo(trained_domain):
+    from domainkit.train import run_train
+
+    config = yaml.safe_load((trained_domain / "domain.yaml").read_text())
+    config["train"] |= {
+        "max_steps": 2,
+        "pretrain": {"enabled": True},
+        "preference": {"method": "dpo", "max_pairs": 4},
+    }
+    (trained_domain / "domain.yaml").write_text(yaml.safe_dump(config))
+    report = run_train(load_domain(trained_domain))
+    assert report.phases == ["pretrain", "sft", "preference"]
+    assert report.preference["pairs"] >= 1 and report.preference["steps"] >= 1
+    out = trained_domain / ".domainkit" / "train"
+    assert (out / "pretrain" / "done.json").is_file()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {m["phase"] for m in metrics} == {"pretrain", "sft"}
+    assert (out / "adapter" / "adapter_config.json").is_file()

@@ -45,6 +45,7 @@ class TrainReport:
     data: dict
     plot: Path | None
     phases: list[str] = field(default_factory=list)
+    preference: dict | None = None
 
 
 def train_dir(domain: Domain) -> Path:
@@ -137,9 +138,15 @@ def run_train(
         if accelerator.is_main_process:
             atomic_write_json(done, {"steps": state.step, "best_val_loss": state.best_val})
         # The adapter continues from where continued pre-training left it into SFT.
+    final = out / "sft" / "best"
+    preference = None
+    if settings.preference.method != "none" and accelerator.num_processes == 1:
+        preference = _preference(student, splits["train"], settings, out / "preference", final)
+        if preference:
+            final = out / "preference" / "best"
     adapter = out / "adapter"
     if accelerator.is_main_process:
-        _publish_adapter(out / "sft" / "best", adapter)
+        _publish_adapter(final, adapter)
     sft_history = histories.get("sft", [])
     plot = plot_loss(sft_history, out / "loss.png", f"{domain.config.name}: SFT loss")
     write_jsonl(
@@ -161,7 +168,8 @@ def run_train(
         seconds=time.perf_counter() - started,
         data=asdict(stats),
         plot=plot,
-        phases=[p.name for p in phases],
+        phases=[p.name for p in phases] + (["preference"] if preference else []),
+        preference={k: v for k, v in preference.items() if k != "history"} if preference else None,
     )
     if accelerator.is_main_process:
         atomic_write_json(out / "summary.json", summary_dict(report))
@@ -188,6 +196,22 @@ def _pretrain_phase(domain: Domain, student: Student, out: Path, stats: DataStat
         out / "pretrain",
         packed=True,
     )
+
+
+def _preference(student: Student, samples, settings, out: Path, sft_best: Path) -> dict | None:
+    """Preference tuning from the best SFT adapter; None when there are no usable pairs."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from domainkit.train.preference import preference_pairs, run_preference
+
+    weights = load_file(str(sft_best / "adapter_model.safetensors"))
+    set_peft_model_state_dict(student.model, weights)
+    pairs = preference_pairs(student, samples, settings.preference.max_pairs)
+    if not pairs:
+        log.warning("preference tuning skipped: no pair where the base model's answer differs")
+        return None
+    return run_preference(student, pairs, settings, out)
 
 
 def _publish_adapter(source: Path, target: Path) -> None:

@@ -1,0 +1,101 @@
+"""Optional preference tuning after SFT with trl (DPO, or ORPO where trl provides it).
+
+Chosen: the dataset's grounded answer. Rejected: what the base model (the student with its
+adapter switched off) answers to the same prompt, so the tuned model learns to prefer the
+domain's grounded answer over the generic one.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from domainkit.config.schema import TrainConfig
+from domainkit.llm import LoadedLM, generate_batch, render_prompts
+from domainkit.synth.sample import Sample
+from domainkit.train.model import Student
+
+log = logging.getLogger(__name__)
+
+
+def preference_pairs(student: Student, samples: list[Sample], max_pairs: int) -> list[dict]:
+    """(prompt, chosen, rejected) in trl's conversational format."""
+    usable = [s for s in samples if s.generator in ("qa", "raft", "user")][:max_pairs]
+    prompts = [s.messages[:-1] for s in usable]
+    tokenizer = student.tokenizer
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        lm = LoadedLM(student.model, tokenizer, student.device)
+        student.model.eval()
+        with student.model.disable_adapter():
+            rejected = generate_batch(lm, render_prompts(lm, prompts), max_new_tokens=128)
+    finally:
+        tokenizer.padding_side = side
+    pairs = []
+    for sample, prompt, answer in zip(usable, prompts, rejected, strict=True):
+        chosen = sample.messages[-1]["content"]
+        if answer.strip() and answer.strip() != chosen.strip():
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": answer}],
+                }
+            )
+    return pairs
+
+
+def _trainer_classes(method: str):
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOConfig, DPOTrainer
+    try:
+        from trl import ORPOConfig, ORPOTrainer
+    except ImportError:
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    return ORPOConfig, ORPOTrainer
+
+
+def run_preference(
+    student: Student, pairs: list[dict], settings: TrainConfig, out_dir: Path
+) -> dict:
+    """Tune the adapter on the pairs; saves it to ``out_dir / "best"``."""
+    from datasets import Dataset
+
+    prefs = settings.preference
+    config_class, trainer_class = _trainer_classes(prefs.method)
+    args = config_class(
+        output_dir=tempfile.mkdtemp(prefix="domainkit-pref-"),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        num_train_epochs=prefs.epochs,
+        learning_rate=prefs.learning_rate,
+        beta=prefs.beta,
+        max_length=settings.max_seq_len,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=student.device == "cpu",
+        seed=settings.seed,
+    )
+    student.model.train()
+    trainer = trainer_class(
+        model=student.model,
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=student.tokenizer,
+    )
+    result = trainer.train()
+    student.model.save_pretrained(out_dir / "best")
+    student.tokenizer.save_pretrained(out_dir / "best")
+    log.info("%s on %d pairs: loss %.4f", prefs.method, len(pairs), result.training_loss)
+    return {
+        "method": prefs.method,
+        "pairs": len(pairs),
+        "loss": result.training_loss,
+        "steps": result.global_step,
+        "history": trainer.state.log_history,
+    }
