@@ -59,7 +59,7 @@ def run_domainkit(domain, conversations, method: str) -> dict:
 
     from accelerate import Accelerator
 
-    from domainkit.train.data import DataStats, fit_length, pack, tokenize_chat
+    from domainkit.train.data import DataStats, fit_length, pack, single_rows, tokenize_chat
     from domainkit.train.loop import Phase, TrainingRun
     from domainkit.train.model import load_student
 
@@ -70,8 +70,10 @@ def run_domainkit(domain, conversations, method: str) -> dict:
         settings.max_seq_len,
         DataStats(),
     )
-    rows = pack(items, settings.max_seq_len)
-    phase = Phase("bench", rows, [], settings.learning_rate, 1.0, Path(tempfile.mkdtemp()), True)
+    rows = pack(items, settings.max_seq_len) if settings.packing else single_rows(items)
+    phase = Phase(
+        "bench", rows, [], settings.learning_rate, 1.0, Path(tempfile.mkdtemp()), settings.packing
+    )
     run = TrainingRun(
         student.model,
         student.tokenizer,
@@ -82,8 +84,13 @@ def run_domainkit(domain, conversations, method: str) -> dict:
     start = time.perf_counter()
     run.run()
     seconds = time.perf_counter() - start
-    tokens = sum(len(i) for i in items)
-    return {"tokens": tokens, "seconds": seconds, "steps": run.state.step, "peak_mb": peak_mb()}
+    # Tokens actually trained on (an epoch's last step may reach into the next epoch).
+    return {
+        "tokens": run.tokens_seen,
+        "seconds": seconds,
+        "steps": run.state.step,
+        "peak_mb": peak_mb(),
+    }
 
 
 def run_baseline(domain, conversations, method: str) -> dict:
@@ -121,7 +128,7 @@ def run_baseline(domain, conversations, method: str) -> dict:
         num_train_epochs=1,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
-        warmup_ratio=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # transformers 5: a float below 1 is a ratio
         logging_steps=10**6,
         save_strategy="no",
         report_to=[],
@@ -190,7 +197,7 @@ def main() -> int:
         r = results[worker]
         label = {
             "baseline": "Trainer + peft, padding (baseline)",
-            "domainkit": "domainkit (packing)",
+            "domainkit": "domainkit (length-grouped)",
         }[worker]
         print(
             f"  {label:36} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "

@@ -230,9 +230,12 @@ class TrainConfig(_Section):
     grad_accum: int = Field(2, ge=1, description="Micro-batches per optimizer step.")
     max_seq_len: int = Field(1024, ge=32, description="Longer samples are truncated.")
     packing: bool = Field(
-        True,
-        description="Pack samples into full rows (no cross-sample attention); "
-        "off: batches of similar length.",
+        False,
+        description="Pack samples into rows of max_seq_len (no cross-sample attention): best "
+        "with GPU variable-length attention. Off: length-grouped batches under batch_tokens.",
+    )
+    batch_tokens: int = Field(
+        4096, ge=64, description="Token budget (with padding) of a length-grouped micro-batch."
     )
     eval_every: int = Field(25, ge=1, description="Validation loss every N optimizer steps.")
     save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")

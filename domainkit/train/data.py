@@ -1,10 +1,13 @@
 """From chat samples to training batches.
 
 Each conversation is rendered with the student's own chat template; only assistant tokens
-carry labels (everything else is -100). Samples are then packed into full rows, with
-position ids restarting at every sample so that no sample attends to another (transformers
-builds a block-diagonal causal mask from such position ids when no attention mask is
-given), or, with packing off, grouped into batches of similar length.
+carry labels (everything else is -100). Samples are then either grouped into batches of
+similar length under a token budget (the default: no compute on padding, and attention
+stays within each sample), or packed into full rows with position ids restarting at every
+sample so that no sample attends to another (transformers builds a block-diagonal causal
+mask from such position ids when no attention mask is given). Packing pays off with
+variable-length attention kernels on GPUs; with a dense mask, attention cost grows with the
+square of the row length, which on CPU makes packed rows slower than grouped samples.
 """
 
 from __future__ import annotations
@@ -126,10 +129,26 @@ def single_rows(items: list[Tokenized]) -> list[Row]:
     return rows
 
 
-def make_batches(rows: list[Row], batch_size: int, seed: int) -> list[list[Row]]:
-    """Batches of rows of similar length (so little padding), in a seeded random order."""
-    ordered = sorted(rows, key=lambda r: len(r.input_ids))
-    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+def make_batches(
+    rows: list[Row], batch_size: int, seed: int, max_tokens: int | None = None
+) -> list[list[Row]]:
+    """Batches of rows of similar length, in a seeded random order.
+
+    Rows are sorted by length and cut into batches of at most ``batch_size`` rows and, when
+    ``max_tokens`` is given, at most that many tokens once padded: short samples share a
+    batch with many others, long ones with few, so every batch costs about the same and
+    almost nothing is spent on padding.
+    """
+    batches: list[list[Row]] = []
+    current: list[Row] = []
+    for row in sorted(rows, key=lambda r: len(r.input_ids)):
+        padded = (len(current) + 1) * len(row.input_ids)
+        if current and (len(current) >= batch_size or (max_tokens and padded > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(row)
+    if current:
+        batches.append(current)
     random.Random(seed).shuffle(batches)
     return batches
 

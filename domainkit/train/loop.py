@@ -112,10 +112,17 @@ class TrainingRun:
 
     # -- data ---------------------------------------------------------------------------
 
+    @property
+    def _token_budget(self) -> int | None:
+        return None if self.phase.packed else self.settings.batch_tokens
+
     def _epoch_batches(self, epoch: int) -> list[list[Row]]:
         """This process's micro-batches of an epoch, the same count on every process."""
         batches = make_batches(
-            self.phase.train_rows, self.settings.batch_size, self.settings.seed + epoch
+            self.phase.train_rows,
+            self.settings.batch_size,
+            self.settings.seed + epoch,
+            self._token_budget,
         )
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         usable = len(batches) // world * world or len(batches)
@@ -204,7 +211,9 @@ class TrainingRun:
             return None
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
-        for batch in make_batches(self.phase.val_rows, self.settings.batch_size, seed=0):
+        for batch in make_batches(
+            self.phase.val_rows, self.settings.batch_size, 0, self._token_budget
+        ):
             tensors = self._tensors(batch)
             count = int((tensors["labels"][:, 1:] != IGNORE).sum())
             if count:
