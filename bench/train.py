@@ -57,11 +57,9 @@ def peak_mb() -> float:
 def run_domainkit(domain, conversations, method: str) -> dict:
     import tempfile
 
-    from accelerate import Accelerator
-
     from domainkit.train.data import DataStats, fit_length, pack, single_rows, tokenize_chat
     from domainkit.train.loop import Phase, TrainingRun
-    from domainkit.train.model import load_student
+    from domainkit.train.model import load_student, make_accelerator
 
     settings = settings_for(domain, method)
     student = load_student(settings)
@@ -79,7 +77,7 @@ def run_domainkit(domain, conversations, method: str) -> dict:
         student.tokenizer,
         settings,
         phase,
-        Accelerator(cpu=True, device_placement=False),
+        make_accelerator(settings),
     )
     start = time.perf_counter()
     run.run()
@@ -93,21 +91,40 @@ def run_domainkit(domain, conversations, method: str) -> dict:
     }
 
 
-def run_baseline(domain, conversations, method: str) -> dict:
-    """What the transformers + peft docs lead a user to write."""
+def run_baseline(domain, conversations, method: str, bf16: bool = False) -> dict:
+    """What the transformers + peft docs lead a user to write: Trainer defaults (fp32 on a
+    CPU), or with ``bf16`` the QLoRA guides' bf16 compute dtype and ``bf16=True``."""
     import tempfile
 
     import torch
     from datasets import Dataset
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
+    from domainkit.models import resolve_causal_lm
     from domainkit.train.data import DataStats, fit_length, tokenize_chat
-    from domainkit.train.model import load_base, load_tokenizer, lora_config
+    from domainkit.train.model import load_tokenizer, lora_config
 
     settings = settings_for(domain, method)
     torch.manual_seed(settings.seed)
-    model, path = load_base(settings, "cpu", quantize=method == "qlora")
+    path = resolve_causal_lm(settings.student_model)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    kwargs: dict = {"dtype": dtype}
+    if method == "qlora":
+        kwargs["device_map"] = {"": "cpu"}
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = load_tokenizer(path)
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -133,6 +150,7 @@ def run_baseline(domain, conversations, method: str) -> dict:
         save_strategy="no",
         report_to=[],
         use_cpu=True,
+        bf16=bf16,
         seed=settings.seed,
         dataloader_num_workers=0,
     )
@@ -154,17 +172,26 @@ def run_baseline(domain, conversations, method: str) -> dict:
     }
 
 
+WORKERS = {
+    "baseline": ("Trainer + peft, padding, defaults (baseline)", run_baseline),
+    "baseline-bf16": (
+        "Trainer + peft, padding, bf16",
+        lambda d, c, m: run_baseline(d, c, m, bf16=True),
+    ),
+    "domainkit": ("domainkit (grouped, bf16, labelled-only head)", run_domainkit),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--domain", type=Path, default=ROOT / "corpora" / "customer-support")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--method", default="qlora", choices=["qlora", "lora"])
-    parser.add_argument("--worker", choices=["domainkit", "baseline"])
+    parser.add_argument("--worker", choices=list(WORKERS))
     args = parser.parse_args()
     if args.worker:
         domain, conversations = load_samples(args.domain, args.samples)
-        runner = run_domainkit if args.worker == "domainkit" else run_baseline
-        print(json.dumps(runner(domain, conversations, args.method)))
+        print(json.dumps(WORKERS[args.worker][1](domain, conversations, args.method)))
         return 0
 
     domain, conversations = load_samples(args.domain, args.samples)
@@ -175,7 +202,7 @@ def main() -> int:
         f"accumulation {settings.grad_accum}, max_seq_len {settings.max_seq_len}, 1 epoch, CPU\n"
     )
     results = {}
-    for worker in ("baseline", "domainkit"):
+    for worker, (label, _) in WORKERS.items():
         out = subprocess.run(
             [
                 sys.executable,
@@ -195,20 +222,18 @@ def main() -> int:
         )
         results[worker] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[worker]
-        label = {
-            "baseline": "Trainer + peft, padding (baseline)",
-            "domainkit": "domainkit (length-grouped)",
-        }[worker]
         print(
-            f"  {label:36} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
+            f"  {label:44} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
             f"{r['tokens'] / r['seconds']:7.1f} effective tokens/s  {r['steps']:3d} steps  "
             f"peak {r['peak_mb']:6.0f} MB"
         )
     speed = {k: v["tokens"] / v["seconds"] for k, v in results.items()}
-    print(
-        f"\n  speed-up: x{speed['domainkit'] / speed['baseline']:.2f}; peak memory ratio "
-        f"{results['domainkit']['peak_mb'] / results['baseline']['peak_mb']:.2f}"
-    )
+    for baseline in ("baseline", "baseline-bf16"):
+        print(
+            f"\n  domainkit against {baseline}: x{speed['domainkit'] / speed[baseline]:.2f} "
+            f"tokens/s; peak memory ratio "
+            f"{results['domainkit']['peak_mb'] / results[baseline]['peak_mb']:.2f}"
+        )
     return 0
 
 

@@ -25,7 +25,8 @@ from domainkit.train.data import (
 )
 from domainkit.train.export import merge_adapter
 from domainkit.train.loop import Phase, TrainingRun
-from domainkit.train.model import load_student
+from domainkit.train.model import load_student, make_accelerator
+from domainkit.train.objective import LabelledTokenLoss
 
 from .tiny_lm import CHATML, save_tiny_chat_model, tiny_tokenizer
 
@@ -82,6 +83,7 @@ def _settings(tiny_model, **overrides) -> TrainConfig:
         "lora_r": 4,
         "lora_alpha": 8,
         "lora_dropout": 0.1,
+        "precision": "fp32",  # exact comparisons; bf16 has its own test
     }
     return TrainConfig(**(values | overrides))
 
@@ -114,6 +116,40 @@ def test_packed_and_grouped_samples_do_not_attend_to_each_other(tiny_model):
     torch.testing.assert_close(grouped[: len(b)], alone, atol=1e-5, rtol=1e-4)
 
 
+def test_labelled_token_loss_equals_the_models_own_loss_and_gradients(tiny_model):
+    student = load_student(_settings(tiny_model, lora_dropout=0.0))
+    model = student.model
+    batch = collate(_rows(student, n=4, packed=False), student.tokenizer.pad_token_id, False)
+    count = int((batch["labels"][:, 1:] != IGNORE).sum())
+    adapters = [p for p in model.parameters() if p.requires_grad]
+
+    expected = model(**batch).loss
+    expected_grads = torch.autograd.grad(expected, adapters)
+    ours = LabelledTokenLoss(model)(**batch) / count
+    grads = torch.autograd.grad(ours, adapters)
+
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+
+
+def test_bf16_precision_keeps_adapters_fp32_and_trains(tiny_model, tmp_path):
+    settings = _settings(tiny_model, precision="bf16", max_steps=3)
+    student = load_student(settings)
+    layer = student.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    assert layer.lora_A["default"].weight.dtype == torch.float32
+    before = layer.lora_B["default"].weight.detach().clone()
+    rows = _rows(student)
+    phase = Phase("sft", rows, rows[:2], settings.learning_rate, 1.0, tmp_path, packed=True)
+    accelerator = make_accelerator(settings)
+    assert accelerator.mixed_precision == "bf16"
+    state = TrainingRun(student.model, student.tokenizer, settings, phase, accelerator).run()
+    losses = [r["loss"] for r in state.history if "loss" in r]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(layer.lora_B["default"].weight, before)
+
+
 class _Accel:
     """A one-process stand-in with Accelerator's interface, for loop-level tests."""
 
@@ -130,6 +166,17 @@ def _run(student, settings, out_dir, stop_after=None, resume=False):
         student.model, student.tokenizer, settings, phase, _Accel(), stop_after=stop_after
     )
     return run, run.run(resume=resume)
+
+
+def test_an_epoch_trains_each_sample_once_and_steps_stay_inside_it(tiny_model, tmp_path):
+    settings = _settings(tiny_model, batch_size=2, grad_accum=2, eval_every=100)
+    student = load_student(settings)
+    rows = _rows(student, n=10, packed=False)  # 5 micro-batches: steps of 2, 2 and 1
+    phase = Phase("sft", rows, [], settings.learning_rate, 1.0, tmp_path, packed=False)
+    run = TrainingRun(student.model, student.tokenizer, settings, phase, _Accel())
+    state = run.run()
+    assert (run.total_steps, state.step, state.epoch) == (3, 3, 0)
+    assert run.tokens_seen == sum(len(r.input_ids) for r in rows)
 
 
 def test_lora_moves_the_adapter_and_leaves_the_base_alone(tiny_model, tmp_path):

@@ -217,6 +217,11 @@ class TrainConfig(_Section):
     init_lora_weights: Literal["default", "gaussian", "olora", "pissa"] = Field(
         "default", description="Adapter initialisation (peft): default, gaussian, olora, pissa."
     )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Compute precision. auto: bf16 where the hardware runs it natively "
+        "(recent GPUs; CPUs with AVX512-BF16 or AMX), else fp32. Trainable weights stay fp32.",
+    )
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Decay after warm-up."

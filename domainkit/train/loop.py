@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from domainkit.config.schema import TrainConfig
 from domainkit.train.data import IGNORE, Row, collate, make_batches
+from domainkit.train.objective import LabelledTokenLoss
 from domainkit.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,9 @@ class TrainingRun:
         optimizer = torch.optim.AdamW(
             params, lr=phase.learning_rate, weight_decay=settings.weight_decay
         )
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.model, self.optimizer = accelerator.prepare(LabelledTokenLoss(model), optimizer)
         self.params = params
+        self._cached: tuple[int | None, list[list[Row]]] = (None, [])
         self.micro_per_epoch = self._micro_per_epoch()
         steps_per_epoch = math.ceil(self.micro_per_epoch / settings.grad_accum)
         self.total_steps = settings.max_steps or max(1, math.ceil(phase.epochs * steps_per_epoch))
@@ -118,6 +120,8 @@ class TrainingRun:
 
     def _epoch_batches(self, epoch: int) -> list[list[Row]]:
         """This process's micro-batches of an epoch, the same count on every process."""
+        if self._cached[0] == epoch:
+            return self._cached[1]
         batches = make_batches(
             self.phase.train_rows,
             self.settings.batch_size,
@@ -126,7 +130,8 @@ class TrainingRun:
         )
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         usable = len(batches) // world * world or len(batches)
-        return batches[rank:usable:world]
+        self._cached = (epoch, batches[rank:usable:world])
+        return self._cached[1]
 
     def _micro_per_epoch(self) -> int:
         return max(1, len(self._epoch_batches(0)))
@@ -172,29 +177,30 @@ class TrainingRun:
             self._save_adapter(self.phase.out_dir / "best")
         return self.state
 
-    def _next_micro(self) -> list[Row]:
+    def _step_batches(self) -> list[list[Row]]:
+        """The next optimizer step's micro-batches; a step never reaches into the next
+        epoch, so an epoch's last step may have fewer."""
         batches = self._epoch_batches(self.state.epoch)
         if self.state.micro >= len(batches):
             self.state.epoch += 1
             self.state.micro = 0
             batches = self._epoch_batches(self.state.epoch)
-        batch = batches[self.state.micro]
-        self.state.micro += 1
-        return batch
+        start = self.state.micro
+        self.state.micro = min(len(batches), start + self.settings.grad_accum)
+        return batches[start : self.state.micro]
 
     def _optimizer_step(self) -> float:
         self.model.train()
-        rows = [self._next_micro() for _ in range(self.settings.grad_accum)]
+        rows = self._step_batches()
         self.tokens_seen += sum(len(r.input_ids) for batch in rows for r in batch)
         micro = [self._tensors(batch) for batch in rows]
-        label_counts = [int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro]
-        total = max(1, sum(label_counts))
+        total = max(1, sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro))
         loss_sum = 0.0
-        for i, (batch, count) in enumerate(zip(micro, label_counts, strict=True)):
+        for i, batch in enumerate(micro):
             last = i == len(micro) - 1
             context = self.accelerator.no_sync(self.model) if not last else nullcontext()
             with context:
-                loss = self.model(**batch).loss * (count / total)
+                loss = self.model(**batch) / total
                 self.accelerator.backward(loss)
             loss_sum += float(loss.detach())
         self.accelerator.clip_grad_norm_(self.params, self.settings.max_grad_norm)
@@ -217,7 +223,7 @@ class TrainingRun:
             tensors = self._tensors(batch)
             count = int((tensors["labels"][:, 1:] != IGNORE).sum())
             if count:
-                total_loss += float(self.model(**tensors).loss) * count
+                total_loss += float(self.model(**tensors))
                 total_tokens += count
         return total_loss / max(1, total_tokens)
 
@@ -257,7 +263,7 @@ class TrainingRun:
             return
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(tmp)
+        self.unwrapped.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)

@@ -20,11 +20,21 @@ class Student:
     tokenizer: object
     device: str
     path: str  # resolved base model folder or hub id
+    dtype: torch.dtype  # compute precision
 
 
-def compute_dtype(device: str) -> torch.dtype:
-    """bf16 where the hardware runs it natively, else fp32."""
-    if device == "cuda" and torch.cuda.is_bf16_supported():
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` runs bf16 matrix products in hardware."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def compute_dtype(device: str, precision: str = "auto") -> torch.dtype:
+    """bf16 when asked for, or (auto) where the hardware runs it natively; else fp32."""
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.bfloat16
     return torch.float32
 
@@ -44,8 +54,10 @@ def load_base(settings: TrainConfig, device: str, quantize: bool):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     path = resolve_causal_lm(settings.student_model)
-    dtype = compute_dtype(device)
-    kwargs: dict = {"dtype": dtype}
+    dtype = compute_dtype(device, settings.precision)
+    # Frozen base weights may live in bf16; fully trained ones stay fp32 (autocast computes
+    # in bf16) so that small optimizer updates are not rounded away.
+    kwargs: dict = {"dtype": torch.float32 if settings.method == "full" else dtype}
     if quantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -94,4 +106,16 @@ def load_student(settings: TrainConfig) -> Student:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("%s on %s: %d of %d parameters trainable", settings.method, device, trainable, total)
-    return Student(model, load_tokenizer(path), device, path)
+    dtype = compute_dtype(device, settings.precision)
+    return Student(model, load_tokenizer(path), device, path, dtype)
+
+
+def make_accelerator(settings: TrainConfig):
+    """An ``accelerate.Accelerator`` on the chosen device, autocasting to bf16 where chosen."""
+    from accelerate import Accelerator
+
+    device = best_device(settings.device)
+    bf16 = compute_dtype(device, settings.precision) == torch.bfloat16
+    return Accelerator(
+        cpu=device == "cpu", device_placement=False, mixed_precision="bf16" if bf16 else "no"
+    )

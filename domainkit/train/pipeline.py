@@ -22,9 +22,8 @@ from domainkit.train.data import (
 )
 from domainkit.train.loop import Phase, TrainingRun
 from domainkit.train.metrics import external_loggers, plot_loss, write_jsonl
-from domainkit.train.model import Student, load_student
+from domainkit.train.model import Student, load_student, make_accelerator
 from domainkit.utils.atomic import atomic_write_json
-from domainkit.utils.device import best_device
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,6 @@ def run_train(
         max_steps: Override the number of optimizer steps.
         stop_after: Testing aid: simulate a kill after this many steps.
     """
-    from accelerate import Accelerator
-
     started = time.perf_counter()
     settings = domain.config.train
     if max_steps is not None:
@@ -96,7 +93,7 @@ def run_train(
     if not resume:
         shutil.rmtree(out / "sft" / "checkpoints", ignore_errors=True)
         shutil.rmtree(out / "pretrain" / "checkpoints", ignore_errors=True)
-    accelerator = Accelerator(cpu=best_device(settings.device) == "cpu", device_placement=False)
+    accelerator = make_accelerator(settings)
     student = load_student(settings)
     system = domain.config.render_system_prompt()
     stats = DataStats()
