@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -34,7 +34,14 @@ demo: install
 	$(BIN)/domainkit search $(DEMO_DOMAIN) "my speaker light is blinking red" -k 3
 	$(BIN)/domainkit search $(DEMO_DOMAIN) "cancel Kestrel Plus subscription refund" -k 3
 
-test: install
+# The web page test drives Debian's Chromium with Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the web page test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -37,7 +37,7 @@ def tiny_tokenizer(chat_template: str = CHATML):
     return wrapped
 
 
-def save_tiny_chat_model(folder: Path, seed: int = 0) -> Path:
+def save_tiny_chat_model(folder: Path, seed: int = 0, max_positions: int = 512) -> Path:
     """A 2-layer Llama with random weights and the tiny tokenizer, saved to ``folder``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -51,7 +51,7 @@ def save_tiny_chat_model(folder: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

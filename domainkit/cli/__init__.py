@@ -66,6 +66,7 @@ def _main(
 
 from domainkit.cli import domain as _domain  # noqa: E402,F401  (registers commands)
 from domainkit.cli import index as _index  # noqa: E402,F401
+from domainkit.cli import runtime as _runtime  # noqa: E402,F401
 from domainkit.cli import synth as _synth  # noqa: E402,F401
 from domainkit.cli import train as _train  # noqa: E402,F401
 

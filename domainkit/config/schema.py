@@ -270,6 +270,27 @@ class RuntimeConfig(_Section):
     )
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest answer generated.")
     temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature (0 = greedy).")
+    context_tokens: int = Field(
+        2048,
+        ge=256,
+        description="Prompt + answer budget; the oldest turns are trimmed to fit "
+        "(capped by the model's own context length).",
+    )
+    backend: Literal["local", "openai"] = Field(
+        "local",
+        description="local: transformers + peft in this process; openai: an OpenAI-compatible "
+        "endpoint (e.g. vLLM serving the merged model or the adapter).",
+    )
+    base_url: str | None = Field(None, description="Endpoint URL for the openai backend.")
+    model: str | None = Field(
+        None, description="Model name at the endpoint (openai backend); default: the domain name."
+    )
+    api_key_env: str = Field(
+        "DOMAINKIT_BACKEND_API_KEY", description="Environment variable with the endpoint's key."
+    )
+    max_batch: int = Field(
+        8, ge=1, le=256, description="Requests generated together (local) or in flight (openai)."
+    )
 
 
 class DomainConfig(_Section):

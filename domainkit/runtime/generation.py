@@ -1,0 +1,363 @@
+"""Answer generation backends, by name, and the bounded queue that batches requests.
+
+``local`` runs transformers (+ the peft adapter, merged at load) in this process and
+generates waiting requests together in one left-padded batch, streaming each row's text
+as it is produced. ``openai`` sends each request to an OpenAI-compatible endpoint (vLLM,
+llama.cpp, Ollama ...). Both report the mean log-probability of the answer's tokens, the
+confidence the runtime policy uses for closed-book answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from domainkit.errors import DomainkitError
+from domainkit.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+class BusyError(DomainkitError):
+    """Too many requests are waiting; the caller should retry later (HTTP 503)."""
+
+
+class BackendError(DomainkitError):
+    """The generation backend failed (endpoint unreachable, bad model name ...)."""
+
+
+@dataclass
+class GenRequest:
+    """One conversation to complete.
+
+    Attributes:
+        messages: The full prompt, system message included.
+        max_new_tokens: Longest completion.
+        temperature: 0 for greedy decoding.
+        on_text: Called with each new piece of text as it is generated (streaming).
+    """
+
+    messages: list[Message]
+    max_new_tokens: int
+    temperature: float = 0.0
+    on_text: Callable[[str], None] | None = None
+
+
+@dataclass
+class GenResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+    mean_logprob: float | None = None  # None when the backend gives no log-probabilities
+
+    @property
+    def confidence(self) -> float | None:
+        """Geometric mean of the answer's token probabilities, in (0, 1]."""
+        return None if self.mean_logprob is None else math.exp(self.mean_logprob)
+
+
+GENERATORS: Registry = Registry("generation backend")
+
+
+@GENERATORS.register("local")
+class LocalGenerator:
+    """transformers in this process; the adapter (when given) is merged into a
+    full-precision copy of the base at load, so answering costs no LoRA overhead."""
+
+    def __init__(self, model: str, adapter: Path | None = None, device: str = "auto", **_):
+        from domainkit.llm import load_causal_lm
+
+        lm = load_causal_lm(model, device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
+        self.lm = lm
+        self.tokenizer = lm.tokenizer
+        config = lm.model.config
+        self.context_limit = getattr(config, "max_position_embeddings", None) or 2048
+        eos = lm.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        return len(self._ids(messages))
+
+    def _ids(self, messages: list[Message]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Complete ``requests`` together: one left-padded batch, greedy or sampled by the
+        first request's temperature (the scheduler batches equal temperatures)."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tokenizer, model = self.tokenizer, self.lm.model
+        prompts = [self._ids(r.messages) for r in requests]
+        width = max(len(p) for p in prompts)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        limits = torch.tensor([r.max_new_tokens for r in requests])
+        streamer = _RowStreamer(tokenizer, requests, self.eos_ids)
+
+        class _PerRowLimit(StoppingCriteria):
+            def __call__(self, ids, scores, **kwargs):
+                return (ids.shape[1] - width >= limits.to(ids.device)) | streamer.done_mask(
+                    ids.device
+                )
+
+        temperature = requests[0].temperature
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": 0.95}
+            if temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids.to(self.lm.device),
+                attention_mask=mask.to(self.lm.device),
+                max_new_tokens=int(limits.max()),
+                stopping_criteria=StoppingCriteriaList([_PerRowLimit()]),
+                streamer=streamer,
+                pad_token_id=pad,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **sampling,
+            )
+        streamer.end()
+        # Confidence from the raw (unprocessed) logits of the tokens each row kept.
+        steps = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # batch x steps x vocab
+        chosen = out.sequences[:, width : width + steps.shape[1]]
+        logprobs = steps.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+        results = []
+        for i in range(len(requests)):
+            n = len(streamer.tokens[i])
+            kept = logprobs[i, : max(1, n)]
+            results.append(
+                GenResult(
+                    text=streamer.texts[i].strip(),
+                    prompt_tokens=len(prompts[i]),
+                    completion_tokens=n,
+                    finish_reason="stop" if streamer.finished[i] else "length",
+                    mean_logprob=float(kept.mean()),
+                )
+            )
+        return results
+
+
+class _RowStreamer:
+    """A transformers streamer for a whole batch: splits each step's tokens by row, stops
+    a row at its end-of-turn token and hands each row's new text to its request."""
+
+    def __init__(self, tokenizer, requests: list[GenRequest], eos_ids: set[int]):
+        self.tokenizer, self.requests, self.eos_ids = tokenizer, requests, eos_ids
+        n = len(requests)
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.texts = [""] * n
+        self.finished = [False] * n
+        self.prompt_seen = False
+
+    def done_mask(self, device):
+        import torch
+
+        return torch.tensor(self.finished, device=device)
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        for i, token in enumerate(value.reshape(len(self.requests), -1)[:, -1].tolist()):
+            if self.finished[i] or len(self.tokens[i]) >= self.requests[i].max_new_tokens:
+                continue
+            if token in self.eos_ids:
+                self.finished[i] = True
+                continue
+            self.tokens[i].append(token)
+            self._emit(i)
+
+    def _emit(self, i: int) -> None:
+        text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+            return
+        new, self.texts[i] = text[len(self.texts[i]) :], text
+        callback = self.requests[i].on_text
+        if new and callback is not None:
+            # The first piece loses its leading whitespace, like the final text.
+            callback(new.lstrip() if len(text) == len(new) else new)
+
+    def end(self) -> None:
+        for i in range(len(self.requests)):
+            text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
+            if text != self.texts[i]:
+                new, self.texts[i] = text[len(self.texts[i]) :], text
+                if self.requests[i].on_text is not None:
+                    self.requests[i].on_text(new)
+
+
+@GENERATORS.register("openai")
+class OpenAIGenerator:
+    """Any OpenAI-compatible chat endpoint; ``max_batch`` requests in flight at once."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "DOMAINKIT_BACKEND_API_KEY",
+        timeout: float = 120.0,
+        tokenizer_model: str | None = None,
+        **_,
+    ):
+        import openai
+
+        if not base_url:
+            raise BackendError("runtime.backend is openai but runtime.base_url is not set")
+        self.model, self.base_url = model, base_url
+        self.client = openai.OpenAI(
+            base_url=base_url,
+            api_key=os.environ.get(api_key_env) or "no-key",
+            timeout=timeout,
+            max_retries=2,
+        )
+        self.context_limit = 1 << 30
+        self._tokenizer = None
+        if tokenizer_model:  # for history trimming; a character estimate otherwise
+            from transformers import AutoTokenizer
+
+            from domainkit.models import resolve_causal_lm
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_causal_lm(tokenizer_model))
+            self.context_limit = self._tokenizer.model_max_length
+        self.logprobs = True
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        if self._tokenizer is None:
+            return sum(len(m["content"]) for m in messages) // 3 + 8 * len(messages)
+        return len(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, request: GenRequest) -> GenResult:
+        import openai
+
+        try:
+            stream = self._create(request)
+        except openai.BadRequestError as e:
+            if not self.logprobs or "logprob" not in str(e).lower():
+                raise BackendError(f"{self.base_url}: {e}") from None
+            log.warning(
+                "%s does not return log-probabilities; no closed-book confidence", self.model
+            )
+            self.logprobs = False
+            stream = self._create(request)
+        except openai.APIConnectionError as e:
+            raise BackendError(f"cannot reach {self.base_url} ({e.__cause__ or e})") from None
+        except openai.APIStatusError as e:
+            raise BackendError(f"{self.base_url} answered {e.status_code}: {e.message}") from None
+        parts, logprobs, finish, usage = [], [], "stop", None
+        for chunk in stream:
+            usage = chunk.usage or usage
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            if choice.delta and choice.delta.content:
+                parts.append(choice.delta.content)
+                if request.on_text is not None:
+                    request.on_text(choice.delta.content)
+            if choice.logprobs and choice.logprobs.content:
+                logprobs += [t.logprob for t in choice.logprobs.content]
+            finish = choice.finish_reason or finish
+        return GenResult(
+            text="".join(parts).strip(),
+            prompt_tokens=usage.prompt_tokens if usage else self.count_tokens(request.messages),
+            completion_tokens=usage.completion_tokens if usage else len(logprobs),
+            finish_reason="length" if finish == "length" else "stop",
+            mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+        )
+
+    def _create(self, request: GenRequest):
+        return self.client.chat.completions.create(
+            model=self.model,
+            messages=request.messages,
+            max_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            stream=True,
+            stream_options={"include_usage": True},
+            **({"logprobs": True} if self.logprobs else {}),
+        )
+
+
+@dataclass
+class _Job:
+    request: GenRequest
+    future: Future = field(default_factory=Future)
+
+
+class Scheduler:
+    """A bounded queue in front of a generator. One worker thread takes every waiting
+    request (up to the generator's batch size, equal temperatures together) and generates
+    them as one batch; when ``max_queue`` requests are already waiting, ``submit`` raises
+    ``BusyError`` at once instead of letting latency grow without bound.
+    """
+
+    def __init__(self, generator, max_batch: int = 8, max_queue: int = 64):
+        self.generator = generator
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self._worker = threading.Thread(target=self._run, name="domainkit-generate", daemon=True)
+        self._worker.start()
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, request: GenRequest) -> Future:
+        job = _Job(request)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise BusyError(
+                f"the server is busy ({self._queue.maxsize} requests waiting); retry shortly"
+            ) from None
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[float, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.request.temperature, []).append(job)
+            for group in groups.values():
+                self._generate(group)
+
+    def _generate(self, jobs: list[_Job]) -> None:
+        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            results = self.generator.generate([j.request for j in live])
+        except Exception as e:  # handed to the callers; the worker keeps serving
+            log.exception("generation failed")
+            for job in live:
+                job.future.set_exception(e)
+            return
+        for job, result in zip(live, results, strict=True):
+            job.future.set_result(result)

@@ -1,0 +1,415 @@
+"""An OpenAI-compatible HTTP server for an ``Assistant``, with a web chat page.
+
+``POST /v1/chat/completions`` (streamed as server-sent events or not) and ``GET /v1/models``
+work with the official ``openai`` client; each response carries an extra ``domainkit``
+field with the route taken, the sources cited and the confidence. ``GET /healthz``,
+``GET /metrics`` (Prometheus text) and the page at ``/`` complete it.
+
+Errors use OpenAI's error body, ``{"error": {"message", "type", "param", "code"}}``, with
+400 (malformed), 401 (bad key), 413 (too large), 422 (invalid fields) and 503 (busy);
+unexpected failures are logged and answered with a 500 that carries no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from domainkit.runtime.assistant import POLICIES, Answer, Assistant, ConversationError
+from domainkit.runtime.generation import BackendError, BusyError
+
+log = logging.getLogger(__name__)
+
+API_KEYS_ENV = "DOMAINKIT_API_KEYS"
+
+
+@dataclass
+class ServerLimits:
+    """What one request may ask for."""
+
+    max_body_bytes: int = 1 << 20
+    max_messages: int = 64
+    max_message_chars: int = 16_000
+    max_tokens: int = 1024
+
+
+def load_api_keys(path: Path | None = None) -> set[str]:
+    """Keys from ``$DOMAINKIT_API_KEYS`` (comma-separated) and from a file (one per line,
+    ``#`` comments). An empty set means the API is open."""
+    keys = {k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()}
+    if path is not None:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                keys.add(line)
+    return keys
+
+
+# -- request schema ---------------------------------------------------------------------------
+
+
+class _Part(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[_Part]
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat completion request that apply; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    policy: Literal["auto", "rag", "closed"] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages[-1].role != "user":
+            raise ValueError("the last message must have role 'user'")
+        return messages
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str, param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type_,
+            param,
+            code,
+        )
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(
+    assistant: Assistant,
+    *,
+    model_name: str,
+    api_keys: set[str] | None = None,
+    limits: ServerLimits | None = None,
+):
+    limits = limits or ServerLimits()
+    keys = sorted(api_keys or ())
+    metrics = _Metrics(CollectorRegistry(), assistant)
+    app = FastAPI(title=f"domainkit: {model_name}", docs_url=None, redoc_url=None)
+    page = resources.files("domainkit.runtime").joinpath("static/index.html").read_text("utf-8")
+
+    def error_response(e: APIError) -> JSONResponse:
+        body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
+        return JSONResponse({"error": body}, status_code=e.status)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        return error_response(APIError(e.status_code, str(e.detail), "invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(APIError(500, "internal server error", "server_error"))
+
+    def authorize(request: Request) -> None:
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        # Compare against every key, in constant time, so timing reveals nothing.
+        valid = False
+        for key in keys:
+            valid |= hmac.compare_digest(given.encode(), key.encode())
+        if not valid:
+            raise APIError(
+                401,
+                "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                "invalid_request_error",
+                code="invalid_api_key",
+            )
+
+    async def read_request(request: Request) -> ChatRequest:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise _too_large(f"request body over {limits.max_body_bytes} bytes")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limits.max_body_bytes:
+                raise _too_large(f"request body over {limits.max_body_bytes} bytes")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(
+                400, f"the body is not valid JSON: {e}", "invalid_request_error"
+            ) from None
+        if not isinstance(data, dict):
+            raise APIError(400, "the body must be a JSON object", "invalid_request_error")
+        try:
+            chat = ChatRequest.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            param = ".".join(str(x) for x in first["loc"])
+            raise APIError(
+                422, f"{param}: {first['msg']}", "invalid_request_error", param=param
+            ) from None
+        if len(chat.messages) > limits.max_messages:
+            raise _too_large(f"more than {limits.max_messages} messages", "messages")
+        for i, message in enumerate(chat.messages):
+            if len(message.text) > limits.max_message_chars:
+                raise _too_large(
+                    f"message {i} is longer than {limits.max_message_chars} characters",
+                    f"messages.{i}.content",
+                )
+        wanted = chat.max_completion_tokens or chat.max_tokens
+        if wanted is not None and wanted > limits.max_tokens:
+            raise APIError(
+                422,
+                f"max_tokens may be at most {limits.max_tokens}",
+                "invalid_request_error",
+                param="max_tokens",
+            )
+        return chat
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        filled = (
+            page.replace("{{MODEL_JSON}}", json.dumps(model_name))
+            .replace("{{MODEL}}", html.escape(model_name))
+            .replace("{{KEYS}}", "true" if keys else "false")
+        )
+        return HTMLResponse(filled)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {
+            "status": "ok",
+            "model": model_name,
+            "tuned": assistant.tuned,
+            "policy": assistant.settings.policy,
+            "waiting": assistant.scheduler.waiting,
+        }
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        authorize(request)
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "domainkit"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        started = time.perf_counter()
+        try:
+            authorize(request)
+            chat = await read_request(request)
+            messages = [{"role": m.role, "content": m.text} for m in chat.messages]
+            options = {
+                "policy": chat.policy,
+                "max_tokens": chat.max_completion_tokens or chat.max_tokens,
+                "temperature": chat.temperature,
+            }
+            if chat.stream:
+                response = await _stream(assistant, messages, options, model_name, metrics)
+            else:
+                answer = await asyncio.to_thread(assistant.answer, messages, **options)
+                metrics.answered(answer, started)
+                response = _completion(answer, model_name)
+        except APIError as e:
+            metrics.failed(e.status)
+            return error_response(e)
+        except BusyError as e:
+            metrics.failed(503)
+            return error_response(APIError(503, str(e), "server_busy", code="busy"))
+        except ConversationError as e:
+            metrics.failed(400)
+            return error_response(APIError(400, str(e), "invalid_request_error"))
+        except BackendError as e:
+            metrics.failed(502)
+            return error_response(APIError(502, str(e), "backend_error"))
+        return response
+
+    async def _stream(assistant, messages, options, model_name, metrics):
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        started = time.perf_counter()
+        first_token: list[float] = []
+
+        def on_text(text: str) -> None:
+            if not first_token:
+                first_token.append(time.perf_counter() - started)
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        # Planning and queueing happen before the response starts, so "busy" and bad
+        # conversations still get their status codes.
+        pending = await asyncio.to_thread(assistant.submit, messages, on_text=on_text, **options)
+        done = asyncio.ensure_future(asyncio.to_thread(pending.result))
+        done.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+        ident, created = _ids()
+
+        def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+            body = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            body.update(extra or {})
+            return f"data: {json.dumps(body)}\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            while (text := await pieces.get()) is not None:
+                yield chunk({"content": text})
+            try:
+                answer = done.result()
+            except Exception as e:  # already streaming: report in-band, as OpenAI does
+                log.exception("generation failed while streaming")
+                error = {"message": str(e) or "generation failed", "type": "server_error"}
+                metrics.failed(500)
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
+            while not pieces.empty():  # text queued after the result was ready
+                if (text := pieces.get_nowait()) is not None:
+                    yield chunk({"content": text})
+            metrics.answered(answer, started, first_token[0] if first_token else None)
+            extra = {"usage": _usage(answer), "domainkit": _extra(answer)}
+            yield chunk({}, answer.finish_reason, extra)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+def _too_large(message: str, param: str | None = None) -> APIError:
+    return APIError(413, message, "invalid_request_error", param=param, code="too_large")
+
+
+def _ids() -> tuple[str, int]:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+
+def _usage(answer: Answer) -> dict:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def _extra(answer: Answer) -> dict:
+    return {
+        "route": answer.route,
+        "sources": [s.__dict__ for s in answer.sources],
+        "confidence": answer.confidence,
+        "trimmed_turns": answer.trimmed_turns,
+        "seconds": round(answer.seconds, 3),
+    }
+
+
+def _completion(answer: Answer, model_name: str) -> dict:
+    ident, created = _ids()
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": model_name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": _usage(answer),
+        "domainkit": _extra(answer),
+    }
+
+
+class _Metrics:
+    def __init__(self, registry, assistant: Assistant):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.registry = registry
+        self.requests = Counter(
+            "domainkit_requests", "Chat requests by HTTP status", ["status"], registry=registry
+        )
+        self.routes = Counter(
+            "domainkit_answers",
+            "Answers by route (rag, closed, refusal)",
+            ["route"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "domainkit_request_seconds", "Time to the complete answer", registry=registry
+        )
+        self.first_token = Histogram(
+            "domainkit_first_token_seconds", "Time to the first streamed text", registry=registry
+        )
+        self.tokens = Counter("domainkit_tokens", "Tokens processed", ["kind"], registry=registry)
+        waiting = Gauge("domainkit_queue_waiting", "Requests waiting", registry=registry)
+        waiting.set_function(lambda: assistant.scheduler.waiting)
+
+    def answered(self, answer: Answer, started: float, first_token: float | None = None) -> None:
+        self.requests.labels("200").inc()
+        self.routes.labels(answer.route).inc()
+        self.latency.observe(time.perf_counter() - started)
+        if first_token is not None:
+            self.first_token.observe(first_token)
+        self.tokens.labels("prompt").inc(answer.prompt_tokens)
+        self.tokens.labels("completion").inc(answer.completion_tokens)
+
+    def failed(self, status: int) -> None:
+        self.requests.labels(str(status)).inc()
+
+
+__all__ = ["POLICIES", "ServerLimits", "create_app", "load_api_keys"]
