@@ -3,7 +3,6 @@ server (with the official client), its errors and limits, and the web page in Ch
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,9 +15,9 @@ import pytest
 
 from domainkit.config import load_domain
 from domainkit.retrieval import build_index
-from domainkit.runtime import Assistant, BusyError
+from domainkit.runtime import Assistant
 from domainkit.runtime.generation import GenResult, Scheduler
-from domainkit.runtime.server import ServerLimits, create_app
+from domainkit.runtime.server import ServerLimits, create_app, serve_in_thread
 
 from .conftest import SUPPORT_DOCS, HashEmbedder, write_domain
 from .tiny_lm import save_tiny_chat_model
@@ -307,29 +306,10 @@ def test_metrics_and_health(fake):
 # -- the real server, the official client and a browser ---------------------------------------
 
 
-@contextlib.contextmanager
-def serving(app):
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def server_url(assistant):
     app = create_app(_with(assistant, relevance_threshold=0.2), model_name="kestrel-test")
-    with serving(app) as url:
+    with serve_in_thread(app) as url:
         yield url
 
 

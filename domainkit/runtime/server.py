@@ -13,6 +13,7 @@ unexpected failures are logged and answered with a 500 that carries no traceback
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import html
 import json
@@ -330,6 +331,30 @@ def create_app(
     return app
 
 
+@contextlib.contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0):
+    """Run ``app`` with uvicorn in a background thread; yields its base URL. Port 0 picks a
+    free port. For tests, benchmarks and embedding the server in another program."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="domainkit-server", daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def _too_large(message: str, param: str | None = None) -> APIError:
     return APIError(413, message, "invalid_request_error", param=param, code="too_large")
 
@@ -412,4 +437,4 @@ class _Metrics:
         self.requests.labels(str(status)).inc()
 
 
-__all__ = ["POLICIES", "ServerLimits", "create_app", "load_api_keys"]
+__all__ = ["POLICIES", "ServerLimits", "create_app", "load_api_keys", "serve_in_thread"]
