@@ -64,7 +64,8 @@ def _main(
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
 
 
-from domainkit.cli import domain as _domain  # noqa: E402,F401  (registers commands)
+from domainkit.cli import build as _build  # noqa: E402,F401  (registers commands)
+from domainkit.cli import domain as _domain  # noqa: E402,F401
 from domainkit.cli import index as _index  # noqa: E402,F401
 from domainkit.cli import runtime as _runtime  # noqa: E402,F401
 from domainkit.cli import synth as _synth  # noqa: E402,F401

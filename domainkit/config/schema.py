@@ -293,6 +293,17 @@ class RuntimeConfig(_Section):
     )
 
 
+class EvalConfig(_Section):
+    """How ``domainkit eval`` measures the assistant."""
+
+    max_new_tokens: int = Field(
+        64, ge=8, le=2048, description="Longest answer generated per eval question."
+    )
+    general_knowledge: bool = Field(
+        True, description="Also ask a small general-knowledge set closed-book (forgetting)."
+    )
+
+
 class DomainConfig(_Section):
     """A complete domain configuration: recipe defaults merged with domain.yaml overrides."""
 
@@ -318,6 +329,7 @@ class DomainConfig(_Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def render_system_prompt(self) -> str:
         """The system prompt with the persona's fields filled in."""

@@ -1,0 +1,368 @@
+"""``domainkit build``: ingest -> index -> synth -> train -> eval -> bundle, with caching.
+
+Each stage has a fingerprint: the fingerprint of what it reads (the previous stage's
+output, documents, eval.yaml), the settings it uses, and the code that runs it. A stage
+whose fingerprint matches its last successful run, and whose outputs are still there, is
+skipped; a changed document therefore re-runs the index (re-embedding only the changed
+chunks), synth (where unchanged chunks' teacher calls come from the call cache), train,
+eval and bundle. ``BUILD/build.json`` records each stage's fingerprint, time and summary,
+and is written after every stage, so an interrupted build resumes at the stage that broke.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from domainkit import __version__
+from domainkit.config.loading import Domain
+from domainkit.errors import DomainkitError
+from domainkit.utils.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "index", "synth", "train", "eval", "bundle")
+# Rough costs on a 2-core CPU with the embedded models, for --dry-run's estimate.
+_SECONDS_PER = {"chunk": 0.03, "sample": 9.0, "train_sample": 1.6, "answer": 0.9}
+
+
+@dataclass
+class StagePlan:
+    name: str
+    action: str  # run, cached, skip
+    reason: str
+    fingerprint: str
+    size: str = ""
+    estimate_s: float = 0.0
+
+
+@dataclass
+class BuildReport:
+    stages: list[dict] = field(default_factory=list)
+    headline: str | None = None
+    seconds: float = 0.0
+    build_dir: Path | None = None
+
+
+def state_path(domain: Domain) -> Path:
+    return domain.build_dir / "build.json"
+
+
+def bundle_dir(domain: Domain) -> Path:
+    return domain.build_dir / "bundle"
+
+
+def _load_state(domain: Domain) -> dict:
+    path = state_path(domain)
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        log.warning("%s is unreadable; every stage will run", path)
+        return {"stages": {}}
+
+
+def _hash(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def _code(*packages: str) -> str:
+    """Hash of the source files a stage runs (package folders or modules): an edit to them
+    re-runs the stage."""
+    root = Path(__file__).parent
+    files = [p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))]
+    files += [root / f"{pkg}.py" for pkg in packages if (root / f"{pkg}.py").is_file()]
+    return _hash(__version__, [(f.relative_to(root).as_posix(), _digest(f)) for f in files])
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprints(domain: Domain, limit: int | None) -> dict[str, str]:
+    """Every stage's fingerprint, each covering its inputs, settings and code."""
+    from domainkit.retrieval.store import source_hashes
+
+    config = domain.config
+    prints: dict[str, str] = {}
+    prints["ingest"] = _hash(source_hashes(domain), config.ingest, _code("ingest"))
+    prints["index"] = _hash(prints["ingest"], config.chunking, config.retrieval, _code("retrieval"))
+    persona = (config.render_system_prompt(), config.refusal, config.persona)
+    prints["synth"] = _hash(prints["index"], config.synth, persona, limit, _code("synth"))
+    prints["train"] = _hash(prints["synth"], config.train, _code("train"))
+    eval_file = domain.eval_path.read_bytes().hex() if domain.eval_path.is_file() else ""
+    prints["eval"] = _hash(
+        prints["train"],
+        _hash(eval_file),
+        config.runtime,
+        config.eval,
+        limit,
+        _code("eval", "runtime"),
+    )
+    prints["bundle"] = _hash(prints["eval"], _code("build"))
+    return prints
+
+
+def _outputs_exist(domain: Domain, stage: str) -> bool:
+    from domainkit.retrieval.store import current_version
+
+    build = domain.build_dir
+    return {
+        "ingest": True,
+        "index": current_version(domain.index_dir) is not None,
+        "synth": (build / "synth" / "CURRENT").is_file(),
+        "train": (build / "train" / "adapter" / "adapter_config.json").is_file(),
+        "eval": (build / "eval" / "report.json").is_file(),
+        "bundle": (bundle_dir(domain) / "bundle.json").is_file(),
+    }[stage]
+
+
+def plan(
+    domain: Domain,
+    *,
+    start: str | None = None,
+    until: str | None = None,
+    limit: int | None = None,
+) -> list[StagePlan]:
+    """What a build would do: each stage to run, reuse or skip, and why."""
+    for name, value in (("--from", start), ("--until", until)):
+        if value is not None and value not in STAGES:
+            raise DomainkitError(f"{name} {value!r}: stages are {', '.join(STAGES)}")
+    first = STAGES.index(start) if start else 0
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    if first > last:
+        raise DomainkitError(f"--from {start} comes after --until {until}")
+    prints = fingerprints(domain, limit)
+    state = _load_state(domain)["stages"]
+    sizes = _sizes(domain, limit)
+    plans, upstream_runs = [], False
+    for i, stage in enumerate(STAGES):
+        previous = state.get(stage, {})
+        if i > last:
+            action, reason = "skip", f"after --until {until}"
+        elif i < first:
+            action, reason = "cached", f"before --from {start}"
+        elif start:
+            action, reason = "run", f"--from {start}"
+        elif not previous:
+            action, reason = "run", "never built"
+        elif previous.get("fingerprint") != prints[stage]:
+            action = "run"
+            reason = "an earlier stage changed" if upstream_runs else "inputs or settings changed"
+        elif not _outputs_exist(domain, stage):
+            action, reason = "run", "outputs missing"
+        else:
+            action, reason = "cached", "unchanged"
+        upstream_runs |= action == "run"
+        size, estimate = sizes.get(stage, ("", 0.0))
+        plans.append(StagePlan(stage, action, reason, prints[stage], size, estimate))
+    return plans
+
+
+def _sizes(domain: Domain, limit: int | None) -> dict[str, tuple[str, float]]:
+    """Rough sizes and time estimates per stage, from the documents and settings."""
+    from domainkit.config.evalset import load_eval_set
+    from domainkit.ingest.corpus import list_files
+
+    files = list_files(domain.docs_dir, domain.config.ingest) if domain.docs_dir.is_dir() else []
+    chars = sum(p.stat().st_size for p in files)
+    chunk_chars = domain.config.chunking.chunk_size * 4
+    chunks = max(1, chars // max(1, chunk_chars - domain.config.chunking.chunk_overlap * 4))
+    samples = limit or round(chunks * domain.config.synth.samples_per_chunk)
+    train = domain.config.train
+    epochs = (
+        train.max_steps * train.batch_size * train.grad_accum / max(1, samples)
+        if (train.max_steps)
+        else train.epochs
+    )
+    questions = len(load_eval_set(domain.eval_path).questions)
+    if limit:
+        questions = min(questions, limit)
+    answers = (questions + max(1, samples // 10)) * 5 + 24
+    return {
+        "ingest": (f"{len(files)} files, {chars / 1e6:.1f} MB", 1.0),
+        "index": (f"about {chunks} chunks", chunks * _SECONDS_PER["chunk"] + 10),
+        "synth": (f"about {samples} samples", samples * _SECONDS_PER["sample"]),
+        "train": (
+            f"{train.method}, {epochs:g} epochs",
+            samples * epochs * _SECONDS_PER["train_sample"] + 20,
+        ),
+        "eval": (f"about {answers} answers", answers * _SECONDS_PER["answer"]),
+        "bundle": ("copies", 2.0),
+    }
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def run_build(
+    domain: Domain,
+    *,
+    start: str | None = None,
+    until: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    on_stage: Callable[[StagePlan], None] | None = None,
+) -> BuildReport:
+    """Run the stages the plan says to run, recording each as it finishes."""
+    started = time.perf_counter()
+    plans = plan(domain, start=start, until=until, limit=limit)
+    state = _load_state(domain)
+    report = BuildReport(build_dir=domain.build_dir)
+    for stage in plans:
+        if on_stage is not None:
+            on_stage(stage)
+        if stage.action != "run":
+            previous = state["stages"].get(stage.name, {})
+            report.stages.append(
+                {
+                    "stage": stage.name,
+                    "action": stage.action,
+                    "reason": stage.reason,
+                    "seconds": 0.0,
+                    "summary": previous.get("summary", {}) if stage.action == "cached" else {},
+                }
+            )
+            continue
+        t0 = time.perf_counter()
+        summary = RUNNERS[stage.name](domain, limit, progress)
+        seconds = round(time.perf_counter() - t0, 1)
+        state["stages"][stage.name] = {
+            "fingerprint": stage.fingerprint,
+            "seconds": seconds,
+            "summary": summary,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        domain.build_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(state_path(domain), state)
+        report.stages.append(
+            {
+                "stage": stage.name,
+                "action": "run",
+                "reason": stage.reason,
+                "seconds": seconds,
+                "summary": summary,
+            }
+        )
+    eval_summary = state["stages"].get("eval", {}).get("summary", {})
+    report.headline = eval_summary.get("headline")
+    report.seconds = round(time.perf_counter() - started, 1)
+    return report
+
+
+def _ingest(domain: Domain, limit, progress) -> dict:
+    from domainkit.retrieval.store import source_hashes
+
+    if not domain.docs_dir.is_dir():
+        raise DomainkitError(f"{domain.docs_dir}: no documents folder")
+    files = source_hashes(domain)
+    if not files:
+        raise DomainkitError(f"{domain.docs_dir}: no supported documents")
+    return {"files": len(files)}
+
+
+def _index(domain: Domain, limit, progress) -> dict:
+    from domainkit.retrieval import build_index
+    from domainkit.retrieval.embedders import make_embedder
+
+    r = build_index(domain, make_embedder(domain.config.retrieval), progress=progress)
+    return {
+        "documents": r.documents,
+        "chunks": r.chunks,
+        "embedded": r.embedded,
+        "reused": r.reused,
+        "skipped_files": len(r.skipped),
+        "path": str(r.path),
+    }
+
+
+def _synth(domain: Domain, limit, progress) -> dict:
+    from domainkit.synth import run_synth
+
+    r = run_synth(domain, limit=limit, progress=progress)
+    return {
+        "kept": sum(r.kept.values()),
+        "rejected": sum(r.rejected.values()),
+        "splits": r.splits,
+        "teacher_calls": r.calls_made,
+        "cached_calls": r.calls_cached,
+        "path": str(r.path),
+    }
+
+
+def _train(domain: Domain, limit, progress) -> dict:
+    from domainkit.train import run_train
+
+    r = run_train(domain)
+    return {
+        "method": r.method,
+        "steps": r.steps,
+        "best_val_loss": r.best_val_loss,
+        "tokens_per_s": round(r.tokens_per_s, 1),
+        "adapter": str(r.adapter),
+    }
+
+
+def _eval(domain: Domain, limit, progress) -> dict:
+    from domainkit.eval import run_eval
+
+    r = run_eval(domain, limit=limit, progress=progress)
+    return {
+        "headline": r.headline,
+        "report": str(r.path / "report.md"),
+        "calibration": r.calibration,
+    }
+
+
+def _bundle(domain: Domain, limit, progress) -> dict:
+    """What to ship, in one folder: the adapter, the live index, the calibrated runtime
+    settings, the resolved configuration and the evaluation report."""
+    import yaml
+
+    from domainkit.retrieval.store import current_version
+    from domainkit.runtime.assistant import adapter_path, calibration_path
+
+    target = bundle_dir(domain)
+    tmp = target.with_name(".bundle.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(adapter_path(domain), tmp / "adapter")
+    shutil.copytree(current_version(domain.index_dir), tmp / "index")
+    for path in (calibration_path(domain), domain.build_dir / "eval" / "report.md"):
+        if path.is_file():
+            shutil.copyfile(path, tmp / path.name)
+    config = domain.config.model_dump(mode="json")
+    (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    atomic_write_json(
+        tmp / "bundle.json",
+        {
+            "name": domain.config.name,
+            "domainkit": __version__,
+            "student_model": domain.config.train.student_model,
+            "embedder": domain.config.retrieval.embedder,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return {"path": str(target)}
+
+
+RUNNERS: dict[str, Callable[[Domain, int | None, bool], dict]] = {
+    "ingest": _ingest,
+    "index": _index,
+    "synth": _synth,
+    "train": _train,
+    "eval": _eval,
+    "bundle": _bundle,
+}

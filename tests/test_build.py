@@ -1,0 +1,219 @@
+"""domainkit build (stage caching, invalidation, --from/--until, --dry-run) and eval
+(metrics on hand-made answers, calibration, report files holding the printed numbers)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from domainkit.build import plan, run_build
+from domainkit.cli import app
+from domainkit.config import load_domain
+from domainkit.eval import metrics as m
+from domainkit.eval.runner import calibrate
+
+from .conftest import SUPPORT_DOCS, write_domain
+from .tiny_lm import save_tiny_chat_model
+
+REFUSAL = "I'm sorry, the documents I have do not cover that."
+
+
+# -- metrics on hand-made cases ---------------------------------------------------------------
+
+
+def test_a_correct_a_wrong_and_a_refused_answer():
+    reference = "Two years, from the date of delivery."
+    correct = "Your Perch is covered for two years from delivery [1]."
+    wrong = "The warranty lasts five years."
+    refused = REFUSAL
+    assert m.is_correct(correct, reference, REFUSAL)
+    assert not m.is_correct(wrong, reference, REFUSAL)
+    assert not m.is_correct(refused, reference, REFUSAL) and m.is_refusal(refused, REFUSAL)
+    assert m.is_refusal("Sorry, I couldn't find that in the manuals.")
+    assert not m.is_refusal(correct, REFUSAL)
+    assert m.token_f1(correct, reference) > m.token_f1(wrong, reference)
+    assert m.key_fact_recall(correct, reference) == 0.75  # two, years, delivery; not "date"
+    assert m.key_fact_recall(wrong, reference) < 0.5
+
+
+def test_yes_no_maybe_and_faithfulness():
+    assert m.is_correct("Yes. The trial showed a benefit.", "yes")
+    assert not m.is_correct("No, it did not.", "yes")
+    assert m.label_of("The evidence is mixed, so maybe.") == "maybe"
+    passage = "Opened soundbars carry a 15 percent restocking fee."
+    assert m.support("Opened soundbars have a 15 percent restocking fee [1].", [passage]) >= 0.8
+    assert m.support("Refunds arrive by carrier pigeon within a fortnight.", [passage]) < 0.3
+
+
+def test_calibration_picks_thresholds_that_separate_the_cases():
+    result = calibrate(
+        best_scores=[0.8, 0.7, 0.65, 0.3, 0.2],
+        answerable=[True, True, True, False, False],
+        confidences=[0.9, 0.8, 0.3, 0.2],
+        correct=[True, True, False, False],
+    )
+    assert 0.3 < result["relevance_threshold"] <= 0.65 and result["relevance_accuracy"] == 1.0
+    assert 0.3 < result["confidence_threshold"] <= 0.8 and result["confidence_accuracy"] == 1.0
+
+
+# -- build ----------------------------------------------------------------------------------------
+
+EVAL = {
+    "questions": [
+        {
+            "question": "For how long is a Perch covered?",
+            "answer": "two years",
+            "source": "docs/warranty.md",
+        },
+        {
+            "question": "What fee applies to an opened soundbar?",
+            "answer": "15 percent restocking fee",
+            "source": "docs/returns.md",
+        },
+        {"question": "Do you ship to Antarctica?", "answerable": False},
+    ]
+}
+
+
+@pytest.fixture
+def buildable(tmp_path):
+    model = save_tiny_chat_model(tmp_path / "tiny", max_positions=4096)
+    root = write_domain(
+        tmp_path / "support",
+        SUPPORT_DOCS,
+        synth={"teacher": {"backend": "scripted"}, "validation_fraction": 0.3},
+        train={
+            "student_model": str(model),
+            "method": "lora",
+            "max_steps": 2,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "max_seq_len": 512,
+            "lora_r": 4,
+            "precision": "fp32",
+        },
+        retrieval={"embedder": "hash-test", "top_k": 2},
+        eval={"max_new_tokens": 8},
+    )
+    (root / "eval.yaml").write_text(yaml.safe_dump(EVAL))
+    return root
+
+
+def _actions(domain, **kwargs) -> dict[str, str]:
+    return {p.name: p.action for p in plan(domain, **kwargs)}
+
+
+def test_build_runs_every_stage_then_reuses_them(buildable):
+    domain = load_domain(buildable)
+    report = run_build(domain, limit=12, progress=False)
+    assert [s["action"] for s in report.stages] == ["run"] * 6
+    out = domain.build_dir
+    for path in (
+        "build.json",
+        "train/adapter/adapter_config.json",
+        "eval/report.json",
+        "eval/report.md",
+        "eval/accuracy.png",
+        "eval/answers.jsonl",
+        "runtime/calibration.json",
+        "bundle/bundle.json",
+        "bundle/adapter/adapter_config.json",
+        "bundle/index/manifest.json",
+    ):
+        assert (out / path).is_file(), path
+    assert report.headline.startswith("accuracy:")
+
+    started = time.perf_counter()
+    again = run_build(load_domain(buildable), limit=12, progress=False)
+    assert [s["action"] for s in again.stages] == ["cached"] * 6
+    assert time.perf_counter() - started < 5
+    assert again.headline == report.headline
+
+
+def test_changes_rerun_only_what_depends_on_them(buildable):
+    run_build(load_domain(buildable), limit=12, progress=False)
+
+    (buildable / "eval.yaml").write_text(yaml.safe_dump({"questions": EVAL["questions"][:2]}))
+    actions = _actions(load_domain(buildable), limit=12)
+    assert actions == {
+        "ingest": "cached",
+        "index": "cached",
+        "synth": "cached",
+        "train": "cached",
+        "eval": "run",
+        "bundle": "run",
+    }
+    assert _actions(load_domain(buildable), limit=5)["synth"] == "run", "--limit is an input"
+
+    (buildable / "docs" / "returns.md").write_text("# Returns\n\nReturns within 60 days.\n")
+    changed = plan(load_domain(buildable), limit=12)
+    assert all(p.action == "run" for p in changed)
+    assert changed[0].reason == "inputs or settings changed"
+    assert changed[2].reason == "an earlier stage changed"
+
+    report = run_build(load_domain(buildable), limit=12, until="index", progress=False)
+    index = report.stages[1]["summary"]
+    assert index["embedded"] >= 1 and index["reused"] >= 1, "only the changed chunks re-embed"
+    assert [s["action"] for s in report.stages[2:]] == ["skip"] * 4
+
+
+def test_from_and_until(buildable):
+    domain = load_domain(buildable)
+    run_build(domain, limit=12, until="synth", progress=False)
+    state = json.loads((domain.build_dir / "build.json").read_text())
+    assert set(state["stages"]) == {"ingest", "index", "synth"}
+    actions = _actions(domain, limit=12, start="synth", until="train")
+    assert actions == {
+        "ingest": "cached",
+        "index": "cached",
+        "synth": "run",
+        "train": "run",
+        "eval": "skip",
+        "bundle": "skip",
+    }
+    result = CliRunner().invoke(app, ["build", str(buildable), "--from", "nope"])
+    assert result.exit_code == 1 and "stages are" in result.output
+    result = CliRunner().invoke(
+        app, ["build", str(buildable), "--from", "eval", "--until", "index", "--dry-run"]
+    )
+    assert result.exit_code == 1 and "comes after" in result.output
+
+
+def test_dry_run_shows_the_plan_and_runs_nothing(buildable):
+    result = CliRunner().invoke(app, ["build", str(buildable), "--dry-run", "--limit", "12"])
+    assert result.exit_code == 0, result.output
+    for stage in ("ingest", "index", "synth", "train", "eval", "bundle"):
+        assert stage in result.output
+    assert "estimated time" in result.output
+    assert not (buildable / ".domainkit").exists()
+
+
+def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
+    runner = CliRunner()
+    assert (
+        runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"]).exit_code
+        == 0
+    )
+    printed = runner.invoke(app, ["eval", str(buildable)], env={"COLUMNS": "250"})
+    assert printed.exit_code == 0, printed.output
+    report = json.loads((buildable / ".domainkit" / "eval" / "report.json").read_text())
+    table = report["conditions"]["eval.yaml"]
+    assert set(table) == {
+        "base closed-book",
+        "base + retrieval",
+        "tuned closed-book",
+        "tuned + retrieval",
+        "tuned, runtime policy",
+    }
+    for name, metrics in table.items():
+        line = next(ln for ln in printed.output.splitlines() if ln.strip("│ ").startswith(name))
+        assert f"{metrics['false_refusals']:.2f}" in line and f"{metrics['accuracy']:.2f}" in line
+        assert metrics["answerable"] == 2 and metrics["unanswerable"] == 1
+    assert report["headline"] in printed.output
+    markdown = (buildable / ".domainkit" / "eval" / "report.md").read_text()
+    assert "| tuned, runtime policy |" in markdown and report["headline"] in markdown
+    assert report["retrieval"]["questions"] == 2
