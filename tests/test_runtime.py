@@ -428,3 +428,26 @@ def test_cli_ask_json(runtime_domain):
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
     assert answer["route"] == "rag" and answer["sources"][0]["document"] == "warranty.md"
+
+
+def test_openai_backend_against_a_domainkit_server(runtime_domain, server_url):
+    """The `openai` generation backend, pointed at a running OpenAI-compatible server (here
+    another domainkit server on loopback, as vLLM would be in production)."""
+    settings = runtime_domain.config.runtime.model_copy(
+        update={
+            "backend": "openai",
+            "base_url": f"{server_url}/v1",
+            "model": "kestrel-test",
+            "relevance_threshold": 0.2,
+        }
+    )
+    remote = Assistant.from_domain(runtime_domain, settings=settings)
+    pieces: list[str] = []
+    answer = remote.answer(_ask(WARRANTY_Q), max_tokens=6, on_text=pieces.append)
+    assert answer.route == "rag" and answer.sources[0].document == "warranty.md"
+    assert "".join(pieces).strip() == answer.text and answer.completion_tokens > 0
+    # The endpoint gives no log-probabilities, so closed-book answers are never trusted.
+    closed = _with(remote, relevance_threshold=0.99, confidence_threshold=0.0).answer(
+        _ask(WARRANTY_Q), max_tokens=6
+    )
+    assert closed.confidence is None and closed.route == "refusal"

@@ -59,7 +59,7 @@ def _main(
         level=level, format="%(message)s", handlers=[RichHandler(console=err_console)], force=True
     )
     if verbose < 2:
-        for noisy in ("httpx", "sentence_transformers", "transformers", "faiss"):
+        for noisy in ("httpx", "sentence_transformers", "transformers", "faiss", "bitsandbytes"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
 
