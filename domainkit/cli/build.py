@@ -160,5 +160,10 @@ def build(
         t.add_row(s["stage"], s["action"], _duration(s["seconds"]) if s["seconds"] else "", shown)
     console.print(t)
     console.print(f"outputs: {report.build_dir}")
-    if report.headline:
-        console.print(f"[bold]eval: {report.headline}[/]")
+    from domainkit.eval.runner import load_report
+
+    evaluation = load_report(loaded)
+    if evaluation is not None and any(
+        s["stage"] == "eval" and s["action"] != "skip" for s in report.stages
+    ):
+        print_eval_tables(evaluation)
