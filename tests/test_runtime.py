@@ -451,3 +451,20 @@ def test_openai_backend_against_a_domainkit_server(runtime_domain, server_url):
         _ask(WARRANTY_Q), max_tokens=6
     )
     assert closed.confidence is None and closed.route == "refusal"
+
+
+def test_cli_chat_keeps_the_conversation_and_shows_sources(runtime_domain):
+    from typer.testing import CliRunner
+
+    from domainkit.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["chat", str(runtime_domain.root), "--policy", "rag", "--show-context"],
+        input=f"{WARRANTY_Q}\nAnd the battery?\n/reset\n/quit\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("assistant>") == 2
+    assert "warranty.md" in result.output and "battery.txt" in result.output
+    assert "Every Perch speaker has a two-year limited warranty." in result.output
+    assert "(new conversation)" in result.output
