@@ -143,23 +143,35 @@ def _assistant(domain: Domain, tuned: bool, retriever, settings) -> Assistant:
 
 
 def _answer_all(assistant: Assistant, items: list[Item], policy: str, max_tokens: int, bar):
-    """Every item answered (queued at once so the scheduler batches them); the wall time
+    """Every item answered, queued at once so the scheduler batches them, longest prompts
+    first so each batch holds prompts of similar length (little padding). The wall time
     per answer is the batched cost a deployment would see under load."""
     started = time.perf_counter()
-    pending = [
-        assistant.submit(
-            [{"role": "user", "content": item.question}],
+    order = sorted(range(len(items)), key=lambda i: -_prompt_chars(assistant, items[i], policy))
+    pending = {
+        i: assistant.submit(
+            [{"role": "user", "content": items[i].question}],
             policy=policy,
             max_tokens=max_tokens,
             temperature=0.0,
         )
-        for item in items
-    ]
-    answers = []
-    for p in pending:
-        answers.append(p.result())
+        for i in order
+    }
+    answers = {}
+    for i in order:
+        answers[i] = pending[i].result()
         bar.update(1)
-    return answers, (time.perf_counter() - started) / max(1, len(items))
+    return [answers[i] for i in range(len(items))], (time.perf_counter() - started) / max(
+        1, len(items)
+    )
+
+
+def _prompt_chars(assistant: Assistant, item: Item, policy: str) -> int:
+    if policy == "closed" or assistant.retriever is None:
+        return len(item.question)
+    return len(item.question) + sum(
+        len(h.chunk.text) for h in assistant.retriever.search(item.question)
+    )
 
 
 def score(items: list[Item], answers: list[Answer], refusal: str, seconds: float) -> dict:

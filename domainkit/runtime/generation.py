@@ -84,6 +84,7 @@ class LocalGenerator:
             lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
         self.lm = lm
         self.tokenizer = lm.tokenizer
+        self._tokenizer_lock = threading.Lock()
         config = lm.model.config
         self.context_limit = getattr(config, "max_position_embeddings", None) or 2048
         eos = lm.model.generation_config.eos_token_id
@@ -94,7 +95,10 @@ class LocalGenerator:
         return len(self._ids(messages))
 
     def _ids(self, messages: list[Message]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        # Request threads count tokens while the worker generates; a fast tokenizer may not
+        # be entered by two threads at once when one changes its padding state.
+        with self._tokenizer_lock:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
