@@ -468,3 +468,22 @@ def test_cli_chat_keeps_the_conversation_and_shows_sources(runtime_domain):
     assert "warranty.md" in result.output and "battery.txt" in result.output
     assert "Every Perch speaker has a two-year limited warranty." in result.output
     assert "(new conversation)" in result.output
+
+
+def test_a_row_stops_where_the_model_starts_imitating_the_prompt():
+    import torch
+
+    from domainkit.runtime.generation import GenRequest, _RowStreamer
+
+    from .tiny_lm import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    pieces: list[str] = []
+    request = GenRequest([], max_new_tokens=100, on_text=pieces.append)
+    streamer = _RowStreamer(tokenizer, [request], eos_ids=set())
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt
+    for token in tokenizer.encode("Two years.\nQuestion: and returns?\nAnswer"):
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert "".join(pieces) == "Two years." and streamer.finished == [True]
+    assert all("\n" not in p for p in pieces), "the marker's start was held back, not streamed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Annotated
 
 import typer
@@ -59,8 +60,12 @@ def _main(
         level=level, format="%(message)s", handlers=[RichHandler(console=err_console)], force=True
     )
     if verbose < 2:
-        for noisy in ("httpx", "sentence_transformers", "transformers", "faiss", "bitsandbytes"):
+        for noisy in ("httpx", "sentence_transformers", "transformers", "faiss"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+        # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is absent;
+        # transformers and peft emit FutureWarnings about their own internals.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
 
 

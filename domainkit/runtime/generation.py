@@ -161,15 +161,21 @@ class LocalGenerator:
         return results
 
 
+# The prompt format's own block markers: a model that writes one has finished its answer and
+# started imitating the prompt (small models do), so the row stops there.
+STOP_MARKERS = ("\nQuestion:", "\nPassages:")
+
+
 class _RowStreamer:
     """A transformers streamer for a whole batch: splits each step's tokens by row, stops
-    a row at its end-of-turn token and hands each row's new text to its request."""
+    a row at its end-of-turn token or a prompt marker, and hands each row's new text to its
+    request. Text that may be the start of a marker is held back until it is not."""
 
     def __init__(self, tokenizer, requests: list[GenRequest], eos_ids: set[int]):
         self.tokenizer, self.requests, self.eos_ids = tokenizer, requests, eos_ids
         n = len(requests)
         self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.texts = [""] * n
+        self.texts = [""] * n  # what has been handed out
         self.finished = [False] * n
         self.prompt_seen = False
 
@@ -189,25 +195,34 @@ class _RowStreamer:
                 self.finished[i] = True
                 continue
             self.tokens[i].append(token)
-            self._emit(i)
+            self._emit(i, final=False)
 
-    def _emit(self, i: int) -> None:
-        text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+    def _emit(self, i: int, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True).lstrip()
+        for marker in STOP_MARKERS:
+            if marker in text:
+                text, self.finished[i] = text[: text.index(marker)], True
+        if not final and not self.finished[i]:
+            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+                return
+            text = text[: len(text) - _marker_prefix(text)]
+        if len(text) <= len(self.texts[i]):
             return
         new, self.texts[i] = text[len(self.texts[i]) :], text
-        callback = self.requests[i].on_text
-        if new and callback is not None:
-            # The first piece loses its leading whitespace, like the final text.
-            callback(new.lstrip() if len(text) == len(new) else new)
+        if self.requests[i].on_text is not None:
+            self.requests[i].on_text(new)
 
     def end(self) -> None:
         for i in range(len(self.requests)):
-            text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
-            if text != self.texts[i]:
-                new, self.texts[i] = text[len(self.texts[i]) :], text
-                if self.requests[i].on_text is not None:
-                    self.requests[i].on_text(new)
+            self._emit(i, final=True)
+
+
+def _marker_prefix(text: str) -> int:
+    """Length of the longest end of ``text`` that begins a stop marker."""
+    for size in range(min(len(text), max(map(len, STOP_MARKERS))), 0, -1):
+        if any(m.startswith(text[-size:]) for m in STOP_MARKERS):
+            return size
+    return 0
 
 
 @GENERATORS.register("openai")
