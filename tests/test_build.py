@@ -217,3 +217,5 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
     markdown = (buildable / ".domainkit" / "eval" / "report.md").read_text()
     assert "| tuned, runtime policy |" in markdown and report["headline"] in markdown
     assert report["retrieval"]["questions"] == 2
+    # The scripted teacher judges (it answers "yes" to checks): the judge column is filled.
+    assert all(metrics["judge"] == 1.0 for metrics in table.values())

@@ -302,6 +302,11 @@ class EvalConfig(_Section):
     general_knowledge: bool = Field(
         True, description="Also ask a small general-knowledge set closed-book (forgetting)."
     )
+    judge: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="LLM judge of answers against the reference, by the synth teacher. auto: "
+        "on when the teacher is not the small local default (a 135M judge says yes to anything).",
+    )
 
 
 class DomainConfig(_Section):

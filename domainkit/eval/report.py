@@ -16,6 +16,7 @@ COLUMNS = [
     ("refusal_accuracy", "refused unanswerable"),
     ("false_refusals", "false refusals"),
     ("faithfulness", "faithfulness"),
+    ("judge", "judge"),
     ("seconds_per_answer", "s/answer"),
 ]
 

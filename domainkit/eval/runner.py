@@ -174,6 +174,45 @@ def _prompt_chars(assistant: Assistant, item: Item, policy: str) -> int:
     )
 
 
+JUDGE_SYSTEM = (
+    "You check answers against a reference answer. Reply with yes or no only: yes when the "
+    "candidate says what the reference says, no otherwise."
+)
+
+
+def make_judge(domain: Domain):
+    """The synth teacher as judge, or None (see ``eval.judge``)."""
+    mode = domain.config.eval.judge
+    teacher = domain.config.synth.teacher
+    if mode == "off" or (mode == "auto" and teacher.backend == "hf"):
+        return None
+    from domainkit.synth.teachers.base import make_teacher
+
+    return make_teacher(teacher)
+
+
+def judge_accuracy(judge, items: list[Item], answers: list[Answer]) -> float | None:
+    """Share of answerable questions the judge calls correctly answered."""
+    from domainkit.synth.teachers.base import Sampling
+
+    pairs = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
+    if judge is None or not pairs:
+        return None
+    conversations = [
+        [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {
+                "role": "user",
+                "content": f"Question: {i.question}\nReference: {i.reference}\n"
+                f"Candidate: {a.text}\nIs the candidate correct?",
+            },
+        ]
+        for i, a in pairs
+    ]
+    replies = judge.generate(conversations, Sampling(temperature=0.0, max_new_tokens=4))
+    return round(sum(r.strip().lower().startswith("yes") for r in replies) / len(pairs), 4)
+
+
 def score(items: list[Item], answers: list[Answer], refusal: str, seconds: float) -> dict:
     """Metrics of one condition on one question set."""
     answerable = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
@@ -285,6 +324,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
 
     results: dict[str, dict[str, dict]] = {name: {} for name in sets}
+    judge = make_judge(domain)
     rows: list[dict] = []
     general_scores: dict = {}
     calibration: dict = {}
@@ -312,6 +352,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
             for set_name, items in sets.items():
                 answers, seconds = _answer_all(assistant, items, condition.policy, max_tokens, bar)
                 results[set_name][condition.name] = score(items, answers, refusal, seconds)
+                results[set_name][condition.name]["judge"] = judge_accuracy(judge, items, answers)
                 rows += [
                     {
                         "set": set_name,
