@@ -156,6 +156,9 @@ class _Accel:
     from accelerate import Accelerator as _A
 
     def __new__(cls):
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # earlier tests may have made a bf16 one
         return cls._A(cpu=True, device_placement=False)
 
 

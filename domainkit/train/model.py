@@ -113,9 +113,14 @@ def load_student(settings: TrainConfig) -> Student:
 def make_accelerator(settings: TrainConfig):
     """An ``accelerate.Accelerator`` on the chosen device, autocasting to bf16 where chosen."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     device = best_device(settings.device)
     bf16 = compute_dtype(device, settings.precision) == torch.bfloat16
+    # The accelerator's state is a per-process singleton; a second training in the same
+    # process (tests, notebooks, build after a DPO stage) may want another precision. The
+    # process-group part (PartialState) is kept.
+    AcceleratorState._reset_state()
     return Accelerator(
         cpu=device == "cpu", device_placement=False, mixed_precision="bf16" if bf16 else "no"
     )

@@ -145,11 +145,13 @@ def run_train(
     if accelerator.is_main_process:
         _publish_adapter(final, adapter)
     sft_history = histories.get("sft", [])
-    plot = plot_loss(sft_history, out / "loss.png", f"{domain.config.name}: SFT loss")
-    write_jsonl(
-        [{"phase": name, **row} for name, rows in histories.items() for row in rows],
-        out / "metrics.jsonl",
-    )
+    plot = out / "loss.png"
+    if accelerator.is_main_process:  # one writer per file under `accelerate launch`
+        plot = plot_loss(sft_history, plot, f"{domain.config.name}: SFT loss")
+        write_jsonl(
+            [{"phase": name, **row} for name, rows in histories.items() for row in rows],
+            out / "metrics.jsonl",
+        )
     rates = [r["tokens_per_s"] for r in sft_history if "tokens_per_s" in r]
     report = TrainReport(
         out_dir=out,

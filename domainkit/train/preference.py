@@ -11,6 +11,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+import torch
+
 from domainkit.config.schema import TrainConfig
 from domainkit.llm import LoadedLM, generate_batch, render_prompts
 from domainkit.synth.sample import Sample
@@ -79,8 +81,12 @@ def run_preference(
         save_strategy="no",
         report_to=[],
         use_cpu=student.device == "cpu",
+        bf16=student.dtype == torch.bfloat16,  # the SFT stage's precision
         seed=settings.seed,
     )
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # trl's trainer makes its own accelerator
     student.model.train()
     trainer = trainer_class(
         model=student.model,
