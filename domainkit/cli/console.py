@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 
 console = Console(highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    # Piped or logged output: wide enough that tables keep whole column names.
+    console = Console(highlight=False, width=160)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # paths stay copyable
 
 
