@@ -214,6 +214,8 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
         assert f"{metrics['false_refusals']:.2f}" in line and f"{metrics['accuracy']:.2f}" in line
         assert metrics["answerable"] == 2 and metrics["unanswerable"] == 1
     assert report["headline"] in printed.output
+    again = runner.invoke(app, ["eval", str(buildable), "--last"], env={"COLUMNS": "250"})
+    assert again.exit_code == 0 and again.output.split("report:")[0] in printed.output
     markdown = (buildable / ".domainkit" / "eval" / "report.md").read_text()
     assert "| tuned, runtime policy |" in markdown and report["headline"] in markdown
     assert report["retrieval"]["questions"] == 2

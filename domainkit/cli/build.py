@@ -73,6 +73,9 @@ def print_eval_tables(report: dict) -> None:
 def evaluate(
     domain: DomainArg,
     limit: LimitOpt = None,
+    last: Annotated[
+        bool, typer.Option("--last", help="Print the last report again instead of evaluating.")
+    ] = False,
     build_dir: BuildDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -83,10 +86,16 @@ def evaluate(
     BUILD/runtime/calibration.json) and writes BUILD/eval/report.{json,md}, answers.jsonl
     and accuracy.png.
     """
-    from domainkit.eval.runner import report_dict, run_eval
+    from domainkit.errors import DomainkitError
+    from domainkit.eval.runner import load_report, report_dict, run_eval
 
     loaded = load_domain(domain, build_dir)
-    report = report_dict(run_eval(loaded, limit=limit, progress=not json_output))
+    if last:
+        report = load_report(loaded)
+        if report is None:
+            raise DomainkitError(f"no evaluation report in {loaded.build_dir}; run eval first")
+    else:
+        report = report_dict(run_eval(loaded, limit=limit, progress=not json_output))
     if json_output:
         print_json(report)
         return
