@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "index", "synth", "train", "eval", "bundle")
 # Rough costs on a 2-core CPU with the embedded models, for --dry-run's estimate.
-_SECONDS_PER = {"chunk": 0.03, "sample": 9.0, "train_sample": 1.6, "answer": 0.9}
+_SECONDS_PER = {"chunk": 0.05, "sample": 6.5, "train_sample": 1.0, "answer": 1.5}
 
 
 @dataclass
