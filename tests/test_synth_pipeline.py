@@ -234,3 +234,20 @@ def test_cli_synth_and_export(indexed_support, tmp_path, fmt):
 def test_cli_synth_without_index_says_what_to_do(support_domain):
     result = CliRunner().invoke(app, ["synth", str(support_domain)])
     assert result.exit_code == 1 and "domainkit index" in result.output
+
+
+def test_an_empty_split_is_saved_and_loads_as_empty(tmp_path):
+    """A small first run can leave the validation split empty; saving must not fail."""
+    from domainkit.synth.sample import Sample
+
+    sample = Sample(
+        messages=[{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+        generator="qa",
+        chunk_id="c1",
+        source="a.md",
+        teacher="t",
+    )
+    dataset.save(tmp_path, {"train": [sample], "validation": []}, [], {"kept": 1})
+    loaded = dataset.load_samples(tmp_path)
+    assert [s.messages for s in loaded["train"]] == [sample.messages]
+    assert loaded["validation"] == []

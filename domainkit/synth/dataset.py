@@ -51,10 +51,12 @@ def save(
 
     def write(folder: Path) -> None:
         rows = {name: [s.to_row() for s in samples] for name, samples in splits.items()}
+        # datasets cannot save an empty split; it is left out and loads back as empty.
         DatasetDict(
             {
                 name: Dataset.from_list(split_rows, features=features())
                 for name, split_rows in rows.items()
+                if split_rows
             }
         ).save_to_disk(str(folder / "dataset"))
         for name, split_rows in rows.items():
@@ -76,7 +78,9 @@ def load_samples(synth_dir: Path) -> dict[str, list[Sample]]:
     from datasets import load_from_disk
 
     dataset = load_from_disk(str(current(synth_dir) / "dataset"))
-    return {name: [Sample.from_row(row) for row in dataset[name]] for name in dataset}
+    splits: dict[str, list[Sample]] = {"train": [], "validation": []}
+    splits.update({name: [Sample.from_row(row) for row in dataset[name]] for name in dataset})
+    return splits
 
 
 def export(samples: Iterable[Sample], fmt: str, path: Path) -> int:
