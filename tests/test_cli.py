@@ -90,7 +90,7 @@ def test_init_scaffolds_and_refuses_to_overwrite(tmp_path):
     root = tmp_path / "newdomain"
     result = invoke("init", root, "--recipe", "medical", "-o", "Clinic")
     assert result.exit_code == 0, result.output
-    assert "domainkit index" in result.stdout
+    assert "domainkit build" in result.stdout
     assert "recipe: medical" in (root / "domain.yaml").read_text()
     again = invoke("init", root)
     assert again.exit_code == 1 and "already exists" in again.output

@@ -32,8 +32,9 @@ def init(
     for path in written:
         console.print(f"created {path}")
     console.print(
-        f"\nNext: put your documents in {directory / 'docs'} and run "
-        f"[bold]domainkit index {directory}[/]"
+        f"\nNext: put your documents in {directory / 'docs'}, questions in "
+        f"{directory / 'eval.yaml'}, then run [bold]domainkit build {directory} --dry-run[/] "
+        f"and [bold]domainkit build {directory}[/]"
     )
 
 

@@ -25,7 +25,6 @@ from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.eval import metrics as m
 from domainkit.runtime.assistant import Answer, Assistant, adapter_path, calibration_path
-from domainkit.runtime.generation import GENERATORS, Scheduler
 from domainkit.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -133,16 +132,24 @@ def _spread(items: list[Item], limit: int | None) -> list[Item]:
 # -- running -----------------------------------------------------------------------------------
 
 
-def _assistant(domain: Domain, tuned: bool, retriever, settings) -> Assistant:
-    adapter = adapter_path(domain) if tuned else None
-    generator = GENERATORS.get("local")(
-        domain.config.train.student_model, adapter, domain.config.train.device
-    )
-    scheduler = Scheduler(generator, max_batch=16, max_queue=1 << 16)
-    return Assistant(domain.config, settings, scheduler, retriever, tuned)
+class _MemoRetriever:
+    """The retriever with each query's results kept: every condition, the prompt-length
+    ordering and calibration ask the same questions, and each is embedded once."""
+
+    def __init__(self, retriever):
+        self.retriever, self.settings = retriever, retriever.settings
+        self._hits: dict[tuple, list] = {}
+
+    def search(self, query: str, k: int | None = None, mode=None) -> list:
+        key = (query, k, mode)
+        if key not in self._hits:
+            self._hits[key] = self.retriever.search(query, k=k, mode=mode)
+        return self._hits[key]
 
 
-def _answer_all(assistant: Assistant, items: list[Item], policy: str, max_tokens: int, bar):
+def _answer_all(
+    assistant: Assistant, items: list[Item], policy: str, max_tokens: int, bar=None
+) -> tuple[list[Answer], float]:
     """Every item answered, queued at once so the scheduler batches them, longest prompts
     first so each batch holds prompts of similar length (little padding). The wall time
     per answer is the batched cost a deployment would see under load."""
@@ -160,7 +167,8 @@ def _answer_all(assistant: Assistant, items: list[Item], policy: str, max_tokens
     answers = {}
     for i in order:
         answers[i] = pending[i].result()
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
     return [answers[i] for i in range(len(items))], (time.perf_counter() - started) / max(
         1, len(items)
     )
@@ -302,13 +310,15 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     """Evaluate the domain's models under every condition and write the report."""
     from domainkit.eval.report import write_report
     from domainkit.retrieval import open_retriever
-    from domainkit.runtime.assistant import runtime_settings
 
     started = time.perf_counter()
-    settings = domain.config.runtime.model_copy(update={"temperature": 0.0})
+    # Greedy, local and batched: base and tuned are compared on this machine's models.
+    settings = domain.config.runtime.model_copy(
+        update={"temperature": 0.0, "backend": "local", "max_batch": 16}
+    )
     max_tokens = domain.config.eval.max_new_tokens
     refusal = domain.config.refusal
-    retriever = open_retriever(domain)
+    retriever = _MemoRetriever(open_retriever(domain))
     sets = {"eval.yaml": eval_items(domain, limit), "validation": validation_items(domain, limit)}
     sets = {k: v for k, v in sets.items() if v}
     if not sets:
@@ -329,7 +339,9 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     general_scores: dict = {}
     calibration: dict = {}
     for tuned in (False, True) if tuned_available else (False,):
-        assistant = _assistant(domain, tuned, retriever, settings)
+        assistant = Assistant.from_domain(
+            domain, tuned=tuned, settings=settings, max_queue=1 << 16, retriever=retriever
+        )
         model = "tuned" if tuned else "base"
         if general:
             answers, _ = _answer_all(assistant, general, "closed", max_tokens, bar)
@@ -385,7 +397,6 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
         notes=notes,
     )
     write_report(domain, report, rows)
-    runtime_settings(domain)  # fail now, not at serve time, if the calibration is unreadable
     return report
 
 
@@ -396,8 +407,7 @@ def _calibrate(assistant: Assistant, items: list[Item], max_tokens: int, refusal
     for item in items:
         hits = assistant.retriever.search(item.question)
         best.append(max((h.dense_score for h in hits), default=0.0))
-    bar = tqdm(total=len(items), desc="Calibrating", unit="answer", leave=False, disable=True)
-    answers, _ = _answer_all(assistant, items, "closed", max_tokens, bar)
+    answers, _ = _answer_all(assistant, items, "closed", max_tokens)
     confidences = [a.confidence or 0.0 for a in answers]
     correct = [
         i.answerable and m.is_correct(a.text, i.reference, refusal)

@@ -25,14 +25,12 @@ from pathlib import Path
 from domainkit.config.loading import Domain
 from domainkit.config.schema import RuntimeConfig
 from domainkit.errors import DomainkitError
-from domainkit.prompting import chat, context_question
+from domainkit.prompting import Message, chat, context_question
 from domainkit.runtime.generation import GENERATORS, GenRequest, GenResult, Scheduler
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("auto", "rag", "closed")
-ROUTES = ("rag", "closed", "refusal")
-Message = dict[str, str]
 
 
 class ConversationError(DomainkitError):
@@ -128,8 +126,12 @@ class Assistant:
         retrieval: bool = True,
         settings: RuntimeConfig | None = None,
         max_queue: int = 64,
+        retriever=None,
     ) -> Assistant:
-        """Load a built domain: base model + adapter (when trained), index and recipe."""
+        """Load a built domain: base model + adapter (when trained), index and recipe.
+
+        ``retriever`` shares an already opened retriever (eval opens one for all models).
+        """
         settings = settings or runtime_settings(domain)
         adapter = adapter_path(domain) if tuned else None
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
@@ -145,8 +147,7 @@ class Assistant:
             )
         else:
             generator = GENERATORS.get("local")(student, adapter, domain.config.train.device)
-        retriever = None
-        if retrieval:
+        if retrieval and retriever is None:
             from domainkit.retrieval import open_retriever
 
             retriever = open_retriever(domain)

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from domainkit.errors import DomainkitError
+from domainkit.prompting import Message
 from domainkit.registry import Registry
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, str]
 
 
 class BusyError(DomainkitError):

@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domainkit.runtime.assistant import POLICIES, Answer, Assistant, ConversationError
+from domainkit.runtime.assistant import Answer, Assistant, ConversationError
 from domainkit.runtime.generation import BackendError, BusyError
 
 log = logging.getLogger(__name__)
@@ -437,4 +437,4 @@ class _Metrics:
         self.requests.labels(str(status)).inc()
 
 
-__all__ = ["POLICIES", "ServerLimits", "create_app", "load_api_keys", "serve_in_thread"]
+__all__ = ["ServerLimits", "create_app", "load_api_keys", "serve_in_thread"]
