@@ -98,16 +98,31 @@ def fingerprints(domain: Domain, limit: int | None) -> dict[str, str]:
     prints["ingest"] = _hash(source_hashes(domain), config.ingest, _code("ingest"))
     prints["index"] = _hash(prints["ingest"], config.chunking, config.retrieval, _code("retrieval"))
     persona = (config.render_system_prompt(), config.refusal, config.persona)
-    prints["synth"] = _hash(prints["index"], config.synth, persona, limit, _code("synth"))
-    prints["train"] = _hash(prints["synth"], config.train, _code("train"))
-    eval_file = domain.eval_path.read_bytes().hex() if domain.eval_path.is_file() else ""
+    # prompting.py is the format synth trains on and the runtime sends; llm.py and models.py
+    # load the teacher, student and runtime models.
+    shared = ("prompting", "llm", "models")
+    prints["synth"] = _hash(
+        prints["index"],
+        config.synth,
+        config.evidence,
+        config.runtime.answer_words,
+        persona,
+        limit,
+        _code("synth", "retrieval", *shared),
+    )
+    prints["train"] = _hash(prints["synth"], config.train, _code("train", *shared))
+    questions = [
+        path.read_bytes().hex() if path.is_file() else ""
+        for path in (domain.eval_path, domain.validation_path)
+    ]
     prints["eval"] = _hash(
         prints["train"],
-        _hash(eval_file),
+        _hash(questions),
         config.runtime,
+        config.evidence,
         config.eval,
         limit,
-        _code("eval", "runtime"),
+        _code("eval", "runtime", "retrieval", *shared),
     )
     prints["bundle"] = _hash(prints["eval"], _code("build"))
     return prints
@@ -320,7 +335,7 @@ def _eval(domain: Domain, limit, progress) -> dict:
     return {
         "headline": r.headline,
         "report": str(r.path / "report.md"),
-        "calibration": r.calibration,
+        "calibration": {k: v for k, v in r.calibration.items() if k != "curve"},
     }
 
 

@@ -122,19 +122,13 @@ class ScriptedTeacher:
             return f"What do you know about {' '.join(words[:6])}?"
         if "reword questions" in system:
             return f"Could you tell me this: {last[0].lower()}{last[1:]}"
-        if "using only the information given" in system:
-            return _first_sentence(last.split("Information:\n", 1)[1].split("\n\nQuestion:")[0])
-        if "Reference:" in system:
-            return _first_sentence(system.split("Reference:\n", 1)[1].split("\n\nAnswer from")[0])
-        if "does NOT answer" in system:
-            return "Do you sell gift vouchers?"
-        if "check answers" in system:
-            return "yes"
+        if "search engine" in system:
+            return "What is the best soil for growing tomatoes?"
+        if "check answers" in system:  # a judge: yes when the candidate shares a word
+            reference = last.split("Reference:", 1)[1].split("\n", 1)[0].lower().split()
+            candidate = last.split("Candidate:", 1)[1].lower().split()
+            return "yes" if set(reference) & set(candidate) else "no"
         return "I do not know."
-
-
-def _first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
 
 
 TEACHERS.register("scripted")(ScriptedTeacher)

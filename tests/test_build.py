@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
@@ -14,7 +13,8 @@ from domainkit.build import plan, run_build
 from domainkit.cli import app
 from domainkit.config import load_domain
 from domainkit.eval import metrics as m
-from domainkit.eval.runner import calibrate
+from domainkit.eval.runner import Item, score
+from domainkit.runtime.assistant import Answer, Source
 
 from .conftest import SUPPORT_DOCS, write_domain
 from .tiny_lm import save_tiny_chat_model
@@ -49,15 +49,26 @@ def test_yes_no_maybe_and_faithfulness():
     assert m.support("Refunds arrive by carrier pigeon within a fortnight.", [passage]) < 0.3
 
 
-def test_calibration_picks_thresholds_that_separate_the_cases():
-    result = calibrate(
-        best_scores=[0.8, 0.7, 0.65, 0.3, 0.2],
-        answerable=[True, True, True, False, False],
-        confidences=[0.9, 0.8, 0.3, 0.2],
-        correct=[True, True, False, False],
-    )
-    assert 0.3 < result["relevance_threshold"] <= 0.65 and result["relevance_accuracy"] == 1.0
-    assert 0.3 < result["confidence_threshold"] <= 0.8 and result["confidence_accuracy"] == 1.0
+def test_spans_median_words_and_citations():
+    spans = ["time and storage"]
+    assert m.is_correct("The two resources are time and storage [1].", "x", spans=spans)
+    assert not m.is_correct("Time, and also storage.", "x", spans=spans)
+    assert not m.is_correct("distime and storage", "x", spans=spans), "whole words only"
+    items = [
+        Item("How long is the warranty?", "two years", True),
+        Item("Is there a gift card?", None, False),
+    ]
+    cited = [Source(1, "warranty.md", "", "", "c1", 0.5, text="A two-year warranty covers it.")]
+    answers = [
+        Answer("The warranty lasts two years from delivery [1].", "answer", cited),
+        Answer(REFUSAL, "refusal"),
+    ]
+    row = score(items, answers, REFUSAL, seconds=0.5)
+    assert row["accuracy"] == 1.0 and row["refusal_accuracy"] == 1.0
+    assert row["median_words"] == 8 and row["citation_correct"] == 1.0
+    wrong_citation = [Source(1, "faq.md", "", "", "c2", 0.5, text="Shipping takes 3 days.")]
+    answers[0] = Answer("The warranty lasts two years from delivery [1].", "answer", wrong_citation)
+    assert score(items, answers, REFUSAL, seconds=0.5)["citation_correct"] == 0.0
 
 
 # -- build ----------------------------------------------------------------------------------------
@@ -79,6 +90,21 @@ EVAL = {
 }
 
 
+# Hand-written validation questions: the gate is calibrated on these (with the synth split).
+VALIDATION = {
+    "questions": [
+        {"question": "How long is the Perch warranty?", "answer": "two-year limited warranty"},
+        {"question": "How long does a Talon battery last?", "answer": "18 hours on a charge"},
+        {"question": "What does error E42 mean?", "answer": "the firmware update failed"},
+        {"question": "How long does charging take?", "answer": "a full charge takes three hours"},
+        {"question": "Can I pay with Bitcoin?", "answerable": False},
+        {"question": "Who is the Falcon product manager?", "answerable": False},
+        {"question": "What colour is the Osprey remote?", "answerable": False},
+        {"question": "Is there a student discount at Marston?", "answerable": False},
+    ]
+}
+
+
 @pytest.fixture
 def buildable(tmp_path):
     model = save_tiny_chat_model(tmp_path / "tiny", max_positions=4096)
@@ -92,7 +118,7 @@ def buildable(tmp_path):
             "max_steps": 2,
             "batch_size": 2,
             "grad_accum": 1,
-            "max_seq_len": 512,
+            "max_seq_len": 2048,
             "lora_r": 4,
             "precision": "fp32",
         },
@@ -100,6 +126,7 @@ def buildable(tmp_path):
         eval={"max_new_tokens": 8},
     )
     (root / "eval.yaml").write_text(yaml.safe_dump(EVAL))
+    (root / "validation.yaml").write_text(yaml.safe_dump(VALIDATION))
     return root
 
 
@@ -127,10 +154,8 @@ def test_build_runs_every_stage_then_reuses_them(buildable):
         assert (out / path).is_file(), path
     assert report.headline.startswith("accuracy:")
 
-    started = time.perf_counter()
     again = run_build(load_domain(buildable), limit=12, progress=False)
     assert [s["action"] for s in again.stages] == ["cached"] * 6
-    assert time.perf_counter() - started < 5
     assert again.headline == report.headline
 
 
@@ -204,9 +229,10 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
     table = report["conditions"]["eval.yaml"]
     assert set(table) == {
         "base closed-book",
-        "base + retrieval",
+        "naive RAG (base)",
+        "evidence only",
         "tuned closed-book",
-        "tuned + retrieval",
+        "tuned + evidence",
         "tuned, runtime policy",
     }
     for name, metrics in table.items():
@@ -219,5 +245,7 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
     markdown = (buildable / ".domainkit" / "eval" / "report.md").read_text()
     assert "| tuned, runtime policy |" in markdown and report["headline"] in markdown
     assert report["retrieval"]["questions"] == 2
-    # The scripted teacher judges (it answers "yes" to checks): the judge column is filled.
-    assert all(metrics["judge"] == 1.0 for metrics in table.values())
+    # The scripted teacher judges by shared words: the judge column is filled.
+    assert all(0.0 <= metrics["judge"] <= 1.0 for metrics in table.values())
+    assert report["calibration"]["validation_questions"] >= 8 and report["calibration"]["gate"]
+    assert (buildable / ".domainkit" / "eval" / "gate.png").is_file()

@@ -23,12 +23,18 @@ def test_every_recipe_parses_and_renders_its_system_prompt(name):
     assert recipe.refusal.strip()
 
 
-def test_legal_and_medical_carry_disclaimers_and_stricter_thresholds():
+def test_legal_and_medical_carry_disclaimers_and_train_more_refusals():
     support = load_recipe("customer-support")
+
+    def refusal_share(recipe):
+        mix = recipe.synth.mix
+        return (mix.get("near_miss", 0) + mix.get("refusal", 0)) / sum(mix.values())
+
     for name in ("legal", "medical"):
         recipe = load_recipe(name)
         assert recipe.disclaimer
-        assert recipe.runtime.confidence_threshold > support.runtime.confidence_threshold
+        assert refusal_share(recipe) > refusal_share(support)
+        assert recipe.runtime.client_policies == ["auto"], "clients cannot switch the gate off"
 
 
 def test_domain_overrides_recipe_fields_and_keeps_the_rest(tmp_path):

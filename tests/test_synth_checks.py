@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import numpy as np
 import pytest
 
 from domainkit.config.schema import SynthFilterConfig
+from domainkit.ingest import Chunk
+from domainkit.retrieval.terms import CorpusVocabulary
+from domainkit.synth.facts import facts_of, near_miss, template_question
 from domainkit.synth.filters import (
     FilterLog,
-    GroundingScorer,
     decontaminate,
     drop_near_duplicates,
     mask_pii,
     text_problem,
 )
-from domainkit.synth.parsing import clean_reply, fact_sentences, parse_question, repetition_ratio
+from domainkit.synth.parsing import clean_reply, parse_question, repetition_ratio
 from domainkit.synth.sample import Sample
 
 from .conftest import HashEmbedder
@@ -43,47 +48,49 @@ def test_clean_reply_cuts_where_the_model_writes_the_next_turn():
     assert clean_reply('"Plain answer."') == "Plain answer."
 
 
-def test_fact_sentences_prefer_figures_and_keep_passage_order():
+def test_facts_prefer_figures_and_names_and_keep_passage_order():
     text = (
         "Welcome to our guide for new owners of the speaker.\n"
         "| Product | Price |\n"
+        "You can return it if:\n"
         "- Returns are accepted within 30 days of delivery for a full refund.\n"
         "Short line.\n"
         "The Talon plays for 18 hours and charges in 3 hours over USB-C."
     )
-    assert fact_sentences(text, 2) == [
+    chunk = Chunk("c", text, "guide.md", "Guide", ("Returns",), 0, len(text))
+    assert [f.text for f in facts_of(chunk, 2)] == [
         "Returns are accepted within 30 days of delivery for a full refund.",
         "The Talon plays for 18 hours and charges in 3 hours over USB-C.",
     ]
 
 
+def test_template_questions_and_near_misses():
+    text = "The Talon plays for 18 hours on a charge."
+    chunk = Chunk("c", text, "battery.md", "Battery", ("Talon battery",), 0, len(text))
+    vocabulary = CorpusVocabulary([chunk.embed_text, "The Perch KP-200 has no battery."])
+    [fact] = facts_of(chunk, 1)
+    question = template_question(fact, vocabulary)
+    assert question.startswith("How long ") and question.endswith("?") and "Talon" in question
+    assert "18" not in question, "the answer's figure is not in the question"
+    rng = random.Random(0)
+    swapped = near_miss("How long does the Talon play?", vocabulary, rng)
+    assert swapped and "Talon" not in swapped and vocabulary.unknown_specific_terms(swapped)
+    code = near_miss("Does the KP-200 have a battery?", vocabulary, rng)
+    assert code and "KP-200" not in code and re.search(r"KP-\d{3}", code)
+    assert near_miss("Can I return it within 45 days?", vocabulary, rng) is None
+
+
 def test_length_and_repetition_checks():
-    settings = SynthFilterConfig(min_answer_words=3, max_answer_words=10)
-    assert text_problem("Two years.", settings, kind="answer") == "answer of 2 words"
-    assert text_problem("word " * 11, settings, kind="answer") == "answer of 11 words"
+    settings = SynthFilterConfig(max_question_words=8)
+    assert text_problem("Why?", settings, kind="question") == "question of 1 words"
+    assert text_problem("word " * 9, settings, kind="question") == "question of 9 words"
     looping = "how to install the latest firmware " * 4
     assert repetition_ratio(looping) > 0.3
-    assert text_problem(looping, SynthFilterConfig(), kind="answer") == "repetitive text"
-    assert text_problem("It lasts two years from delivery.", settings, kind="answer") is None
+    assert text_problem(looping, SynthFilterConfig(), kind="question") == "repetitive text"
+    assert text_problem("How long is the warranty?", settings, kind="question") is None
 
 
-def test_grounding_scores_support_and_zeroes_invented_figures():
-    embedder = HashEmbedder()
-    source = "The Talon plays for 18 hours on a charge and charges in 3 hours."
-    scorer = GroundingScorer(embedder, threshold=0.5)
-    answers = [
-        "The Talon plays for 18 hours on a charge.",
-        "The Talon plays for 24 hours on a charge.",
-        "Our headquarters moved to a new city last spring.",
-    ]
-    vectors = embedder.embed([source] * 3)
-    supported, invented, unrelated = scorer.score(answers, [source] * 3, vectors)
-    assert supported["grounding"] > 0.8 and supported["invented_numbers"] == 0
-    assert invented["grounding"] == 0 and invented["invented_numbers"] == 1
-    assert unrelated["grounding"] < 0.3
-
-
-def _sample(question, generator="qa", chunk="c1"):
+def _sample(question, generator="raft", chunk="c1"):
     return Sample(
         [{"role": "user", "content": question}, {"role": "assistant", "content": "a"}],
         generator,
@@ -98,7 +105,7 @@ def test_near_duplicates_are_dropped_within_a_generator_only():
     samples = [
         _sample("How long is the warranty?"),
         _sample("how long is the warranty"),
-        _sample("How long is the warranty?", generator="raft"),
+        _sample("How long is the warranty?", generator="near_miss"),
         _sample("Can I return a soundbar?"),
     ]
     kept = drop_near_duplicates(samples, HashEmbedder(), 0.95, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -38,7 +39,7 @@ def test_synth_writes_a_datasetdict_with_provenance(indexed_support):
     assert set(samples) == {"train", "validation"}
     rows = samples["train"] + samples["validation"]
     assert len(rows) == sum(report.kept.values()) <= 30
-    assert {s.generator for s in rows} == {"qa", "raft", "self_chat", "refusal"}
+    assert {s.generator for s in rows} == {"raft", "near_miss", "self_chat", "refusal"}
     chunk_ids = {c.id for c in open_retriever(domain).index.chunks}
     for sample in rows:
         assert sample.chunk_id in chunk_ids and sample.source and sample.teacher == "test:scripted"
@@ -76,30 +77,51 @@ def test_rerun_is_served_from_the_cache(indexed_support):
     assert again.kept == first.kept
 
 
-def test_raft_has_gold_in_the_configured_share_and_retrieved_distractors(indexed_support):
+def _evidence_lines(user: str) -> list[str]:
+    block = user.split("Evidence:\n", 1)[1].split("\n\nQuestion: ", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith("[")]
+
+
+def test_raft_quotes_its_gold_line_or_refuses_without_its_passage(indexed_support):
     domain = load_domain(indexed_support)
     ctx = _context(domain)
     samples = GENERATORS.get("raft").run(ctx, ctx.chunks, 1000)
-    assert len(samples) >= 5
-    absent = [s for s in samples if s.meta["gold_position"] is None]
-    assert len(absent) == round(len(samples) * domain.config.synth.raft_gold_absent)
+    present = [s for s in samples if s.meta["gold_present"]]
+    absent = [s for s in samples if not s.meta["gold_present"]]
+    assert len(present) >= 5 and absent
+    chunks = {c.id: c for c in ctx.chunks}
     for sample in samples:
+        user, reply = sample.messages[1]["content"], sample.messages[-1]["content"]
+        assert user.startswith("Evidence:\n[1] ") and f"Question: {sample.question}" in user
+        lines = _evidence_lines(user)
         passages = sample.meta["passages"]
-        position = sample.meta["gold_position"]
-        user = sample.messages[1]["content"]
-        if position is None:
-            assert sample.chunk_id not in passages
-            assert sample.messages[-1]["content"] == domain.config.refusal
-        else:
-            assert passages[position] == sample.chunk_id
-            assert sample.messages[-1]["content"].endswith(f"[{position + 1}]")
-        distractors = [p for p in passages if p != sample.chunk_id]
         retrieved = [h.chunk.id for h in ctx.retriever.search(sample.question, k=20)]
-        assert all(d in retrieved for d in distractors)
-        assert user.startswith("Passages:\n[1] ") and sample.question in user
+        assert all(p in retrieved or p == sample.chunk_id for p in passages)
+        if sample.meta["gold_present"]:
+            quoted = reply.removeprefix("Quote: ")
+            assert reply.startswith("Quote: ") and quoted in lines, "the quote is an evidence line"
+            assert quoted == sample.meta["fact"]
+            assert quoted in " ".join(chunks[sample.chunk_id].text.split())
+        else:
+            assert reply == domain.config.refusal
+            assert sample.chunk_id not in passages, "its passage was left out"
+            assert sample.meta["fact"] not in lines
 
 
-def test_self_chat_keeps_good_dialogs_and_drops_malformed_ones(indexed_support):
+def test_near_misses_swap_in_a_name_the_corpus_never_uses(indexed_support):
+    domain = load_domain(indexed_support)
+    ctx = _context(domain)
+    samples = GENERATORS.get("near_miss").run(ctx, ctx.chunks, 1000)
+    assert samples
+    for sample in samples:
+        assert sample.messages[-1]["content"] == domain.config.refusal
+        assert sample.meta["unknown_terms"], sample.question
+        assert sample.question != sample.meta["original_question"]
+        assert ctx.vocabulary.unknown_specific_terms(sample.question)
+        assert sample.messages[1]["content"].startswith("Evidence:")
+
+
+def test_self_chat_keeps_good_dialogs_and_trains_on_the_last_reply(indexed_support):
     class Rambling(ScriptedTeacher):
         """Plays the user badly for chunks about errors: no question, just chatter."""
 
@@ -112,52 +134,35 @@ def test_self_chat_keeps_good_dialogs_and_drops_malformed_ones(indexed_support):
     domain = load_domain(indexed_support)
     ctx = _context(domain, Rambling())
     samples = GENERATORS.get("self_chat").run(ctx, ctx.chunks, 1000)
-    sources = {s.source for s in samples}
-    assert "errors/codes.md" not in sources and len(sources) >= 2
+    assert samples
     assert any(r.filter == "parse" and r.generator == "self_chat" for r in ctx.log.rejections)
     for sample in samples:
         roles = [m["role"] for m in sample.messages]
         assert roles[0] == "system" and roles[1:] == ["user", "assistant"] * sample.meta["turns"]
-
-
-def test_teacher_answers_that_fail_grounding_are_replaced_or_dropped(indexed_support):
-    class Inventive(ScriptedTeacher):
-        @staticmethod
-        def reply(conversation):
-            if "using only the information given" in conversation[0]["content"]:
-                return "It costs 999 crowns and takes 77 days."
-            return ScriptedTeacher.reply(conversation)
-
-    domain = load_domain(indexed_support)
-    ctx = _context(domain, Inventive())
-    samples = GENERATORS.get("qa").run(ctx, ctx.chunks, 1000)
-    assert samples and all(s.meta["answer_origin"] == "extract" for s in samples)
-    assert all("999" not in s.answers[0] for s in samples)
-    assert ctx.log.counts["grounding"] == ctx.log.replaced_by_extract > 0
-
-    strict = domain.config.model_copy(deep=True)
-    strict.synth.extractive_fallback = False
-    ctx = _context(domain, Inventive())
-    ctx.config = strict
-    assert GENERATORS.get("qa").run(ctx, ctx.chunks, 1000) == []
+        assert sample.meta["train_on"] == "last"
+        # Earlier turns look as the user saw them; only the last carries the evidence.
+        assert not sample.messages[1]["content"].startswith("Evidence:")
+        assert sample.messages[2]["content"].endswith("]"), "a shown answer ends with its citation"
+        assert sample.messages[-2]["content"].startswith("Evidence:")
+        assert sample.messages[-1]["content"].startswith("Quote: ")
+        if "E42" in sample.messages[-2]["content"].split("Question:")[-1]:
+            assert "template" in sample.meta["question_origins"]
 
 
 def test_refusals_need_a_term_the_documents_never_use(indexed_support):
     class Knowing(ScriptedTeacher):
-        calls = 0
-
-        def reply(self, conversation):
-            Knowing.calls += 1
-            if Knowing.calls % 2:
-                return "How long is the warranty on the speaker?"
-            return "Do you sell gift vouchers?"
+        @staticmethod
+        def reply(conversation):
+            return "How long is the warranty on the speaker?"
 
     domain = load_domain(indexed_support)
     ctx = _context(domain, Knowing())
     samples = GENERATORS.get("refusal").run(ctx, ctx.chunks, 1000)
-    assert [s.question for s in samples] == ["Do you sell gift vouchers?"] * len(samples)
-    assert ctx.log.counts["answerable"] >= 1
-    assert all(s.answers == [domain.config.refusal] for s in samples)
+    assert ctx.log.counts["answerable"] >= 1, "the teacher's answerable question is rejected"
+    assert samples and all(s.meta["question_origin"] == "template" for s in samples)
+    for sample in samples:
+        assert sample.answers == [domain.config.refusal]
+        assert ctx.vocabulary.novel_share(sample.question) > 0
 
 
 def test_eval_questions_are_kept_out_of_the_training_data(indexed_support):
@@ -208,8 +213,23 @@ def test_too_little_data_is_reported_with_counts(indexed_support):
         def reply(conversation):
             return "I am a language model."
 
-    with pytest.raises(DomainkitError, match=r"no training samples survived.*rejected: parse \d+"):
-        run_synth(load_domain(indexed_support), limit=10, progress=False, teacher=Useless())
+    # Template questions stand in for the teacher's, so a little data still comes out.
+    report = run_synth(load_domain(indexed_support), limit=10, progress=False, teacher=Useless())
+    assert report.rejected["parse"] > 0 and sum(report.kept.values()) > 0
+    [warning] = report.warnings
+    assert re.search(r"only \d+ training samples \(kept \d+ of target 10; rejected: .*parse", warning)
+
+    headings_only = indexed_support / "docs"
+    for path in headings_only.rglob("*.*"):
+        path.write_text("Perch warranty\nTwo years\nTalon battery\nEighteen hours\n")
+    domain = load_domain(indexed_support)
+    from domainkit.retrieval import build_index
+
+    from .conftest import HashEmbedder
+
+    build_index(domain, HashEmbedder(), progress=False)
+    with pytest.raises(DomainkitError, match="sentence"):
+        run_synth(domain, limit=10, progress=False, teacher=Useless())
 
 
 @pytest.mark.parametrize("fmt", ["messages", "sharegpt", "alpaca"])
@@ -242,7 +262,7 @@ def test_an_empty_split_is_saved_and_loads_as_empty(tmp_path):
 
     sample = Sample(
         messages=[{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
-        generator="qa",
+        generator="raft",
         chunk_id="c1",
         source="a.md",
         teacher="t",

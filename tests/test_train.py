@@ -55,6 +55,11 @@ def test_only_assistant_tokens_carry_labels(template):
     assert text.count("<|im_end|>") == 2, "each answer ends with its end-of-turn token"
     assert [x for x in item.labels if x != IGNORE] == labelled
 
+    last = tokenize_chat(tokenizer, CONVERSATION, last_only=True)
+    assert last.input_ids == item.input_ids
+    kept = [t for t, label in zip(last.input_ids, last.labels, strict=True) if label != IGNORE]
+    assert tokenizer.decode(kept).strip() == "Within 30 days.<|im_end|>"
+
 
 def test_length_limit_truncates_and_drops_with_counts():
     long_answer = Tokenized(list(range(50)), [IGNORE] * 10 + list(range(10, 50)))
@@ -262,7 +267,7 @@ def trained_domain(indexed_support, tiny_model):
         "max_steps": 4,
         "batch_size": 2,
         "grad_accum": 1,
-        "max_seq_len": 512,
+        "max_seq_len": 2048,
         "eval_every": 2,
         "save_every": 2,
         "lora_r": 4,

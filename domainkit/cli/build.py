@@ -55,18 +55,17 @@ def print_eval_tables(report: dict) -> None:
             + ", ".join(f"{k} {v:.0%}" for k, v in report["general"].items())
         )
     calibration = report["calibration"]
-    if (
-        calibration.get("relevance_threshold") is not None
-        or calibration.get("confidence_threshold") is not None
-    ):
+    if calibration.get("gate"):
+        gate = calibration["gate"]
         console.print(
-            f"calibrated on {calibration['validation_questions']} validation questions: "
-            f"relevance_threshold {calibration.get('relevance_threshold', '–')}, "
-            f"confidence_threshold {calibration.get('confidence_threshold', '–')}"
+            f"gate calibrated on {calibration['validation_questions']} validation questions "
+            f"({calibration['unanswerable']} unanswerable): answers when P(answerable) >= "
+            f"{gate['threshold']:.2f}; there {calibration['answered']:.0%} of answerable "
+            f"answered, {calibration['refused']:.0%} of unanswerable refused"
         )
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"[bold]{report['headline']}[/]")
+    console.print(f"[bold]{report['headline']}[/]", soft_wrap=True)
 
 
 @app.command(name="eval")

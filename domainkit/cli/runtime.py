@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.markup import escape
@@ -13,21 +13,18 @@ from domainkit.cli import app
 from domainkit.cli.console import console, err_console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
+from domainkit.config.schema import Policy as PolicyName
 
-
-class Policy(str, enum.Enum):
-    auto = "auto"
-    rag = "rag"
-    closed = "closed"
-
+Policy = enum.Enum("Policy", {name: name for name in get_args(PolicyName)}, type=str)
 
 PolicyOpt = Annotated[
     Policy | None,
     typer.Option(
         "--policy",
-        help="auto: documents when relevant, else the tuned model if confident, else refuse; "
-        "rag: always answer from the top passages; closed: never retrieve. "
-        "Default: the recipe's runtime.policy.",
+        help="auto: evidence, the answerability gate and a checked quote, else a refusal; "
+        "rag: the same without the gate; closed: no retrieval; naive: whole passages, no "
+        "checks; evidence: the best evidence sentence, no model. Default: the recipe's "
+        "runtime.policy.",
         show_default=False,
     ),
 ]
@@ -35,7 +32,10 @@ BaseOpt = Annotated[
     bool, typer.Option("--base", help="Use the base model, without the trained adapter.")
 ]
 ShowContextOpt = Annotated[
-    bool, typer.Option("--show-context", help="Print the passages given to the model.")
+    bool,
+    typer.Option(
+        "--show-context", help="Print the evidence the model read, its quote and the gate."
+    ),
 ]
 
 
@@ -52,22 +52,31 @@ def _stream_text(text: str) -> None:
     console.print(text, end="", markup=False, highlight=False)
 
 
+_ROUTES = {
+    "answer": "quoted from the documents, quote checked",
+    "evidence": "the documents' best sentence (the model's quote did not check out)",
+    "rag": "answered by the model from whole passages, unchecked",
+    "closed": "answered by the model without the documents",
+    "refusal": "not answered: the documents do not cover it",
+}
+
+
 def _print_sources(answer, show_context: bool, disclaimer: str | None) -> None:
-    route = {
-        "rag": "answered from the documents",
-        "closed": "answered by the tuned model without passages",
-        "refusal": "not answered: nothing relevant in the documents",
-    }[answer.route]
-    confidence = f", confidence {answer.confidence:.2f}" if answer.confidence is not None else ""
-    console.print(f"[dim]({route}{confidence}, {answer.seconds:.1f}s)[/]")
+    console.print(f"[dim]({_ROUTES.get(answer.route, answer.route)}, {answer.seconds:.1f}s)[/]")
     for s in answer.sources:
-        heading = f" > {s.heading}" if s.heading else ""
+        heading = f" > {escape(s.heading)}" if s.heading else ""
         page = f", page {s.page}" if s.page else ""
         console.print(
-            f"  [cyan][{s.number}][/] {s.document}{heading}{page} [dim]({s.score:.2f})[/]"
+            f"  [cyan]\\[{s.number}][/] {escape(s.document)}{heading}{page} [dim]({s.score:.2f})[/]"
         )
-        if show_context:
-            console.print(f"[dim]{s.text.strip()}[/]\n", highlight=False)
+    if show_context:
+        for line in answer.evidence:
+            console.print(f"  [dim]\\[{line.number}] {escape(line.text)}[/]", highlight=False)
+        if answer.quote:
+            console.print(f"  [dim]model: {escape(answer.quote)}[/]", highlight=False)
+        if answer.gate:
+            gate = ", ".join(f"{k} {v}" for k, v in answer.gate.items())
+            console.print(f"  [dim]gate: {escape(gate)}[/]", highlight=False)
     if disclaimer and answer.route != "refusal":
         console.print(f"[italic dim]{escape(disclaimer)}[/]")
 

@@ -81,8 +81,7 @@ def _print_report(report: SynthReport) -> None:
     console.print(rejected)
     console.print(
         f"train {report.splits['train']}, validation {report.splits['validation']} "
-        f"(split by chunk); {report.replaced_by_extract} teacher answers replaced by their "
-        f"source sentence; teacher calls: {report.calls_made} made, {report.calls_cached} "
+        f"(split by chunk); teacher calls: {report.calls_made} made, {report.calls_cached} "
         f"from cache\n  {report.path}"
     )
     for warning in report.warnings:

@@ -17,6 +17,11 @@ class EvalQuestion(BaseModel):
     answer: str | None = Field(None, description="Short reference answer (answerable only).")
     answerable: bool = Field(True, description="False when the documents do not answer it.")
     source: str | None = Field(None, description="Document the answer comes from (docs/...).")
+    spans: list[str] = Field(
+        default_factory=list,
+        description="Accepted short answers: an answer that contains one of them (lower case, "
+        "no punctuation or articles) is correct. Without spans, the reference's key facts decide.",
+    )
 
     @model_validator(mode="after")
     def _answer_matches_answerable(self) -> EvalQuestion:

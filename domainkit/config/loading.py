@@ -15,6 +15,7 @@ from domainkit.config.schema import DomainConfig
 from domainkit.errors import ConfigError
 
 DOMAIN_FILE = "domain.yaml"
+VALIDATION_FILE = "validation.yaml"
 EVAL_FILE = "eval.yaml"
 
 
@@ -147,6 +148,12 @@ class Domain:
     @property
     def eval_path(self) -> Path:
         return self.root / EVAL_FILE
+
+    @property
+    def validation_path(self) -> Path:
+        """Hand-written validation questions (eval.yaml's format): used with the synth
+        validation split to calibrate the runtime, never scored."""
+        return self.root / VALIDATION_FILE
 
 
 def load_domain(root: Path | str, build_dir: Path | str | None = None) -> Domain:

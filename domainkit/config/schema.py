@@ -85,6 +85,33 @@ class RetrievalConfig(_Section):
     )
 
 
+class EvidenceConfig(_Section):
+    """Which sentences of the retrieved passages the model reads (and the runtime cites)."""
+
+    passages: int = Field(
+        6, ge=1, le=50, description="Retrieved passages whose sentences are candidates."
+    )
+    max_sentences: int = Field(
+        6, ge=1, le=50, description="Most sentences in the evidence block (lead-ins count)."
+    )
+    max_words: int = Field(
+        140,
+        ge=10,
+        le=2000,
+        description="Word budget of the evidence block: a small reader reads a few sentences "
+        "far better than whole passages.",
+    )
+    dense_weight: float = Field(
+        0.6, ge=0, le=1, description="Share of dense similarity (vs lexical overlap) in a score."
+    )
+    rank_weight: float = Field(
+        0.05, ge=0, le=1, description="Bonus for sentences of higher-ranked passages."
+    )
+    lead_ins: bool = Field(
+        True, description="Keep the sentence a list item or 'It ...' sentence depends on."
+    )
+
+
 class TeacherConfig(_Section):
     """The model that writes the synthetic data."""
 
@@ -106,22 +133,18 @@ class TeacherConfig(_Section):
     device: str = Field("auto", description="torch device for the hf teacher.")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling threshold.")
-    max_new_tokens: int = Field(192, ge=8, le=4096, description="Longest teacher reply.")
+    max_new_tokens: int = Field(
+        40, ge=8, le=4096, description="Longest teacher reply (the teacher writes questions)."
+    )
 
 
 class SynthFilterConfig(_Section):
-    """Checks every generated sample must pass."""
+    """Checks every generated question must pass."""
 
-    min_answer_words: int = Field(3, ge=1, description="Shorter answers are rejected.")
-    max_answer_words: int = Field(220, ge=1, description="Longer answers are rejected.")
     max_question_words: int = Field(60, ge=3, description="Longer questions are rejected.")
-    grounding_threshold: float = Field(
-        0.5, ge=0, le=1, description="Minimum support of an answer by its source chunk (0-1)."
-    )
     roundtrip_k: int = Field(
         3, ge=0, description="A question must retrieve its source chunk in the top k (0: off)."
     )
-    judge: bool = Field(False, description="Also ask the teacher whether each answer is supported.")
     duplicate_similarity: float = Field(
         0.95, gt=0, le=1, description="Questions this similar to a kept one are duplicates."
     )
@@ -132,32 +155,40 @@ class SynthFilterConfig(_Section):
 
 
 class SynthConfig(_Section):
-    """Synthetic instruction data generated from the chunks by a teacher model."""
+    """Synthetic instruction data in the runtime's evidence format, made from the chunks.
+
+    Targets are correct by construction (a quoted line of the source passage, or the
+    recipe's refusal); the teacher writes questions and simulated user turns.
+    """
 
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    mix: dict[Literal["self_chat", "qa", "raft", "refusal"], float] = Field(
-        {"self_chat": 0.25, "qa": 0.4, "raft": 0.25, "refusal": 0.1},
-        description="Share of samples per generator.",
+    mix: dict[Literal["raft", "near_miss", "refusal", "self_chat"], float] = Field(
+        {"raft": 0.6, "near_miss": 0.15, "refusal": 0.1, "self_chat": 0.15},
+        description="Share of samples per generator: raft (quote the gold line among hard "
+        "negatives, or refuse when it is absent), near_miss (a name swapped: refuse), refusal "
+        "(questions the documents never touch), self_chat (multi-turn dialogs).",
     )
     samples_per_chunk: float = Field(
-        6.0, gt=0, description="Samples aimed for per chunk when no --limit is given."
+        4.0, gt=0, description="Samples aimed for per chunk when no --limit is given."
     )
-    questions_per_chunk: int = Field(3, ge=1, description="Questions asked about each chunk.")
+    questions_per_chunk: int = Field(3, ge=1, description="Facts asked about in each chunk.")
     paraphrases: int = Field(
-        2, ge=0, le=5, description="Extra wordings of each question: facts stick when varied."
+        1,
+        ge=0,
+        le=5,
+        description="Extra wordings of each teacher question: readers learn to "
+        "match meaning when a fact is asked several ways.",
     )
-    self_chat_turns: int = Field(3, ge=1, le=10, description="User turns per self-chat dialog.")
-    raft_distractors: int = Field(3, ge=0, description="Hard-negative passages per RAFT sample.")
+    self_chat_turns: int = Field(2, ge=2, le=10, description="User turns per self-chat dialog.")
     raft_gold_absent: float = Field(
-        0.2, ge=0, le=1, description="Share of RAFT samples whose context lacks the gold passage."
+        0.3,
+        ge=0,
+        lt=1,
+        description="Share of RAFT samples that ask a question without its passage and are "
+        "answered with the refusal: teaches noticing that the evidence does not answer.",
     )
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of chunks whose samples are held out for validation."
-    )
-    extractive_fallback: bool = Field(
-        True,
-        description="When the teacher's answer fails the checks, answer with the source sentence "
-        "the question was made from (recorded as answer_origin=extract).",
     )
     user_data: str = Field(
         "instructions", description="Folder (in the domain) of your own JSONL instruction data."
@@ -256,19 +287,33 @@ class TrainConfig(_Section):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
 
 
+Policy = Literal["auto", "rag", "closed", "naive", "evidence"]
+
+
 class RuntimeConfig(_Section):
     """How the assistant answers at run time."""
 
-    policy: Literal["auto", "rag", "closed"] = Field(
-        "auto", description="auto: retrieval when relevant, else closed-book or refusal."
+    policy: Policy = Field(
+        "auto",
+        description="auto: evidence, the gate, a verified quote or a refusal; rag: the same "
+        "without the gate; closed: no retrieval; naive: whole passages and no checks; "
+        "evidence: the best evidence sentence, no model (the last two for comparison).",
     )
-    relevance_threshold: float = Field(
-        0.35, description="Minimum passage relevance to answer from the documents."
+    client_policies: list[Policy] = Field(
+        ["auto"],
+        description="Policies an API client may ask for; the gate cannot be switched off "
+        "from outside unless listed here.",
     )
-    confidence_threshold: float = Field(
-        0.5, ge=0, le=1, description="Minimum model confidence to answer closed-book."
+    answer_words: int = Field(
+        40,
+        ge=5,
+        le=400,
+        description="Most words of an answer built from the evidence (the quoted sentence, "
+        "its lead-in and the best other sentences of its passage).",
     )
-    max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest answer generated.")
+    max_new_tokens: int = Field(
+        96, ge=1, le=8192, description="Longest reply generated (a quote is one sentence)."
+    )
     temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature (0 = greedy).")
     context_tokens: int = Field(
         2048,
@@ -331,6 +376,7 @@ class DomainConfig(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

@@ -197,11 +197,22 @@ def label_of(text: str) -> str | None:
     return None
 
 
-def is_correct(prediction: str, reference: str, refusal_wording: str = "") -> bool:
-    """An answer is correct when it does not refuse and says the reference's label (for
-    yes / no / maybe references) or at least half its key facts."""
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalization: lower case, no punctuation, articles or extra spaces."""
+    return " ".join(tokens(text))
+
+
+def is_correct(
+    prediction: str, reference: str, refusal_wording: str = "", spans: list[str] | None = None
+) -> bool:
+    """An answer is correct when it does not refuse and contains one of the accepted
+    ``spans`` (SQuAD-normalized), when there are any; otherwise when it says the
+    reference's label (yes / no / maybe references) or at least half its key facts."""
     if is_refusal(prediction, refusal_wording):
         return False
+    if spans:
+        said = f" {normalize_answer(prediction)} "
+        return any(f" {normalize_answer(span)} " in said for span in spans if span.strip())
     if reference.strip().lower() in LABELS:
         return label_of(prediction) == reference.strip().lower()
     return key_fact_recall(prediction, reference) >= 0.5

@@ -11,10 +11,11 @@ from domainkit.utils.atomic import atomic_write_json, atomic_write_text
 
 COLUMNS = [
     ("accuracy", "accuracy"),
-    ("token_f1", "token F1"),
-    ("key_facts", "key facts"),
     ("refusal_accuracy", "refused unanswerable"),
     ("false_refusals", "false refusals"),
+    ("median_words", "median words"),
+    ("citation_correct", "citation correct"),
+    ("key_facts", "key facts"),
     ("faithfulness", "faithfulness"),
     ("judge", "judge"),
     ("seconds_per_answer", "s/answer"),
@@ -24,6 +25,8 @@ COLUMNS = [
 def _cell(value) -> str:
     if value is None:
         return "–"
+    if isinstance(value, float) and value.is_integer() and value > 1:
+        return str(int(value))
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
@@ -51,8 +54,8 @@ def markdown(report) -> str:
         lines.append("")
     lines += ["## Retrieval (source document, answerable questions)", ""]
     lines += [f"- {k}: {v}" for k, v in report.retrieval.items()]
-    lines += ["", "## Runtime policy calibration (validation split)", ""]
-    lines += [f"- {k}: {v}" for k, v in report.calibration.items()] or ["- not calibrated"]
+    lines += ["", "## Answerability gate (calibrated on the validation questions)", ""]
+    lines += _calibration_lines(report.calibration)
     if report.general:
         lines += ["", "## General knowledge (closed-book, forgetting check)", ""]
         lines += [f"- {model}: {value:.0%}" for model, value in report.general.items()]
@@ -61,14 +64,59 @@ def markdown(report) -> str:
     lines += [
         "",
         "Metrics: accuracy = answerable questions answered with at least half the reference's "
-        "key facts (or its yes/no/maybe label) and not refused; faithfulness = share of an "
-        "answer's content words found in the passages it was given.",
+        "key facts (or its yes/no/maybe label, or one of its accepted spans) and not refused; "
+        "median words = of answers to answerable questions that were not refused; citation "
+        "correct = share of correct answers whose cited passages hold the reference's key "
+        "facts; faithfulness = share of an answer's content words found in its passages.",
         "",
         "![accuracy by condition](accuracy.png)",
     ]
+    if report.calibration.get("curve"):
+        lines.append("![answered and refused by gate threshold](gate.png)")
     if (report.path / "loss.png").is_file():
         lines.append("![training loss](loss.png)")
     return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(calibration: dict) -> list[str]:
+    gate = calibration.get("gate")
+    if not gate:
+        return [f"- {calibration.get('note', 'not calibrated')}"]
+    weights = ", ".join(f"{k} {v:+.2f}" for k, v in gate["weights"].items())
+    return [
+        f"- {calibration['validation_questions']} validation questions "
+        f"({calibration['answerable']} answerable, {calibration['unanswerable']} unanswerable)",
+        f"- P(answerable) = sigmoid({weights}, bias {gate['bias']:+.2f}); "
+        f"answer when >= {gate['threshold']:.3f}",
+        f"- on validation: {calibration['answered']:.0%} of answerable answered, "
+        f"{calibration['refused']:.0%} of unanswerable refused",
+    ]
+
+
+def plot_gate(curve: list[dict], chosen: float, path: Path) -> Path:
+    """Share of answerable questions answered and unanswerable refused, by threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.plot([c["refused"] for c in curve], [c["answered"] for c in curve], marker=".")
+    point = min(curve, key=lambda c: abs(c["threshold"] - chosen))
+    ax.scatter([point["refused"]], [point["answered"]], color="red", zorder=3, label="chosen")
+    ax.set_xlabel("unanswerable refused")
+    ax.set_ylabel("answerable answered")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Answerability gate on the validation questions")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 def plot_accuracy(conditions: dict[str, dict], path: Path) -> Path:
@@ -114,6 +162,10 @@ def write_report(domain, report, rows: list[dict]) -> None:
         shutil.copyfile(loss, out / "loss.png")
     first = next(iter(report.conditions.values()))
     plot_accuracy(first, out / "accuracy.png")
+    if report.calibration.get("curve"):
+        plot_gate(
+            report.calibration["curve"], report.calibration["gate"]["threshold"], out / "gate.png"
+        )
     atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(out / "report.md", markdown(report))
     atomic_write_json(out / "report.json", report_dict(report))

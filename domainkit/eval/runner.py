@@ -1,19 +1,28 @@
-"""``domainkit eval``: what tuning and retrieval each bring, as in the RAFT paper's table.
+"""``domainkit eval``: what tuning, retrieval and the runtime's checks each bring.
 
-Conditions, each on the hand-written ``eval.yaml`` and on the synth validation split:
-base closed-book, base + retrieval, tuned closed-book, tuned + retrieval (``rag``) and the
-tuned model under the runtime policy (``auto``). The policy's thresholds are first
-calibrated on the validation split (never on eval.yaml) and written to
-``BUILD/runtime/calibration.json``, where the runtime reads them. A small
-general-knowledge set, asked closed-book of base and tuned, shows forgetting.
+Conditions, each on the hand-written ``eval.yaml`` and on the validation questions (the
+synth validation split, plus a domain's own ``validation.yaml`` when it has one):
 
-All answers are greedy, generated in batches through the runtime's own ``Assistant``.
+- base closed-book, and *naive RAG*: the base model given the top passages whole with a
+  plain "answer from the context" prompt, what a LangChain or LlamaIndex quick start gives;
+- *evidence only*: no model, the selected evidence's best sentence (the runtime's fallback);
+- tuned closed-book, tuned + evidence (the ``rag`` policy: quote checked, no gate) and the
+  tuned model under the runtime policy (``auto``: the gate, then the checked quote).
+
+The gate is calibrated on the validation questions only (never on eval.yaml) and written
+to ``BUILD/runtime/calibration.json``, where the runtime reads it. ``auto`` differs from
+``rag`` only by the gate, so its answers are ``rag``'s with the gate applied (no second
+generation). A small general-knowledge set, asked closed-book of base and tuned, shows
+forgetting. All answers are greedy, generated in batches through the runtime's own
+``Assistant``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +34,7 @@ from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.eval import metrics as m
 from domainkit.runtime.assistant import Answer, Assistant, adapter_path, calibration_path
+from domainkit.runtime.gate import FEATURES
 from domainkit.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -52,6 +62,7 @@ class Item:
     reference: str | None  # None for unanswerable questions
     answerable: bool
     source: str | None = None  # document path relative to docs/
+    spans: list[str] = field(default_factory=list)  # accepted short answers, if any
 
 
 @dataclass
@@ -63,11 +74,13 @@ class Condition:
 
 CONDITIONS = [
     Condition("base closed-book", False, "closed"),
-    Condition("base + retrieval", False, "rag"),
+    Condition("naive RAG (base)", False, "naive"),
+    Condition("evidence only", False, "evidence"),
     Condition("tuned closed-book", True, "closed"),
-    Condition("tuned + retrieval", True, "rag"),
+    Condition("tuned + evidence", True, "rag"),
     Condition("tuned, runtime policy", True, "auto"),
 ]
+RUNTIME = "tuned, runtime policy"
 
 
 @dataclass
@@ -86,38 +99,41 @@ def eval_dir(domain: Domain) -> Path:
     return domain.build_dir / "eval"
 
 
-def eval_items(domain: Domain, limit: int | None = None) -> list[Item]:
+def eval_items(domain: Domain, limit: int | None = None, path: Path | None = None) -> list[Item]:
+    """The questions of eval.yaml (or another file in its format)."""
     docs_prefix = f"{domain.config.docs_dir.rstrip('/')}/"
     items = []
-    for q in load_eval_set(domain.eval_path).questions:
+    for q in load_eval_set(path or domain.eval_path).questions:
         source = (
             q.source[len(docs_prefix) :]
             if q.source and q.source.startswith(docs_prefix)
             else q.source
         )
-        items.append(Item(q.question, q.answer if q.answerable else None, q.answerable, source))
+        reference = q.answer if q.answerable else None
+        items.append(Item(q.question, reference, q.answerable, source, list(q.spans)))
     return _spread(items, limit)
 
 
 def validation_items(domain: Domain, limit: int | None = None) -> list[Item]:
-    """Questions of the held-out synth split: closed-book Q&A, RAFT questions whose gold
-    passage was present, and refusals (unanswerable)."""
+    """Validation questions: the domain's own validation.yaml, when it has one, and the
+    held-out synth split: RAFT questions asked with their passage (answerable; the
+    reference is the fact) and near-miss and refusal questions (unanswerable). Gold-absent
+    RAFT samples are left out: with the whole index their question is answerable."""
     from domainkit.synth import dataset, synth_dir
 
+    items = (
+        eval_items(domain, path=domain.validation_path) if domain.validation_path.is_file() else []
+    )
     try:
         samples = dataset.load_samples(synth_dir(domain)).get("validation", [])
     except FileNotFoundError:
-        return []
-    items = []
+        samples = []
     for s in samples:
-        user, reply = s.messages[-2]["content"], s.messages[-1]["content"]
-        if s.generator == "qa":
-            items.append(Item(user, reply, True, s.source))
-        elif s.generator == "raft" and s.meta.get("gold_present", True):
-            question = user.split("\nQuestion: ", 1)[-1].split("\n\n", 1)[0]
-            items.append(Item(question, reply, True, s.source))
-        elif s.generator == "refusal":
-            items.append(Item(user, None, False, None))
+        question = s.meta.get("question") or s.question
+        if s.generator == "raft" and s.meta.get("gold_present"):
+            items.append(Item(question, s.meta.get("fact") or s.answers[-1], True, s.source))
+        elif s.generator in ("near_miss", "refusal"):
+            items.append(Item(question, None, False, None))
     return _spread(items, limit)
 
 
@@ -138,6 +154,7 @@ class _MemoRetriever:
 
     def __init__(self, retriever):
         self.retriever, self.settings = retriever, retriever.settings
+        self.embedder, self.vocabulary = retriever.embedder, retriever.vocabulary
         self._hits: dict[tuple, list] = {}
 
     def search(self, query: str, k: int | None = None, mode=None) -> list:
@@ -175,10 +192,11 @@ def _answer_all(
 
 
 def _prompt_chars(assistant: Assistant, item: Item, policy: str) -> int:
-    if policy == "closed" or assistant.retriever is None:
+    if policy != "naive" or assistant.retriever is None:
         return len(item.question)
     return len(item.question) + sum(
-        len(h.chunk.text) for h in assistant.retriever.search(item.question)
+        len(h.chunk.text)
+        for h in assistant.retriever.search(item.question, k=assistant.config.retrieval.top_k)
     )
 
 
@@ -221,16 +239,40 @@ def judge_accuracy(judge, items: list[Item], answers: list[Answer]) -> float | N
     return round(sum(r.strip().lower().startswith("yes") for r in replies) / len(pairs), 4)
 
 
+def _refused(answer: Answer, refusal: str) -> bool:
+    return answer.route == "refusal" or m.is_refusal(answer.text, refusal)
+
+
+def _correct(item: Item, answer: Answer, refusal: str) -> bool:
+    return m.is_correct(answer.text, item.reference, refusal, spans=item.spans)
+
+
+def _cited(answer: Answer) -> list[int]:
+    return [int(n) for n in re.findall(r"\[(\d{1,3})\]", answer.text)]
+
+
+def citation_correct(item: Item, answer: Answer) -> bool | None:
+    """Whether the passages an answer cites hold the reference's key facts (or a gold span);
+    None when it cites nothing it was given."""
+    by_number = {s.number: s.text for s in answer.sources}
+    cited = [by_number[n] for n in _cited(answer) if n in by_number]
+    if not cited:
+        return None
+    return m.is_correct(" ".join(cited), item.reference, spans=item.spans)
+
+
 def score(items: list[Item], answers: list[Answer], refusal: str, seconds: float) -> dict:
     """Metrics of one condition on one question set."""
-    answerable = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
-    unanswerable = [a for i, a in zip(items, answers, strict=True) if not i.answerable]
-    refused = [m.is_refusal(a.text, refusal) or a.route == "refusal" for _, a in answerable]
-    with_passages = [a for a in answers if a.sources and a.route != "refusal"]
-    with_passages = [a for a in with_passages if not m.is_refusal(a.text, refusal)]
+    pairs = list(zip(items, answers, strict=True))
+    answerable = [(i, a) for i, a in pairs if i.answerable]
+    unanswerable = [a for i, a in pairs if not i.answerable]
+    correct = [(i, a) for i, a in answerable if _correct(i, a, refusal)]
+    with_passages = [a for a in answers if a.sources and not _refused(a, refusal)]
+    words = [len(a.text.split()) for _, a in answerable if not _refused(a, refusal)]
+    citations = [citation_correct(i, a) for i, a in correct]
 
     def mean(values):
-        values = list(values)
+        values = [v for v in values if v is not None]
         return round(sum(values) / len(values), 4) if values else None
 
     routes: dict[str, int] = {}
@@ -240,13 +282,13 @@ def score(items: list[Item], answers: list[Answer], refusal: str, seconds: float
         "questions": len(items),
         "answerable": len(answerable),
         "unanswerable": len(unanswerable),
-        "accuracy": mean(m.is_correct(a.text, i.reference, refusal) for i, a in answerable),
+        "accuracy": round(len(correct) / len(answerable), 4) if answerable else None,
         "token_f1": mean(m.token_f1(a.text, i.reference) for i, a in answerable),
         "key_facts": mean(m.key_fact_recall(a.text, i.reference) for i, a in answerable),
-        "refusal_accuracy": mean(
-            m.is_refusal(a.text, refusal) or a.route == "refusal" for a in unanswerable
-        ),
-        "false_refusals": mean(refused),
+        "refusal_accuracy": mean(_refused(a, refusal) for a in unanswerable),
+        "false_refusals": mean(_refused(a, refusal) for _, a in answerable),
+        "median_words": float(statistics.median(words)) if words else None,
+        "citation_correct": mean(citations) if any(c is not None for c in citations) else None,
         "faithfulness": mean(m.support(a.text, [s.text for s in a.sources]) for a in with_passages),
         "seconds_per_answer": round(seconds, 3),
         "routes": routes,
@@ -275,37 +317,6 @@ def retrieval_metrics(retriever, items: list[Item], k: int) -> dict:
     }
 
 
-def calibrate(
-    best_scores: list[float], answerable: list[bool], confidences: list[float], correct: list[bool]
-) -> dict:
-    """Thresholds that decide best on the validation split.
-
-    relevance: the best passage's cosine similarity separating answerable questions from
-    unanswerable ones. confidence: the closed-book confidence above which answering beats
-    refusing (a correct answer is kept, a wrong one refused).
-    """
-
-    def best_cut(values: list[float], positive: list[bool]) -> tuple[float, float]:
-        candidates = sorted(set(values)) + [max(values) + 1e-6]
-        scored = [
-            (sum((v >= t) == p for v, p in zip(values, positive, strict=True)) / len(values), t)
-            for t in candidates
-        ]
-        accuracy = max(s for s, _ in scored)
-        ties = [t for s, t in scored if s == accuracy]
-        return round(ties[len(ties) // 2], 4), round(accuracy, 4)
-
-    out: dict = {"validation_questions": len(best_scores)}
-    if best_scores and any(answerable) and not all(answerable):
-        out["relevance_threshold"], out["relevance_accuracy"] = best_cut(best_scores, answerable)
-    if confidences:
-        threshold, accuracy = best_cut(confidences, correct)
-        out["confidence_threshold"] = min(1.0, threshold)
-        out["confidence_accuracy"] = accuracy
-        out["closed_book_correct"] = sum(correct)
-    return out
-
-
 def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True) -> EvalReport:
     """Evaluate the domain's models under every condition and write the report."""
     from domainkit.eval.report import write_report
@@ -316,7 +327,6 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     settings = domain.config.runtime.model_copy(
         update={"temperature": 0.0, "backend": "local", "max_batch": 16}
     )
-    max_tokens = domain.config.eval.max_new_tokens
     refusal = domain.config.refusal
     retriever = _MemoRetriever(open_retriever(domain))
     sets = {"eval.yaml": eval_items(domain, limit), "validation": validation_items(domain, limit)}
@@ -330,11 +340,12 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     tuned_available = (adapter_path(domain) / "adapter_config.json").is_file()
     notes = [] if tuned_available else ["no trained adapter: tuned conditions skipped"]
     conditions = [c for c in CONDITIONS if tuned_available or not c.tuned]
-    total = sum(len(v) for v in sets.values()) * len(conditions) + len(general) * 2
+    generated = [c for c in conditions if c.policy not in ("evidence", "auto")]
+    total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
     bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
+    run = _Run(domain, settings, retriever, bar)
 
     results: dict[str, dict[str, dict]] = {name: {} for name in sets}
-    judge = make_judge(domain)
     rows: list[dict] = []
     general_scores: dict = {}
     calibration: dict = {}
@@ -344,46 +355,29 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
         )
         model = "tuned" if tuned else "base"
         if general:
-            answers, _ = _answer_all(assistant, general, "closed", max_tokens, bar)
-            general_scores[model] = round(
-                sum(
-                    m.is_correct(a.text, i.reference) for i, a in zip(general, answers, strict=True)
-                )
-                / len(general),
-                4,
+            answers, _ = _answer_all(assistant, general, "closed", run.max_tokens, bar)
+            general_scores[model] = _share(
+                _correct(i, a, "") for i, a in zip(general, answers, strict=True)
             )
-        if tuned:
-            calibration = _calibrate(assistant, sets.get("validation", []), max_tokens, refusal)
-            update = {
-                k: calibration[k]
-                for k in ("relevance_threshold", "confidence_threshold")
-                if k in calibration
-            }
-            assistant.settings = assistant.settings.model_copy(update=update)
         for condition in (c for c in conditions if c.tuned == tuned):
+            if condition.policy == "auto":
+                calibration = run.calibrate(assistant, sets.get("validation", []))
             for set_name, items in sets.items():
-                answers, seconds = _answer_all(assistant, items, condition.policy, max_tokens, bar)
+                answers, seconds = run.answers(assistant, condition, set_name, items)
                 results[set_name][condition.name] = score(items, answers, refusal, seconds)
-                results[set_name][condition.name]["judge"] = judge_accuracy(judge, items, answers)
+                results[set_name][condition.name]["judge"] = judge_accuracy(
+                    run.judge, items, answers
+                )
                 rows += [
-                    {
-                        "set": set_name,
-                        "condition": condition.name,
-                        "question": i.question,
-                        "reference": i.reference,
-                        "answer": a.text,
-                        "route": a.route,
-                        "confidence": a.confidence,
-                        "sources": [s.document for s in a.sources],
-                    }
+                    _row(set_name, condition.name, i, a)
                     for i, a in zip(items, answers, strict=True)
                 ]
     bar.close()
-    if calibration:
+    if calibration.get("gate"):
         calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(calibration_path(domain), calibration)
     else:
-        notes.append("thresholds not calibrated (needs a tuned model and a validation split)")
+        notes.append(calibration.get("note", "the gate was not calibrated (needs a tuned model)"))
     k = domain.config.retrieval.top_k
     first_set = next(iter(sets.values()))
     report = EvalReport(
@@ -400,20 +394,81 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     return report
 
 
-def _calibrate(assistant: Assistant, items: list[Item], max_tokens: int, refusal: str) -> dict:
-    if not items:
-        return {}
-    best = []
-    for item in items:
-        hits = assistant.retriever.search(item.question)
-        best.append(max((h.dense_score for h in hits), default=0.0))
-    answers, _ = _answer_all(assistant, items, "closed", max_tokens)
-    confidences = [a.confidence or 0.0 for a in answers]
-    correct = [
-        i.answerable and m.is_correct(a.text, i.reference, refusal)
-        for i, a in zip(items, answers, strict=True)
-    ]
-    return calibrate(best, [i.answerable for i in items], confidences, correct)
+class _Run:
+    """One evaluation's shared state: answers already generated (the runtime policy reuses
+    the ``rag`` answers and applies the gate), the judge and the progress bar."""
+
+    def __init__(self, domain: Domain, settings, retriever, bar):
+        self.domain, self.settings, self.retriever, self.bar = domain, settings, retriever, bar
+        self.max_tokens = domain.config.eval.max_new_tokens
+        self.refusal = domain.config.refusal
+        self.judge = make_judge(domain)
+        self._rag: dict[tuple[bool, str], tuple[list[Answer], float]] = {}
+
+    def answers(self, assistant: Assistant, condition: Condition, set_name: str, items: list[Item]):
+        if condition.policy == "auto":
+            answers, seconds = self._rag_answers(assistant, set_name, items)
+            return [_gated(a, assistant.gate, self.refusal) for a in answers], seconds
+        if condition.policy == "rag":
+            return self._rag_answers(assistant, set_name, items)
+        return _answer_all(assistant, items, condition.policy, self.max_tokens, self.bar)
+
+    def _rag_answers(self, assistant: Assistant, set_name: str, items: list[Item]):
+        key = (assistant.tuned, set_name)
+        if key not in self._rag:
+            self._rag[key] = _answer_all(assistant, items, "rag", self.max_tokens, self.bar)
+        return self._rag[key]
+
+    def calibrate(self, assistant: Assistant, items: list[Item]) -> dict:
+        """Fit the gate on the validation questions and install it in ``assistant``."""
+        from domainkit.runtime.gate import GateFeatures, calibrate
+
+        if not items:
+            return {"note": "the gate was not calibrated: no validation questions"}
+        answers, _ = self._rag_answers(assistant, "validation", items)
+        features = [GateFeatures(**{k: a.gate[k] for k in FEATURES}) for a in answers]
+        try:
+            gate, fit = calibrate(features, [i.answerable for i in items])
+        except ValueError as e:
+            return {"note": f"the gate was not calibrated: {e}"}
+        assistant.gate = gate
+        return {"validation_questions": len(items), "gate": gate.to_dict(), **fit}
+
+
+def _gated(answer: Answer, gate, refusal: str) -> Answer:
+    """``answer`` (from the ``rag`` policy) as the runtime policy gives it."""
+    from dataclasses import replace
+
+    from domainkit.runtime.gate import GateFeatures
+
+    if answer.gate is None:
+        return answer
+    features = GateFeatures(**{k: answer.gate[k] for k in FEATURES})
+    probability = gate.probability(features)
+    gated = replace(answer, gate={**answer.gate, "p_answerable": round(probability, 4)})
+    if probability < gate.threshold:
+        gated.text, gated.route, gated.sources = refusal, "refusal", []
+    return gated
+
+
+def _row(set_name: str, condition: str, item: Item, answer: Answer) -> dict:
+    return {
+        "set": set_name,
+        "condition": condition,
+        "question": item.question,
+        "reference": item.reference,
+        "answer": answer.text,
+        "route": answer.route,
+        "quote": answer.quote,
+        "gate": answer.gate,
+        "confidence": answer.confidence,
+        "sources": [s.document for s in answer.sources],
+    }
+
+
+def _share(values) -> float:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else 0.0
 
 
 def _headline(results: dict[str, dict[str, dict]]) -> str:
@@ -423,7 +478,7 @@ def _headline(results: dict[str, dict[str, dict]]) -> str:
         accuracy = metrics["accuracy"]
         if accuracy is not None:
             parts.append(f"{name} {accuracy:.0%}")
-    best = table.get("tuned, runtime policy") or table.get("base + retrieval") or {}
+    best = table.get(RUNTIME) or table.get("evidence only") or {}
     refusals = best.get("refusal_accuracy")
     tail = f"; unanswerable refused {refusals:.0%}" if refusals is not None else ""
     return "accuracy: " + ", ".join(parts) + tail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -65,6 +66,13 @@ class Retriever:
         self.index = index
         self.embedder = embedder
         self.settings = settings
+
+    @cached_property
+    def vocabulary(self):
+        """Term statistics of the indexed passages (with their headings)."""
+        from domainkit.retrieval.terms import CorpusVocabulary
+
+        return CorpusVocabulary([c.embed_text for c in self.index.chunks])
 
     def search(self, query: str, k: int | None = None, mode: Mode | None = None) -> list[Hit]:
         """The top ``k`` chunks for ``query`` (defaults from the domain's retrieval settings)."""

@@ -1,36 +1,56 @@
-"""The deployed assistant: the tuned model, retrieval when it helps, citations, refusal.
+"""The deployed assistant: evidence first, a checked quote, or an honest refusal.
 
-Policy ``auto`` (default) retrieves with the hybrid retriever. When the best passage's
-cosine similarity reaches ``relevance_threshold``, the relevant passages go into the prompt
-in exactly the RAFT format the student was trained on (``prompting.context_question``)
-and are returned as sources. Otherwise the tuned model answers closed-book; if its
-confidence (geometric mean of its answer tokens' probabilities) is below
-``confidence_threshold`` the recipe's refusal is returned instead. ``rag`` always uses the
-top passages and ``closed`` never retrieves; both exist for comparison.
+Policy ``auto`` (the default):
 
-Thresholds come from the recipe, overridden by ``BUILD/runtime/calibration.json`` when
-``domainkit eval`` has calibrated them on the validation split.
+1. retrieve (hybrid) and select the evidence: the few sentences of the top passages that
+   bear on the question (``retrieval.evidence``), each under its passage's number;
+2. the tuned student reads the evidence block and quotes the line it relies on with its
+   number, or refuses (the format it was trained on, ``prompting.evidence_question``);
+3. the gate (``runtime.gate``) decides answer or refuse from the evidence's similarity,
+   the question's names and figures the corpus never mentions, and the model's own
+   probability of refusing, with thresholds calibrated by ``domainkit eval``;
+4. the quote is verified against the evidence (``runtime.verify``); the answer is the
+   quoted sentence with its lead-in and the best other sentences of its passage, verbatim,
+   with the citation. A quote that fails the check is replaced by the evidence's best
+   sentence (route ``evidence``).
+
+``rag`` is the same without the gate; ``closed`` never retrieves; ``naive`` is a
+quick-start RAG pipeline (the top passages whole, "answer from the context", no checks)
+and ``evidence`` answers with the selected evidence and no model at all. The last two
+exist for ``eval``'s comparison; which policies an API client may choose is
+``runtime.client_policies``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from domainkit.config.loading import Domain
-from domainkit.config.schema import RuntimeConfig
+from domainkit.config.schema import Policy, RuntimeConfig
 from domainkit.errors import DomainkitError
-from domainkit.prompting import Message, chat, context_question
+from domainkit.prompting import (
+    Message,
+    chat,
+    context_question,
+    evidence_question,
+    parse_quote,
+    quote_reply,
+)
+from domainkit.runtime.gate import Gate, GateFeatures
 from domainkit.runtime.generation import GENERATORS, GenRequest, GenResult, Scheduler
+from domainkit.runtime.verify import match_quote
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("auto", "rag", "closed")
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 
 class ConversationError(DomainkitError):
@@ -46,16 +66,44 @@ class Source:
     title: str
     heading: str
     chunk_id: str
-    score: float  # cosine similarity of question and passage
+    score: float  # relevance of the passage's best selected sentence (or cosine, naive)
     page: int | None = None
     text: str = ""
 
 
 @dataclass
-class Answer:
+class EvidenceLine:
+    """A sentence of the evidence block, with where it is in its document."""
+
+    number: int
     text: str
-    route: str  # rag, closed or refusal
+    document: str
+    start: int
+    end: int
+    score: float
+
+
+@dataclass
+class Answer:
+    """One answer.
+
+    Attributes:
+        text: What the user reads.
+        route: ``answer`` (the model's verified quote), ``evidence`` (the quote failed the
+            check: the best evidence sentence instead), ``refusal``, ``closed`` (no
+            retrieval) or ``rag`` (unchecked answer from whole passages, ``naive``).
+        sources: The passages of the evidence, by citation number.
+        quote: The model's reply when it quoted (before verification).
+        evidence: The evidence block's sentences.
+        gate: The gate's features and probability of answerable, under ``auto``.
+    """
+
+    text: str
+    route: str
     sources: list[Source] = field(default_factory=list)
+    quote: str | None = None
+    evidence: list[EvidenceLine] = field(default_factory=list)
+    gate: dict | None = None
     confidence: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -75,47 +123,68 @@ def adapter_path(domain: Domain) -> Path:
     return domain.build_dir / "train" / "adapter"
 
 
-def runtime_settings(domain: Domain) -> RuntimeConfig:
-    """The recipe's runtime settings with calibrated thresholds, when there are any."""
-    settings = domain.config.runtime
+def load_gate(domain: Domain) -> Gate:
+    """The calibrated gate of a built domain, else the uncalibrated default."""
     path = calibration_path(domain)
     if path.is_file():
-        calibrated = json.loads(path.read_text())
-        keys = ("relevance_threshold", "confidence_threshold")
-        settings = settings.model_copy(update={k: calibrated[k] for k in keys if k in calibrated})
-    return settings
+        data = json.loads(path.read_text())
+        if "gate" in data:
+            return Gate.from_dict(data["gate"])
+    return Gate()
 
 
 class PendingAnswer:
     """An answer being generated; ``result()`` waits for it."""
 
-    def __init__(self, finish: Callable[[GenResult], Answer], future: Future):
+    def __init__(self, finish: Callable[[GenResult | None], Answer], future: Future | None):
         self._finish, self._future = finish, future
         self._answer: Answer | None = None
 
     def result(self, timeout: float | None = None) -> Answer:
         if self._answer is None:
-            self._answer = self._finish(self._future.result(timeout))
+            result = self._future.result(timeout) if self._future is not None else None
+            self._answer = self._finish(result)
         return self._answer
+
+
+@dataclass
+class _Plan:
+    """What to generate for one question and how to turn the reply into an answer."""
+
+    prompt: list[Message]
+    evidence: object = None  # retrieval.evidence.Evidence
+    hits: list = field(default_factory=list)
+    trimmed: int = 0
 
 
 class Assistant:
     """Answers conversations for one domain.
 
     Args:
-        config: The domain's configuration (system prompt, refusal, disclaimer).
-        settings: Runtime settings (policy, thresholds, budgets).
+        config: The domain's configuration (system prompt, refusal, evidence settings).
+        settings: Runtime settings (policy, budgets).
         scheduler: Generation queue in front of a backend.
         retriever: The domain's retriever; None answers closed-book only.
-        tuned: Whether the model carries the domain's adapter (reported, not used).
+        tuned: Whether the model carries the domain's adapter.
+        gate: The answerability gate (calibrated by ``domainkit eval``).
     """
 
-    def __init__(self, config, settings: RuntimeConfig, scheduler: Scheduler, retriever, tuned):
+    def __init__(
+        self, config, settings: RuntimeConfig, scheduler: Scheduler, retriever, tuned, gate=None
+    ):
         self.config, self.settings = config, settings
         self.scheduler, self.retriever, self.tuned = scheduler, retriever, tuned
+        self.gate = gate or Gate()
         self.system = config.render_system_prompt()
         generator = scheduler.generator
         self.context_tokens = min(settings.context_tokens, generator.context_limit)
+        self.selector = None
+        if retriever is not None:
+            from domainkit.retrieval.evidence import EvidenceSelector
+
+            self.selector = EvidenceSelector(
+                retriever.embedder, retriever.vocabulary, config.evidence
+            )
 
     @classmethod
     def from_domain(
@@ -128,11 +197,9 @@ class Assistant:
         max_queue: int = 64,
         retriever=None,
     ) -> Assistant:
-        """Load a built domain: base model + adapter (when trained), index and recipe.
-
-        ``retriever`` shares an already opened retriever (eval opens one for all models).
-        """
-        settings = settings or runtime_settings(domain)
+        """Load a built domain: base model + adapter (when trained), index, recipe and the
+        calibrated gate. ``retriever`` shares an already opened retriever (eval)."""
+        settings = settings or domain.config.runtime
         adapter = adapter_path(domain) if tuned else None
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             log.warning("no trained adapter in %s; answering with the base model", adapter)
@@ -152,7 +219,8 @@ class Assistant:
 
             retriever = open_retriever(domain)
         scheduler = Scheduler(generator, max_batch=settings.max_batch, max_queue=max_queue)
-        return cls(domain.config, settings, scheduler, retriever, adapter is not None)
+        gate = load_gate(domain)
+        return cls(domain.config, settings, scheduler, retriever, adapter is not None, gate)
 
     # -- answering -------------------------------------------------------------------------
 
@@ -169,11 +237,11 @@ class Assistant:
         temperature: float | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> PendingAnswer:
-        """Plan the answer (retrieval, route, prompt) and queue its generation.
+        """Plan the answer (retrieval, evidence, prompt) and queue its generation.
 
         Raises ``BusyError`` at once when the queue is full. ``on_text`` receives the
-        answer's text as it is generated; a closed-book answer under ``auto`` arrives in one
-        piece once its confidence is known, since it may still become a refusal.
+        answer's text: as it is generated for ``closed`` and ``naive``; in one piece once it
+        is verified for ``auto`` and ``rag``, whose answer is checked before it is shown.
         """
         started = time.perf_counter()
         policy = policy or self.settings.policy
@@ -182,19 +250,159 @@ class Assistant:
         question, history = _split(messages)
         max_tokens = max_tokens or self.settings.max_new_tokens
         temperature = self.settings.temperature if temperature is None else temperature
-
-        hits = []
-        if policy != "closed" and self.retriever is not None:
-            hits = self.retriever.search(question)
-            if policy == "auto":
-                hits = [h for h in hits if h.dense_score >= self.settings.relevance_threshold]
-        route = "rag" if hits else "closed"
-        prompt, hits, trimmed = self._prompt(question, history, hits, max_tokens)
-        gated = policy == "auto" and route == "closed"
-        sources = [_source(i, h) for i, h in enumerate(hits, start=1)]
+        if self.retriever is None or policy == "closed":
+            return self._closed(question, history, max_tokens, temperature, on_text, started)
+        if policy == "naive":
+            return self._naive(question, history, max_tokens, temperature, on_text, started)
+        evidence = self._evidence(question, history)
+        if policy == "evidence" or not evidence.sentences:
+            return self._from_evidence(evidence, policy, on_text, started)
+        plan = self._plan(question, history, evidence, max_tokens)
 
         def finish(result: GenResult) -> Answer:
-            answer = Answer(
+            answer = self._checked(plan, result, gated=policy == "auto")
+            answer.seconds = time.perf_counter() - started
+            if on_text is not None:
+                on_text(answer.text)
+            return answer
+
+        # The reply is one of the evidence lines or the refusal: scored as choices where the
+        # backend can (always a valid quote), generated and checked where it cannot.
+        choices = [quote_reply(s.text) for s in plan.evidence.sentences] + [self.config.refusal]
+        request = GenRequest(plan.prompt, max_tokens, temperature, None, choices)
+        return PendingAnswer(finish, self.scheduler.submit(request))
+
+    # -- the evidence route ----------------------------------------------------------------
+
+    def _evidence(self, question: str, history: list[Message]):
+        """The evidence for the question; a short follow-up is searched together with the
+        previous question, which usually names what it refers to."""
+        query = question
+        earlier = [m["content"] for m in history if m["role"] == "user"]
+        if earlier and len(question.split()) <= 6:
+            query = f"{earlier[-1]} {question}"
+        hits = self.retriever.search(query, k=self.config.evidence.passages)
+        return self.selector.select(question, [h.chunk for h in hits])
+
+    def _plan(self, question: str, history: list[Message], evidence, max_tokens: int) -> _Plan:
+        """The prompt within the context budget: the oldest earlier turns go first, then the
+        lowest-ranked evidence sentences; the latest question is always kept."""
+        budget = self.context_tokens - max_tokens
+        count = self.scheduler.generator.count_tokens
+        trimmed = 0
+        while True:
+            user = evidence_question(question, evidence.block())
+            prompt = chat(self.system, *((m["role"], m["content"]) for m in history))
+            prompt.append({"role": "user", "content": user})
+            if count(prompt) <= budget:
+                return _Plan(prompt, evidence=evidence, trimmed=trimmed)
+            if history:
+                cut = 2 if len(history) > 1 and history[1]["role"] == "assistant" else 1
+                history, trimmed = history[cut:], trimmed + cut
+            elif len(evidence.ranked) > 1:
+                evidence = evidence.without(evidence.ranked[-1])
+            else:
+                raise _too_long(self.context_tokens, max_tokens)
+
+    def _checked(self, plan: _Plan, result: GenResult, gated: bool) -> Answer:
+        """The model's reply, verified against the evidence, through the gate when ``gated``."""
+        evidence = plan.evidence
+        sentence, refusal = self._reading(evidence, result)
+        answer = _evidence_answer(evidence, self.settings.answer_words)
+        answer.quote = quote_reply(sentence.text) if sentence is not None else result.text or None
+        answer.confidence = result.confidence
+        answer.prompt_tokens = result.prompt_tokens
+        answer.completion_tokens = result.completion_tokens
+        answer.finish_reason, answer.trimmed_turns = result.finish_reason, plan.trimmed
+        vocabulary = self.retriever.vocabulary
+        features = GateFeatures(
+            dense=evidence.best_dense,
+            coverage=evidence.best_coverage,
+            unknown=len(vocabulary.unknown_specific_terms(evidence.question)),
+            novel=round(vocabulary.novel_share(evidence.question), 4),
+            model_refusal=refusal,
+        )
+        probability = self.gate.probability(features)
+        answer.gate = {**features.to_dict(), "p_answerable": round(probability, 4)}
+        if gated and probability < self.gate.threshold:
+            answer.text, answer.route, answer.sources = self.config.refusal, "refusal", []
+            return answer
+        if sentence is not None:
+            answer.text = evidence.answer_from(sentence, self.settings.answer_words)
+            answer.route = "answer"
+        return answer
+
+    def _reading(self, evidence, result: GenResult):
+        """(the evidence line the model quotes or None, its probability of refusing).
+
+        Scored choices give both directly: the best-scoring line, and the refusal's share of
+        the probability over all choices. A generated reply is checked against the evidence
+        (``verify.match_quote``); a refusal counts as probability 1."""
+        if result.choice_logprobs:
+            scores = result.choice_logprobs
+            top = max(scores)
+            weights = [math.exp(x - top) for x in scores]
+            refusal = weights[-1] / sum(weights)
+            best = max(range(len(scores) - 1), key=scores.__getitem__)
+            return evidence.sentences[best], round(refusal, 4)
+        from domainkit.eval.metrics import is_refusal
+
+        quoted = parse_quote(result.text)
+        refused = quoted is None and is_refusal(result.text, self.config.refusal)
+        return match_quote(quoted, evidence), (1.0 if refused else 0.0)
+
+    def _from_evidence(self, evidence, policy: str, on_text, started: float) -> PendingAnswer:
+        """No model: the evidence's best sentence (``evidence``), or a refusal when there is
+        no evidence at all."""
+
+        def finish(_: None) -> Answer:
+            if evidence.sentences:
+                answer = _evidence_answer(evidence, self.settings.answer_words)
+            else:
+                answer = Answer(self.config.refusal, "refusal")
+            answer.seconds = time.perf_counter() - started
+            if on_text is not None:
+                on_text(answer.text)
+            return answer
+
+        return PendingAnswer(finish, None)
+
+    # -- routes for comparison ---------------------------------------------------------------
+
+    def _naive(self, question, history, max_tokens, temperature, on_text, started) -> PendingAnswer:
+        hits = self.retriever.search(question, k=self.config.retrieval.top_k)
+        prompt = self._fit(
+            history, lambda h: context_question(question, [x.chunk for x in h]), hits, max_tokens
+        )
+        sources = [_hit_source(i, h) for i, h in enumerate(prompt.hits, start=1)]
+        return self._generate(prompt, "rag", sources, max_tokens, temperature, on_text, started)
+
+    def _closed(
+        self, question, history, max_tokens, temperature, on_text, started
+    ) -> PendingAnswer:
+        prompt = self._fit(history, lambda _: question, [], max_tokens)
+        return self._generate(prompt, "closed", [], max_tokens, temperature, on_text, started)
+
+    def _fit(self, history, user: Callable[[list], str], hits: list, max_tokens: int) -> _Plan:
+        budget = self.context_tokens - max_tokens
+        count = self.scheduler.generator.count_tokens
+        trimmed = 0
+        while True:
+            prompt = chat(self.system, *((m["role"], m["content"]) for m in history))
+            prompt.append({"role": "user", "content": user(hits)})
+            if count(prompt) <= budget:
+                return _Plan(prompt, hits=hits, trimmed=trimmed)
+            if history:
+                cut = 2 if len(history) > 1 and history[1]["role"] == "assistant" else 1
+                history, trimmed = history[cut:], trimmed + cut
+            elif len(hits) > 1:
+                hits = hits[:-1]
+            else:
+                raise _too_long(self.context_tokens, max_tokens)
+
+    def _generate(self, plan, route, sources, max_tokens, temperature, on_text, started):
+        def finish(result: GenResult) -> Answer:
+            return Answer(
                 text=result.text,
                 route=route,
                 sources=sources,
@@ -202,43 +410,65 @@ class Assistant:
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
                 finish_reason=result.finish_reason,
-                trimmed_turns=trimmed,
+                seconds=time.perf_counter() - started,
+                trimmed_turns=plan.trimmed,
             )
-            if gated:
-                threshold = self.settings.confidence_threshold
-                if answer.confidence is None or answer.confidence < threshold:
-                    answer.text, answer.route = self.config.refusal, "refusal"
-                if on_text is not None:
-                    on_text(answer.text)
-            answer.seconds = time.perf_counter() - started
-            return answer
 
-        request = GenRequest(prompt, max_tokens, temperature, None if gated else on_text)
+        request = GenRequest(plan.prompt, max_tokens, temperature, on_text)
         return PendingAnswer(finish, self.scheduler.submit(request))
 
-    def _prompt(self, question: str, history: list[Message], hits: list, max_tokens: int):
-        """The prompt within the context budget: the oldest earlier turns go first, then the
-        lowest-ranked passages; the latest question is always kept."""
-        budget = self.context_tokens - max_tokens
-        count = self.scheduler.generator.count_tokens
-        trimmed = 0
-        while True:
-            user = context_question(question, [h.chunk for h in hits]) if hits else question
-            prompt = chat(self.system, *((m["role"], m["content"]) for m in history))
-            prompt.append({"role": "user", "content": user})
-            if count(prompt) <= budget:
-                return prompt, hits, trimmed
-            if history:
-                # Drop the oldest exchange (a user turn and the reply to it).
-                cut = 2 if len(history) > 1 and history[1]["role"] == "assistant" else 1
-                history, trimmed = history[cut:], trimmed + cut
-            elif len(hits) > 1:
-                hits = hits[:-1]
-            else:
-                raise ConversationError(
-                    f"the question does not fit the context budget of {self.context_tokens} "
-                    f"tokens with {max_tokens} for the answer; shorten it or lower max_tokens"
-                )
+
+def _evidence_answer(evidence, answer_words: int) -> Answer:
+    """The answer without the model: the best evidence sentence, composed and cited."""
+    return Answer(
+        text=evidence.answer_from(evidence.best(), answer_words),
+        route="evidence",
+        sources=_sources(evidence),
+        evidence=[
+            EvidenceLine(s.number, s.text, s.chunk.source, s.start, s.end, s.score)
+            for s in evidence.sentences
+        ],
+    )
+
+
+def _sources(evidence) -> list[Source]:
+    best: dict[str, float] = {}
+    for s in evidence.sentences:
+        best[s.chunk.id] = max(best.get(s.chunk.id, 0.0), s.score)
+    return [
+        Source(
+            number=n,
+            document=chunk.source,
+            title=chunk.title,
+            heading=" > ".join(chunk.headings),
+            chunk_id=chunk.id,
+            score=round(best.get(chunk.id, 0.0), 4),
+            page=chunk.page,
+            text=chunk.text,
+        )
+        for n, chunk in enumerate(evidence.passages, start=1)
+    ]
+
+
+def _hit_source(number: int, hit) -> Source:
+    chunk = hit.chunk
+    return Source(
+        number=number,
+        document=chunk.source,
+        title=chunk.title,
+        heading=" > ".join(chunk.headings),
+        chunk_id=chunk.id,
+        score=round(float(hit.dense_score), 4),
+        page=chunk.page,
+        text=chunk.text,
+    )
+
+
+def _too_long(context_tokens: int, max_tokens: int) -> ConversationError:
+    return ConversationError(
+        f"the question does not fit the context budget of {context_tokens} "
+        f"tokens with {max_tokens} for the answer; shorten it or lower max_tokens"
+    )
 
 
 def _split(messages: list[Message]) -> tuple[str, list[Message]]:
@@ -251,17 +481,3 @@ def _split(messages: list[Message]) -> tuple[str, list[Message]]:
     if not question:
         raise ConversationError("the last user message is empty")
     return question, turns[:-1]
-
-
-def _source(number: int, hit) -> Source:
-    chunk = hit.chunk
-    return Source(
-        number=number,
-        document=chunk.source,
-        title=chunk.title,
-        heading=" > ".join(chunk.headings),
-        chunk_id=chunk.id,
-        score=round(float(hit.dense_score), 4),
-        page=chunk.page,
-        text=chunk.text,
-    )

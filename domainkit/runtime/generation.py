@@ -43,12 +43,16 @@ class GenRequest:
         max_new_tokens: Longest completion.
         temperature: 0 for greedy decoding.
         on_text: Called with each new piece of text as it is generated (streaming).
+        choices: Replies to score instead of generating: the backend returns the
+            log-probability of each as the whole reply (``GenResult.choice_logprobs``), when
+            it can; a backend that cannot generates as usual.
     """
 
     messages: list[Message]
     max_new_tokens: int
     temperature: float = 0.0
     on_text: Callable[[str], None] | None = None
+    choices: list[str] | None = None
 
 
 @dataclass
@@ -58,6 +62,7 @@ class GenResult:
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
     mean_logprob: float | None = None  # None when the backend gives no log-probabilities
+    choice_logprobs: list[float] | None = None  # one per request.choices, when scored
 
     @property
     def confidence(self) -> float | None:
@@ -101,8 +106,64 @@ class LocalGenerator:
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        """Complete ``requests`` together: one left-padded batch, greedy or sampled by the
-        first request's temperature (the scheduler batches equal temperatures)."""
+        """Complete ``requests`` together: replies with ``choices`` are scored, the others
+        generated in one left-padded batch, greedy or sampled by the first request's
+        temperature (the scheduler batches equal temperatures)."""
+        results: dict[int, GenResult] = {}
+        generated = [i for i, r in enumerate(requests) if not r.choices]
+        for i, request in enumerate(requests):
+            if request.choices:
+                results[i] = self._score(request)
+        if generated:
+            outputs = self._generate([requests[i] for i in generated])
+            for i, result in zip(generated, outputs, strict=True):
+                results[i] = result
+        return [results[i] for i in range(len(requests))]
+
+    def _score(self, request: GenRequest) -> GenResult:
+        """The log-probability of each choice as the complete reply (through the end of the
+        turn), tokenized exactly as in training. The prompt runs once; its cache is shared
+        by all choices."""
+        import torch
+
+        prompt = self._ids(request.messages)
+        replies = []
+        with self._tokenizer_lock:
+            for choice in request.choices:
+                full = self.tokenizer.apply_chat_template(
+                    [*request.messages, {"role": "assistant", "content": choice}]
+                )
+                full = list(full["input_ids"] if hasattr(full, "keys") else full)
+                if full[: len(prompt)] != prompt:
+                    raise BackendError("the chat template does not render prefixes stably")
+                replies.append(full[len(prompt) :] or [self.tokenizer.eos_token_id])
+        model, device = self.lm.model, self.lm.device
+        width = max(len(r) for r in replies)
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            cache.batch_repeat_interleave(len(replies))
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in replies], device=device)
+            positions = torch.arange(len(prompt), len(prompt) + width, device=device)
+            more = model(
+                input_ids=ids,
+                attention_mask=torch.ones(len(replies), len(prompt) + width, device=device),
+                position_ids=positions.expand(len(replies), -1),
+                **{_cache_argument(model): cache},
+            )
+            first = out.logits[0, -1].float().log_softmax(-1)
+            rest = more.logits[:, :-1].float().log_softmax(-1)
+        scores = []
+        for row, reply in enumerate(replies):
+            logprob = float(first[reply[0]])
+            if len(reply) > 1:
+                tail = torch.tensor(reply[1:], device=rest.device)
+                logprob += float(rest[row, : len(reply) - 1].gather(-1, tail[:, None]).sum())
+            scores.append(logprob)
+        return GenResult("", len(prompt), 0, "stop", None, choice_logprobs=scores)
+
+    def _generate(self, requests: list[GenRequest]) -> list[GenResult]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -140,10 +201,17 @@ class LocalGenerator:
                 **sampling,
             )
         streamer.end()
-        # Confidence from the raw (unprocessed) logits of the tokens each row kept.
-        steps = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # batch x steps x vocab
-        chosen = out.sequences[:, width : width + steps.shape[1]]
-        logprobs = steps.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+        # Confidence from the raw (unprocessed) logits of the tokens each row kept, one step
+        # at a time: stacking every step's full-vocabulary log-softmax would cost
+        # batch x steps x vocabulary floats.
+        chosen = out.sequences[:, width:]
+        logprobs = torch.stack(
+            [
+                step.float().log_softmax(-1).gather(-1, chosen[:, t : t + 1]).squeeze(-1)
+                for t, step in enumerate(out.logits)
+            ],
+            dim=1,
+        )
         results = []
         for i in range(len(requests)):
             n = len(streamer.tokens[i])
@@ -163,6 +231,14 @@ class LocalGenerator:
 # The prompt format's own block markers: a model that writes one has finished its answer and
 # started imitating the prompt (small models do), so the row stops there.
 STOP_MARKERS = ("\nQuestion:", "\nPassages:")
+
+
+def _cache_argument(model) -> str:
+    """The forward argument that takes a KV cache (transformers 5 renamed
+    ``past_key_values`` to ``cache``)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class _RowStreamer:

@@ -95,7 +95,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    policy: Literal["auto", "rag", "closed"] | None = None
+    policy: str | None = None  # one of the recipe's runtime.client_policies
 
     @field_validator("messages")
     @classmethod
@@ -216,6 +216,12 @@ def create_app(
             page.replace("{{MODEL_JSON}}", json.dumps(model_name))
             .replace("{{MODEL}}", html.escape(model_name))
             .replace("{{KEYS}}", "true" if keys else "false")
+            .replace(
+                "{{POLICY_OPTIONS}}",
+                "".join(
+                    f"<option>{html.escape(p)}</option>" for p in assistant.settings.client_policies
+                ),
+            )
         )
         return HTMLResponse(filled)
 
@@ -248,6 +254,14 @@ def create_app(
             authorize(request)
             chat = await read_request(request)
             messages = [{"role": m.role, "content": m.text} for m in chat.messages]
+            if chat.policy and chat.policy not in assistant.settings.client_policies:
+                allowed = ", ".join(assistant.settings.client_policies)
+                raise APIError(
+                    422,
+                    f"policy {chat.policy!r} is not available to clients (allowed: {allowed})",
+                    "invalid_request_error",
+                    param="policy",
+                )
             options = {
                 "policy": chat.policy,
                 "max_tokens": chat.max_completion_tokens or chat.max_tokens,
@@ -375,6 +389,9 @@ def _extra(answer: Answer) -> dict:
     return {
         "route": answer.route,
         "sources": [s.__dict__ for s in answer.sources],
+        "quote": answer.quote,
+        "evidence": [e.__dict__ for e in answer.evidence],
+        "gate": answer.gate,
         "confidence": answer.confidence,
         "trimmed_turns": answer.trimmed_turns,
         "seconds": round(answer.seconds, 3),
@@ -410,7 +427,7 @@ class _Metrics:
         )
         self.routes = Counter(
             "domainkit_answers",
-            "Answers by route (rag, closed, refusal)",
+            "Answers by route (answer, evidence, refusal, closed, rag)",
             ["route"],
             registry=registry,
         )

@@ -6,20 +6,21 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import numpy as np
-
 from domainkit.config.schema import DomainConfig
 from domainkit.ingest import Chunk
+from domainkit.prompting import evidence_question, quote_reply
 from domainkit.retrieval import Retriever
-from domainkit.retrieval.bm25 import content_terms
-from domainkit.synth.filters import FilterLog, GroundingScorer
+from domainkit.retrieval.evidence import Evidence, EvidenceSelector
+from domainkit.retrieval.terms import CorpusVocabulary
+from domainkit.synth.facts import Fact
+from domainkit.synth.filters import FilterLog
 from domainkit.synth.prompts import Prompts
 from domainkit.synth.teachers import CachedTeacher, Sampling
 from domainkit.utils.hashing import text_hash
 
-# Calls whose output must be faithful run cooler than the teacher's setting; user turns,
-# paraphrases and refusal questions use it as is, for variety.
-_FAITHFUL_TEMPERATURE = {"question": 0.3, "answer": 0.2, "judge": 0.0}
+# Questions must stay on their fact, so they run cooler than the teacher's setting; user
+# turns, paraphrases and refusal questions use it as is, for variety.
+_FAITHFUL_TEMPERATURE = {"question": 0.3}
 
 
 @dataclass
@@ -43,10 +44,6 @@ class SynthContext:
         return self.retriever.index.chunks
 
     @cached_property
-    def rows(self) -> dict[str, int]:
-        return {chunk.id: row for row, chunk in enumerate(self.chunks)}
-
-    @cached_property
     def system_prompt(self) -> str:
         return self.config.render_system_prompt()
 
@@ -59,12 +56,60 @@ class SynthContext:
         }
 
     @cached_property
-    def scorer(self) -> GroundingScorer:
-        return GroundingScorer(self.embedder, self.synth.filters.grounding_threshold)
+    def vocabulary(self) -> CorpusVocabulary:
+        return self.retriever.vocabulary
 
     @cached_property
     def corpus_terms(self) -> set[str]:
-        return {t for terms in content_terms([c.text for c in self.chunks]) for t in terms}
+        return set(self.vocabulary.df)
+
+    @cached_property
+    def selector(self) -> EvidenceSelector:
+        """The runtime's own evidence selector: training evidence looks like run-time evidence."""
+        return EvidenceSelector(self.embedder, self.vocabulary, self.config.evidence)
+
+    def evidence_for(
+        self,
+        query: str,
+        side: bool,
+        gold: Fact | None = None,
+        exclude: frozenset = frozenset(),
+        question: str | None = None,
+    ) -> Evidence:
+        """The evidence the runtime would select: passages retrieved for ``query``, from one
+        split only (``side``: validation or not) and without the ``exclude``d ones, read
+        for ``question`` (default: the query). ``gold``'s line is always included."""
+        n = self.config.evidence.passages
+        hits = self.retriever.search(query, k=n + 12)
+        chunks = [
+            h.chunk
+            for h in hits
+            if self.is_validation(h.chunk.id) == side and h.chunk.id not in exclude
+        ][:n]
+        required = ()
+        if gold is not None:
+            if gold.chunk not in chunks:
+                chunks = chunks[: n - 1] + [gold.chunk]
+            required = ((gold.chunk, gold.start, gold.end),)
+        return self.selector.select(question or query, chunks, required=required)
+
+    def quote_turn(self, question: str, evidence: Evidence, gold: Fact):
+        """(user turn, assistant turn, the gold evidence sentence): quote the gold line.
+        None when the evidence lost the line."""
+        start = gold.chunk.start + gold.start
+        text = " ".join(gold.chunk.text[gold.start : gold.end].lower().split())
+        line = next(
+            (s for s in evidence.sentences if s.chunk.id == gold.chunk.id and s.start == start),
+            None,
+        ) or next((s for s in evidence.sentences if " ".join(s.text.lower().split()) == text), None)
+        if line is None:
+            return None
+        user = evidence_question(question, evidence.block())
+        return user, quote_reply(line.text), line
+
+    def refusal_turn(self, question: str, evidence: Evidence) -> tuple[str, str]:
+        """(user turn, assistant turn): the evidence does not answer, refuse."""
+        return evidence_question(question, evidence.block()), self.config.refusal
 
     def rng(self, purpose: str) -> random.Random:
         """A generator-specific random stream, so one generator's draws never shift another's."""
@@ -86,16 +131,7 @@ class SynthContext:
         bucket = int(text_hash(f"{self.synth.seed}:{chunk_id}", length=8), 16) / 16**8
         return bucket < self.synth.validation_fraction
 
-    def source_vectors(self, chunks: list[Chunk]) -> np.ndarray:
-        return np.asarray(self.retriever.index.embeddings)[[self.rows[c.id] for c in chunks]]
-
-    def ground(self, answers: list[str], chunks: list[Chunk]) -> list[dict[str, float]]:
-        return self.scorer.score(answers, [c.text for c in chunks], self.source_vectors(chunks))
-
     def finds_source(self, question: str, chunk: Chunk) -> bool:
         """Round-trip check: the question retrieves the chunk it was written from."""
         k = self.synth.filters.roundtrip_k
         return k == 0 or any(h.chunk.id == chunk.id for h in self.retriever.search(question, k=k))
-
-    def grounded(self, scores: dict[str, float]) -> bool:
-        return scores["grounding"] >= self.synth.filters.grounding_threshold

@@ -1,16 +1,15 @@
 """Checks on generated samples. Every rejection is counted by filter and kept for inspection.
 
-A small teacher writes many bad answers, so the filters are what make its data usable:
-parse validity, length, repetition, relevance of the question to its fact, grounding of each
-answer in its source chunk, near-duplicates, overlap with the eval questions, and optional
-PII masking.
+A small teacher writes many unusable questions, so the filters are what make its output
+usable: parse validity, length, repetition, relevance of the question to its fact (plus the
+round trip, in ``questions``), near-duplicates, overlap with the eval questions, and
+optional PII masking. Answers need no such checks: they are quoted from the source.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,15 +19,12 @@ from domainkit.retrieval.bm25 import content_terms
 from domainkit.synth.parsing import repetition_ratio
 from domainkit.synth.sample import Rejection, Sample
 
-_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
-
 
 @dataclass
 class FilterLog:
-    """Rejections by filter, plus how many teacher answers were replaced by source text."""
+    """Rejections by filter, and how many samples had PII masked."""
 
     rejections: list[Rejection] = field(default_factory=list)
-    replaced_by_extract: int = 0
     pii_masked: int = 0
 
     def reject(
@@ -41,57 +37,11 @@ class FilterLog:
         return Counter(r.filter for r in self.rejections)
 
 
-def numbers_in(text: str) -> set[str]:
-    return {n.replace(",", "") for n in _NUMBER.findall(text)}
-
-
-class GroundingScorer:
-    """How well a source passage supports an answer, from 0 to 1.
-
-    The score averages the cosine similarity of answer and passage embeddings with the share
-    of the answer's content terms found in the passage; any figure in the answer that the
-    passage does not contain makes the score 0, because invented numbers are the costliest
-    mistake in prices, deadlines and dosages.
-    """
-
-    def __init__(self, embedder, threshold: float):
-        self.embedder = embedder
-        self.threshold = threshold
-
-    def score(
-        self, answers: Sequence[str], sources: Sequence[str], source_vectors: np.ndarray
-    ) -> list[dict[str, float]]:
-        if not answers:
-            return []
-        vectors = self.embedder.embed(list(answers))
-        cosines = np.einsum("ij,ij->i", vectors, source_vectors)
-        answer_terms = content_terms(list(answers))
-        source_terms = content_terms(list(sources))
-        results = []
-        for answer, source, cosine, terms, known in zip(
-            answers, sources, cosines, answer_terms, source_terms, strict=True
-        ):
-            lexical = sum(t in set(known) for t in terms) / len(terms) if terms else 0.0
-            invented = numbers_in(answer) - numbers_in(source)
-            grounding = 0.0 if invented else 0.5 * max(float(cosine), 0.0) + 0.5 * lexical
-            results.append(
-                {
-                    "grounding": round(grounding, 4),
-                    "cosine": round(float(cosine), 4),
-                    "lexical": round(lexical, 4),
-                    "invented_numbers": len(invented),
-                }
-            )
-        return results
-
-
 def text_problem(text: str, settings: SynthFilterConfig, *, kind: str) -> str | None:
     """Why a question or answer is unusable on its face (length, looping), or None."""
     words = len(text.split())
     if kind == "question" and not 3 <= words <= settings.max_question_words:
         return f"question of {words} words"
-    if kind == "answer" and not settings.min_answer_words <= words <= settings.max_answer_words:
-        return f"answer of {words} words"
     if repetition_ratio(text) > 0.3:
         return "repetitive text"
     return None

@@ -22,7 +22,6 @@ _META_PREFIX = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"(])|\n+")
-_MARKDOWN = re.compile(r"\*\*|__|`|^#+\s*", re.MULTILINE)
 
 
 def clean_reply(text: str) -> str:
@@ -47,23 +46,6 @@ def parse_question(text: str) -> str | None:
             if sentence.endswith("?") and len(sentence.split()) >= 3:
                 return sentence[0].upper() + sentence[1:]
     return None
-
-
-def fact_sentences(text: str, limit: int) -> list[str]:
-    """Up to ``limit`` self-contained, informative sentences of a passage, in passage order.
-
-    Sentences with figures and names are preferred: they are the facts a user asks about.
-    """
-    candidates = []
-    for position, raw in enumerate(_SENTENCE_SPLIT.split(text)):
-        sentence = _NUMBERING.sub("", _MARKDOWN.sub("", raw)).strip()
-        words = sentence.split()
-        if not 7 <= len(words) <= 45 or "|" in sentence or sentence[-1] not in ".!)":
-            continue
-        informative = sum(ch.isdigit() for ch in sentence) + sum(w[0].isupper() for w in words[1:])
-        candidates.append((informative, position, sentence))
-    best = sorted(candidates, key=lambda c: (-c[0], c[1]))[:limit]
-    return [sentence for _, _, sentence in sorted(best, key=lambda c: c[1])]
 
 
 def repetition_ratio(text: str, n: int = 4) -> float:

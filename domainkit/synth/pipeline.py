@@ -18,9 +18,9 @@ from domainkit.ingest import Chunk
 from domainkit.retrieval import Retriever, load_index, make_embedder
 from domainkit.synth import dataset
 from domainkit.synth.context import SynthContext
+from domainkit.synth.facts import facts_of
 from domainkit.synth.filters import decontaminate, drop_near_duplicates, scrub_samples
 from domainkit.synth.generators import GENERATORS
-from domainkit.synth.parsing import fact_sentences
 from domainkit.synth.prompts import Prompts
 from domainkit.synth.sample import Sample
 from domainkit.synth.teachers import CachedTeacher, CallCache, Teacher, make_teacher
@@ -47,7 +47,6 @@ class SynthReport:
     kept: Counter
     rejected: Counter
     splits: dict[str, int]
-    replaced_by_extract: int
     pii_masked: int
     user_samples: int
     calls_made: int
@@ -63,7 +62,7 @@ def synth_dir(domain: Domain) -> Path:
 def plan(ctx: SynthContext, target: int) -> list[Plan]:
     """How many samples each generator aims for, and its shuffled pool of seed chunks."""
     mix = {name: share for name, share in ctx.synth.mix.items() if share > 0}
-    eligible = [c for c in ctx.chunks if fact_sentences(c.text, 1)]
+    eligible = [c for c in ctx.chunks if facts_of(c, 1)]
     if not eligible:
         raise DomainkitError("no chunk has a full sentence to generate questions from")
     return [
@@ -154,7 +153,6 @@ def run_synth(
         kept=Counter(s.generator for s in samples + user),
         rejected=ctx.log.counts,
         splits={name: len(rows) for name, rows in splits.items()},
-        replaced_by_extract=ctx.log.replaced_by_extract,
         pii_masked=ctx.log.pii_masked,
         user_samples=len(user),
         calls_made=cached.calls_made,
@@ -183,8 +181,8 @@ def _check_enough(report: SynthReport) -> None:
     counts = f"kept {sum(report.kept.values())} of target {report.target}; rejected: {rejected}"
     if not report.splits["train"]:
         raise DomainkitError(
-            f"no training samples survived the filters ({counts}). Use a stronger teacher "
-            "(synth.teacher), or lower synth.filters.grounding_threshold"
+            f"no training samples survived the filters ({counts}). The documents may have too "
+            "few complete sentences, or a stronger teacher (synth.teacher) may help"
         )
     if report.splits["train"] < MIN_USEFUL_TRAIN:
         report.warnings.append(
@@ -199,7 +197,6 @@ def summary(report: SynthReport) -> dict:
         "kept": dict(report.kept),
         "rejected": dict(report.rejected),
         "splits": report.splits,
-        "answers_replaced_by_source_sentence": report.replaced_by_extract,
         "pii_masked": report.pii_masked,
         "user_samples": report.user_samples,
         "teacher_calls": {"made": report.calls_made, "cached": report.calls_cached},

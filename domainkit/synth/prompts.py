@@ -18,35 +18,17 @@ DEFAULTS: dict[str, str] = {
         "You reword questions. Keep the meaning and the names, change the other words. "
         "Reply with one question only."
     ),
-    "answer_system": (
-        "{system_prompt}\n\nAnswer in one to three sentences, using only the information given."
-    ),
-    "answer_user": "Information:\n{passage}\n\nQuestion: {question}",
     "user_turn_system": (
         'You are {user_persona}, chatting with {assistant_name} about "{topic}". '
         "You turn a statement into the question you would ask to get that information. "
         "Reply with one question only."
     ),
     "user_turn_user": "{previous}Statement: {fact}",
-    "assistant_turn_system": (
-        "{system_prompt}\n\nReference:\n{passage}\n\n"
-        "Answer from the reference only, in one to three sentences."
-    ),
-    "refusal_system": (
-        "You write a question that the given text does NOT answer: ask about a plausible "
-        "detail on the same topic that the text leaves out. Reply with one question only."
-    ),
-    "refusal_user": 'Text about "{topic}":\n{passage}',
     "offtopic_system": (
         "You write one short question that a person might ask a search engine. "
         "Reply with the question only."
     ),
     "offtopic_user": 'Write a question about {topic} that starts with "{starter}".',
-    "judge_system": "You check answers against a passage. Reply with yes or no only.",
-    "judge_user": (
-        "Passage:\n{passage}\n\nAnswer:\n{answer}\n\n"
-        "Is everything the answer states also stated in the passage? Reply yes or no."
-    ),
 }
 
 # Everyday subjects for out-of-domain questions; the assistant must decline those too.
@@ -85,13 +67,6 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "paraphrase": [
         ("How long does the warranty last?", "For how many years am I covered by the warranty?"),
         ("Can I pay in instalments?", "Is it possible to spread the payment over several months?"),
-    ],
-    "refusal": [
-        (
-            'Text about "Delivery":\n'
-            "Standard delivery takes 3 to 5 working days and costs 4 pounds.",
-            "Can I choose a specific delivery time slot?",
-        ),
     ],
 }
 

@@ -47,8 +47,9 @@ def _render_ids(tokenizer, messages: list[dict], generation_prompt: bool) -> lis
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def tokenize_chat(tokenizer, messages: list[dict]) -> Tokenized:
-    """Render ``messages`` and label exactly the assistant turns (with their end-of-turn).
+def tokenize_chat(tokenizer, messages: list[dict], last_only: bool = False) -> Tokenized:
+    """Render ``messages`` and label exactly the assistant turns (with their end-of-turn);
+    with ``last_only``, just the final assistant turn.
 
     Each assistant turn spans from the end of the prompt rendered up to it (with the
     generation prompt) to the end of the conversation rendered through it; this works for
@@ -59,8 +60,9 @@ def tokenize_chat(tokenizer, messages: list[dict]) -> Tokenized:
     """
     full = _render_ids(tokenizer, messages, generation_prompt=False)
     labels = [IGNORE] * len(full)
+    last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     for k, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or (last_only and k != last):
             continue
         start = len(_render_ids(tokenizer, messages[:k], generation_prompt=True))
         through = _render_ids(tokenizer, messages[: k + 1], generation_prompt=False)

@@ -52,17 +52,28 @@ def train_dir(domain: Domain) -> Path:
 
 
 def rows_for(
-    student: Student, conversations: list[list[dict]], max_len: int, packed: bool, stats: DataStats
+    student: Student,
+    conversations: list[tuple[list[dict], bool]],
+    max_len: int,
+    packed: bool,
+    stats: DataStats,
 ) -> list[Row]:
-    items = fit_length([tokenize_chat(student.tokenizer, c) for c in conversations], max_len, stats)
+    """Training rows of (messages, last turn only) conversations."""
+    tokenized = [tokenize_chat(student.tokenizer, c, last_only) for c, last_only in conversations]
+    items = fit_length(tokenized, max_len, stats)
     return pack(items, max_len) if packed else single_rows(items)
 
 
-def _conversations(samples, system_prompt: str) -> list[list[dict]]:
+def _conversations(samples, system_prompt: str) -> list[tuple[list[dict], bool]]:
+    """Each sample's messages (with the system prompt) and whether only its last reply is
+    trained on (``meta.train_on == "last"``: earlier replies lack the evidence they had)."""
     return [
-        s.messages
-        if s.messages[0]["role"] == "system"
-        else [{"role": "system", "content": system_prompt}, *s.messages]
+        (
+            s.messages
+            if s.messages[0]["role"] == "system"
+            else [{"role": "system", "content": system_prompt}, *s.messages],
+            s.meta.get("train_on") == "last",
+        )
         for s in samples
     ]
 
@@ -102,6 +113,11 @@ def run_train(
     if settings.pretrain.enabled:
         phases.append(_pretrain_phase(domain, student, out, stats))
     train_rows = rows_for(student, _conversations(splits["train"], system), max_len, packed, stats)
+    if not train_rows:
+        raise DomainkitError(
+            f"none of the {stats.samples} training samples keeps an answer token within "
+            f"train.max_seq_len = {max_len}; raise it"
+        )
     val_rows = rows_for(
         student, _conversations(splits["validation"], system), max_len, packed, DataStats()
     )

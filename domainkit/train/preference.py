@@ -1,8 +1,8 @@
 """Optional preference tuning after SFT with trl (DPO, or ORPO where trl provides it).
 
-Chosen: the dataset's grounded answer. Rejected: what the base model (the student with its
-adapter switched off) answers to the same prompt, so the tuned model learns to prefer the
-domain's grounded answer over the generic one.
+Chosen: the dataset's target (a quoted line, or the refusal). Rejected: what the base model
+(the student with its adapter switched off) answers to the same prompt, so the tuned model
+learns to prefer the domain's quote-or-refuse reply over the generic one.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def preference_pairs(student: Student, samples: list[Sample], max_pairs: int) -> list[dict]:
     """(prompt, chosen, rejected) in trl's conversational format."""
-    usable = [s for s in samples if s.generator in ("qa", "raft", "user")][:max_pairs]
+    usable = [s for s in samples if s.generator in ("raft", "near_miss", "user")][:max_pairs]
     prompts = [s.messages[:-1] for s in usable]
     tokenizer = student.tokenizer
     side = tokenizer.padding_side

@@ -1,4 +1,4 @@
-"""Sample generators, by name: self_chat, qa, raft, refusal.
+"""Sample generators, by name: raft, near_miss, refusal, self_chat.
 
 A generator turns seed chunks into candidate samples through the teacher, rejecting what
 fails its checks into the context's filter log.
@@ -33,4 +33,4 @@ class GeneratorSpec:
 
 GENERATORS: Registry[GeneratorSpec] = Registry("generator")
 
-from domainkit.synth.generators import qa, raft, refusal, self_chat  # noqa: E402,F401
+from domainkit.synth.generators import near_miss, raft, refusal, self_chat  # noqa: E402,F401

@@ -1,77 +1,116 @@
-"""RAFT samples: a question with the gold passage among retrieved hard negatives.
+"""RAFT samples in the runtime's evidence format: quote the gold line, or refuse.
 
-In the configured share of samples the gold passage is left out and the answer says the
-passages do not cover the question, so the student learns to use the right passage and to
-notice when none is there (RAFT, arXiv 2403.10131). The prompt is ``prompting.context_question``,
-exactly what the runtime sends.
+For each question about a fact, the evidence block is what the runtime's selector picks
+for that question from the retrieved passages (hard negatives included), with the fact's
+line always present; the target quotes that line with its passage number, so it is
+correct by construction. In ``raft_gold_absent`` of the questions the fact's passage is
+left out of the retrieval, and the target is the recipe's refusal (RAFT, arXiv
+2403.10131): the student learns to use the right line and to notice when none is there.
+A gold-absent sample is skipped when another passage states the same fact, since refusing
+would then be wrong.
 """
 
 from __future__ import annotations
 
 from domainkit.ingest import Chunk
-from domainkit.prompting import chat, citation, context_question
+from domainkit.prompting import chat
+from domainkit.retrieval.bm25 import content_terms
+from domainkit.retrieval.terms import weighted_coverage
 from domainkit.synth.context import SynthContext
+from domainkit.synth.facts import facts_of
 from domainkit.synth.generators import GENERATORS, GeneratorSpec
-from domainkit.synth.generators.qa import QAPair, grounded_pairs
+from domainkit.synth.questions import FactQuestion, questions_for
 from domainkit.synth.sample import Sample
 
-
-def distractors(ctx: SynthContext, pair: QAPair, count: int) -> list[Chunk]:
-    """Hard negatives: the retriever's best passages for the question, other than the gold one,
-    from the gold chunk's own split so no validation chunk is shown in training."""
-    side = ctx.is_validation(pair.chunk.id)
-    hits = ctx.retriever.search(pair.question, k=count + 10)
-    return [
-        h.chunk
-        for h in hits
-        if h.chunk.id != pair.chunk.id and ctx.is_validation(h.chunk.id) == side
-    ][:count]
+# A passage whose best line holds this much of the fact's (IDF-weighted) terms restates it.
+RESTATES = 0.6
 
 
 def generate_raft(ctx: SynthContext, seeds: list[Chunk], target: int) -> list[Sample]:
-    pairs = grounded_pairs(ctx, seeds, "raft")[:target]
+    facts = [f for c in seeds for f in facts_of(c, ctx.synth.questions_per_chunk)]
+    questions = questions_for(ctx, facts, "raft")
     rng = ctx.rng("raft")
-    n_absent = round(len(pairs) * ctx.synth.raft_gold_absent)
-    absent = set(rng.sample(range(len(pairs)), n_absent))
-    k = ctx.synth.raft_distractors
-    samples = []
-    for i, pair in enumerate(pairs):
-        gold_absent = i in absent
-        passages = distractors(ctx, pair, k + 1 if gold_absent else k)
-        gold_position = None
-        if gold_absent:
-            answer = ctx.config.refusal
-        else:
-            gold_position = rng.randint(0, len(passages))
-            passages.insert(gold_position, pair.chunk)
-            answer = f"{pair.answer} {citation(gold_position + 1)}"
-        samples.append(
-            Sample(
-                messages=chat(
-                    ctx.system_prompt,
-                    ("user", context_question(pair.question, passages)),
-                    ("assistant", answer),
-                ),
-                generator="raft",
-                chunk_id=pair.chunk.id,
-                source=pair.chunk.source,
-                teacher=ctx.teacher.id,
-                scores=pair.scores,
-                meta={
-                    "question": pair.question,
-                    "passages": [c.id for c in passages],
-                    "gold_position": gold_position,
-                    "answer_origin": "refusal" if gold_absent else pair.origin,
-                },
-            )
+    share = ctx.synth.raft_gold_absent
+    absent = set(
+        rng.sample(
+            range(len(questions)),
+            round(len(questions) * share / (1 - share)) if share < 1 else len(questions),
         )
-    return samples
+    )
+    samples = []
+    for i, question in enumerate(questions):
+        # One question gives both kinds: the same words, with and without their passage,
+        # teach that the evidence decides, not the question.
+        pair = [_present(ctx, question) if share < 1 else None]
+        if i in absent:
+            pair.append(_absent(ctx, question))
+        samples += [s for s in pair if s is not None]
+    rng.shuffle(samples)
+    return samples[:target]
+
+
+def _present(ctx: SynthContext, q: FactQuestion) -> Sample | None:
+    side = ctx.is_validation(q.fact.chunk.id)
+    evidence = ctx.evidence_for(q.question, side, gold=q.fact)
+    turn = ctx.quote_turn(q.question, evidence, q.fact)
+    if turn is None:
+        ctx.log.reject(
+            "evidence",
+            "raft",
+            q.fact.chunk.id,
+            "gold line not in the evidence",
+            question=q.question,
+        )
+        return None
+    user, reply, line = turn
+    return _sample(ctx, q, user, reply, evidence, gold_present=True, gold_number=line.number)
+
+
+def _absent(ctx: SynthContext, q: FactQuestion) -> Sample | None:
+    side = ctx.is_validation(q.fact.chunk.id)
+    evidence = ctx.evidence_for(q.question, side, exclude=frozenset({q.fact.chunk.id}))
+    fact_terms = content_terms([q.fact.text])[0]
+    for sentence in evidence.sentences:
+        terms = content_terms([sentence.text])[0]
+        if weighted_coverage(fact_terms, terms, ctx.vocabulary) >= RESTATES:
+            ctx.log.reject(
+                "restated",
+                "raft",
+                q.fact.chunk.id,
+                "another passage states the fact: not a gold-absent sample",
+                question=q.question,
+                restated_by=sentence.text,
+            )
+            return None
+    user, reply = ctx.refusal_turn(q.question, evidence)
+    return _sample(ctx, q, user, reply, evidence, gold_present=False, gold_number=None)
+
+
+def _sample(ctx, q: FactQuestion, user, reply, evidence, *, gold_present, gold_number) -> Sample:
+    return Sample(
+        messages=chat(ctx.system_prompt, ("user", user), ("assistant", reply)),
+        generator="raft",
+        chunk_id=q.fact.chunk.id,
+        source=q.fact.chunk.source,
+        teacher=ctx.teacher.id,
+        meta={
+            "question": q.question,
+            "fact": q.fact.text,
+            "question_origin": q.origin,
+            "passages": [c.id for c in evidence.passages],
+            "gold_present": gold_present,
+            "gold_number": gold_number,
+            "answer_origin": "quote" if gold_present else "refusal",
+        },
+    )
 
 
 GENERATORS.register("raft")(
     GeneratorSpec(
         run=generate_raft,
-        samples_per_seed=lambda s: s.questions_per_chunk,
-        calls_per_seed=lambda s: s.questions_per_chunk * (2 + s.filters.judge),
+        samples_per_seed=lambda s: (
+            s.questions_per_chunk * (1 + s.paraphrases) * (1 + s.raft_gold_absent)
+        ),
+        calls_per_seed=lambda s: s.questions_per_chunk * (1 + s.paraphrases),
     )
 )

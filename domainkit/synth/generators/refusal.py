@@ -1,8 +1,9 @@
-"""Refusals: questions the documents do not answer, on a chunk's topic or outside the domain.
+"""Refusals: questions the documents do not answer, about their names or outside the domain.
 
-A question is kept only if at least half of its content terms (generic question words aside)
-occur nowhere in the documents: it asks about something they never mention. It is answered
-with the recipe's refusal wording.
+A question is kept only if a third or more of its content terms (generic question words
+aside) occur nowhere in the documents: it asks about something they never mention. It is
+asked with the evidence the runtime would select for it, and answered with the recipe's
+refusal.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import lru_cache
 from domainkit.ingest import Chunk
 from domainkit.prompting import chat
 from domainkit.retrieval.bm25 import content_terms
+from domainkit.retrieval.terms import specific_terms
 from domainkit.synth.context import SynthContext
 from domainkit.synth.filters import text_problem
 from domainkit.synth.generators import GENERATORS, GeneratorSpec
@@ -35,53 +37,110 @@ def _generic_terms() -> frozenset[str]:
     return frozenset(content_terms([_GENERIC_WORDS])[0])
 
 
+# Details users ask about that documents often leave out; a question pairs one with a name
+# the corpus uses, and is kept only when the detail's words occur nowhere in the documents.
+_MISSING_DETAILS = (
+    "the weight",
+    "the exact dimensions",
+    "the colour options",
+    "the price in US dollars",
+    "the energy efficiency rating",
+    "the country of manufacture",
+    "the recycled plastic content",
+    "the carbon footprint",
+    "the maximum operating altitude",
+    "the chief executive",
+    "the founding year",
+    "the parking arrangements",
+    "the opening hours on public holidays",
+    "the loyalty points scheme",
+    "the student discount",
+    "the gift card options",
+    "the wheelchair hire",
+    "the vegetarian menu",
+    "the Bluetooth codec support",
+    "the frequency response",
+)
+_DETAIL_FORMS = (
+    "What about {detail} for {name}?",
+    "Can you tell me {detail} for {name}?",
+    "I need to know {detail} for {name}.",
+)
+
+
 def generate_refusals(ctx: SynthContext, seeds: list[Chunk], target: int) -> list[Sample]:
-    conversations = [_prompt(ctx, chunk, i) for i, chunk in enumerate(seeds)]
-    replies = ctx.teacher.generate(conversations, ctx.sampling("user"))
-    copies = ctx.prompts.example_replies("refusal")
+    """Half the questions ask a detail the documents never give about a name they use (no
+    teacher call); the other half are everyday questions outside the domain, by the teacher."""
+    offtopic = [(i, c) for i, c in enumerate(seeds) if i % 2]
+    replies = ctx.teacher.generate(
+        [_offtopic_prompt(ctx, c) for _, c in offtopic], ctx.sampling("user")
+    )
+    written = {i: reply for (i, _), reply in zip(offtopic, replies, strict=True)}
     samples = []
-    for chunk, reply in zip(seeds, replies, strict=True):
-        question = parse_question(reply)
-        if question is None or question in copies:
-            ctx.log.reject("parse", "refusal", chunk.id, "no question in the reply", reply=reply)
+    for i, chunk in enumerate(seeds):
+        if i in written:
+            question = parse_question(written[i])
+            origin = "teacher"
+        else:
+            question = _detail_question(ctx, chunk, i)
+            origin = "template"
+        if question is None:
+            ctx.log.reject("parse", "refusal", chunk.id, "no question", reply=written.get(i, ""))
             continue
-        if problem := text_problem(question, ctx.synth.filters, kind="question"):
-            ctx.log.reject("length", "refusal", chunk.id, problem, question=question)
+        if problem := _problem(ctx, question):
+            ctx.log.reject(problem[0], "refusal", chunk.id, problem[1], question=question)
             continue
-        terms = set(content_terms([question])[0]) - _generic_terms()
-        novel = sorted(terms - ctx.corpus_terms)
-        if not novel or len(novel) < len(terms) / 2:
-            ctx.log.reject(
-                "answerable",
-                "refusal",
-                chunk.id,
-                "most terms of the question occur in the documents",
-                question=question,
-            )
-            continue
+        evidence = ctx.evidence_for(question, ctx.is_validation(chunk.id))
+        user, reply = ctx.refusal_turn(question, evidence)
         samples.append(
             Sample(
-                messages=chat(
-                    ctx.system_prompt, ("user", question), ("assistant", ctx.config.refusal)
-                ),
+                messages=chat(ctx.system_prompt, ("user", user), ("assistant", reply)),
                 generator="refusal",
                 chunk_id=chunk.id,
                 source=chunk.source,
                 teacher=ctx.teacher.id,
-                meta={"terms_not_in_documents": novel},
+                meta={
+                    "question": question,
+                    "question_origin": origin,
+                    "passages": [c.id for c in evidence.passages],
+                    "answer_origin": "refusal",
+                },
             )
         )
     return samples[:target]
 
 
-def _prompt(ctx: SynthContext, chunk: Chunk, i: int) -> list[dict[str, str]]:
-    """Alternately a question on the chunk's topic that it leaves open, and an everyday
-    question outside the domain (small teachers manage the second far more often)."""
-    if i % 2 == 0:
-        user = ctx.prompts.render(
-            "refusal_user", topic=chunk.breadcrumb or chunk.title, passage=chunk.text
-        )
-        return ctx.prompts.with_examples("refusal", ctx.prompts.render("refusal_system"), user)
+def _problem(ctx: SynthContext, question: str) -> tuple[str, str] | None:
+    if why := text_problem(question, ctx.synth.filters, kind="question"):
+        return ("length", why)
+    terms = set(content_terms([question])[0]) - _generic_terms()
+    novel = terms - ctx.corpus_terms
+    if not novel or len(novel) < len(terms) / 3:
+        return ("answerable", "most terms of the question occur in the documents")
+    return None
+
+
+def _detail_question(ctx: SynthContext, chunk: Chunk, i: int) -> str | None:
+    """A detail the corpus never mentions, asked about a name the chunk uses."""
+    rng = ctx.rng(f"detail:{chunk.id}")
+    # Names from the headings: a capitalised word in the text may just open a sentence.
+    names = [t for t in specific_terms(f"The {chunk.breadcrumb}") if t[0].isupper()]
+    if not names:
+        return None
+    details = [d for d in _MISSING_DETAILS if _unknown(ctx, d)]
+    if not details:
+        return None
+    form = _DETAIL_FORMS[i % len(_DETAIL_FORMS)]
+    return form.format(detail=rng.choice(details), name=rng.choice(names))
+
+
+def _unknown(ctx: SynthContext, detail: str) -> bool:
+    terms = set(content_terms([detail])[0]) - _generic_terms()
+    return bool(terms) and not terms & ctx.corpus_terms
+
+
+def _offtopic_prompt(ctx: SynthContext, chunk: Chunk) -> list[dict[str, str]]:
+    """An everyday question outside the domain (small teachers manage these well)."""
     rng = ctx.rng(f"offtopic:{chunk.id}")
     user = ctx.prompts.render(
         "offtopic_user", topic=rng.choice(OFFTOPIC_TOPICS), starter=rng.choice(OFFTOPIC_STARTERS)
@@ -91,6 +150,6 @@ def _prompt(ctx: SynthContext, chunk: Chunk, i: int) -> list[dict[str, str]]:
 
 GENERATORS.register("refusal")(
     GeneratorSpec(
-        run=generate_refusals, samples_per_seed=lambda s: 1.0, calls_per_seed=lambda s: 1.0
+        run=generate_refusals, samples_per_seed=lambda s: 1.0, calls_per_seed=lambda s: 0.5
     )
 )

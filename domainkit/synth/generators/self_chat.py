@@ -1,9 +1,14 @@
-"""Baize-style self-chat: the teacher plays the user and the assistant in separate calls.
+"""Baize-style self-chat in the runtime's evidence format, turn by turn.
 
-The simulated user sees the recipe's user persona, the chunk's topic, the last answer it got
-and the fact it wants to find out next; never the assistant's instructions or the chunk. The
-assistant sees the recipe's system prompt and the chunk; never the user's hint (Baize v2
-generates each side separately). A dialog is kept up to its last grounded exchange."""
+The teacher plays the user (the recipe's user persona, the passage's topic, the last
+answer it got and the fact it wants next; never the passage itself); a turn it fails to
+write is made from the fact by template. Each answer is the fact's line quoted from the
+evidence the runtime would select for that turn, so it is correct by construction. The
+sample is the conversation as the runtime sees it: earlier turns as the user saw them
+(question, then the answer built from the quote) and the last turn with its evidence
+block; only the last reply is trained on (``meta.train_on = "last"``), since the earlier
+ones have no evidence in the prompt and would teach answering without it.
+"""
 
 from __future__ import annotations
 
@@ -12,39 +17,35 @@ from dataclasses import dataclass, field
 from domainkit.ingest import Chunk
 from domainkit.prompting import chat
 from domainkit.synth.context import SynthContext
+from domainkit.synth.facts import Fact, facts_of, template_question
 from domainkit.synth.filters import shares_terms, text_problem
 from domainkit.synth.generators import GENERATORS, GeneratorSpec
-from domainkit.synth.parsing import clean_reply, fact_sentences, parse_question
+from domainkit.synth.parsing import parse_question
 from domainkit.synth.sample import Sample
 
 
 @dataclass
 class Dialog:
     chunk: Chunk
-    facts: list[str]
-    turns: list[tuple[str, str]] = field(default_factory=list)  # (user, assistant)
-    scores: list[dict[str, float]] = field(default_factory=list)
-    origins: list[str] = field(default_factory=list)
-    open: bool = True
+    facts: list[Fact]
+    turns: list[tuple[str, str, str]] = field(default_factory=list)  # question, shown, origin
+    last: tuple[str, str] | None = None  # (user turn with evidence, quote) of the final turn
 
 
 def generate_self_chat(ctx: SynthContext, seeds: list[Chunk], target: int) -> list[Sample]:
     dialogs = [
-        Dialog(c, facts)
-        for c in seeds
-        if (facts := fact_sentences(c.text, ctx.synth.self_chat_turns))
+        Dialog(c, facts) for c in seeds if len(facts := facts_of(c, ctx.synth.self_chat_turns)) >= 2
     ]
     for turn in range(ctx.synth.self_chat_turns):
-        active = [d for d in dialogs if d.open and turn < len(d.facts)]
+        active = [d for d in dialogs if turn < len(d.facts)]
         if not active:
             break
-        questions = _user_turns(ctx, active, turn)
-        asked = [(d, q) for d, q in zip(active, questions, strict=True) if q is not None]
-        _assistant_turns(ctx, asked, turn)
-    return [_sample(ctx, d) for d in dialogs if d.turns][:target]
+        for dialog, (question, origin) in zip(active, _user_turns(ctx, active, turn), strict=True):
+            _answer(ctx, dialog, question, origin)
+    return [_sample(ctx, d) for d in dialogs if len(d.turns) >= 2][:target]
 
 
-def _user_turns(ctx: SynthContext, dialogs: list[Dialog], turn: int) -> list[str | None]:
+def _user_turns(ctx: SynthContext, dialogs: list[Dialog], turn: int) -> list[tuple[str, str]]:
     conversations = []
     for d in dialogs:
         system = ctx.prompts.render(
@@ -54,80 +55,68 @@ def _user_turns(ctx: SynthContext, dialogs: list[Dialog], turn: int) -> list[str
             topic=d.chunk.breadcrumb or d.chunk.title,
         )
         previous = f"You were just told: {d.turns[-1][1]}\n\n" if d.turns else ""
-        user = ctx.prompts.render("user_turn_user", previous=previous, fact=d.facts[turn])
+        user = ctx.prompts.render("user_turn_user", previous=previous, fact=d.facts[turn].text)
         conversations.append(ctx.prompts.with_examples("question", system, user))
     replies = ctx.teacher.generate(conversations, ctx.sampling("user", turn))
-    questions = []
+    out = []
     for dialog, reply in zip(dialogs, replies, strict=True):
+        fact = dialog.facts[turn]
         question = parse_question(reply)
-        if question is None:
-            problem = ("parse", "no question in the reply")
-        elif why := text_problem(question, ctx.synth.filters, kind="question"):
-            problem = ("length", why)
-        elif not shares_terms(question, dialog.facts[turn]):
-            problem = ("relevance", "question shares no term with the fact asked about")
-        else:
-            problem = None
-        if problem:
-            ctx.log.reject(
-                problem[0],
-                "self_chat",
-                dialog.chunk.id,
-                f"user turn {turn + 1}: {problem[1]}",
-                reply=reply,
+        problem = (
+            "no question in the reply"
+            if question is None
+            else (
+                text_problem(question, ctx.synth.filters, kind="question")
+                or (None if shares_terms(question, fact.text) else "shares no term with the fact")
             )
-            dialog.open = False
-            question = None
-        questions.append(question)
-    return questions
-
-
-def _assistant_turns(ctx: SynthContext, asked: list[tuple[Dialog, str]], turn: int) -> None:
-    conversations = []
-    for dialog, question in asked:
-        system = ctx.prompts.render(
-            "assistant_turn_system", system_prompt=ctx.system_prompt, passage=dialog.chunk.text
         )
-        history = [t for u, a in dialog.turns for t in (("user", u), ("assistant", a))]
-        conversations.append(chat(system, *history, ("user", question)))
-    replies = [clean_reply(r) for r in ctx.teacher.generate(conversations, ctx.sampling("answer"))]
-    scores = ctx.ground(replies, [d.chunk for d, _ in asked])
-    for (dialog, question), reply, score in zip(asked, replies, scores, strict=True):
-        problem = text_problem(reply, ctx.synth.filters, kind="answer")
-        if problem is None and ctx.grounded(score):
-            dialog.turns.append((question, reply))
-            dialog.scores.append(score)
-            dialog.origins.append("teacher")
+        if problem is None:
+            out.append((question, "teacher"))
             continue
-        detail = problem or f"grounding {score['grounding']:.2f}"
         ctx.log.reject(
-            "length" if problem else "grounding",
+            "parse" if question is None else "relevance",
             "self_chat",
             dialog.chunk.id,
-            f"assistant turn {turn + 1}: {detail}",
-            question=question,
-            answer=reply,
+            f"user turn {turn + 1}: {problem}",
+            reply=reply,
         )
-        if ctx.synth.extractive_fallback:
-            fact = dialog.facts[turn]
-            dialog.turns.append((question, fact))
-            dialog.scores.append(ctx.ground([fact], [dialog.chunk])[0])
-            dialog.origins.append("extract")
-            ctx.log.replaced_by_extract += 1
-        else:
-            dialog.open = False
+        out.append((template_question(fact, ctx.vocabulary), "template"))
+    return out
+
+
+def _answer(ctx: SynthContext, dialog: Dialog, question: str, origin: str) -> None:
+    fact = dialog.facts[len(dialog.turns)]
+    side = ctx.is_validation(dialog.chunk.id)
+    query = question
+    if dialog.turns and len(question.split()) <= 6:  # the runtime's follow-up rule
+        query = f"{dialog.turns[-1][0]} {question}"
+    evidence = ctx.evidence_for(query, side, gold=fact, question=question)
+    turn = ctx.quote_turn(question, evidence, fact)
+    if turn is None:
+        dialog.facts = dialog.facts[: len(dialog.turns)]  # the dialog ends here
+        return
+    user, reply, line = turn
+    shown = evidence.answer_from(line, ctx.config.runtime.answer_words)
+    dialog.turns.append((question, shown, origin))
+    dialog.last = (user, reply)
 
 
 def _sample(ctx: SynthContext, dialog: Dialog) -> Sample:
-    turns = [t for u, a in dialog.turns for t in (("user", u), ("assistant", a))]
+    history = [t for q, shown, _ in dialog.turns[:-1] for t in (("user", q), ("assistant", shown))]
+    user, reply = dialog.last
     return Sample(
-        messages=chat(ctx.system_prompt, *turns),
+        messages=chat(ctx.system_prompt, *history, ("user", user), ("assistant", reply)),
         generator="self_chat",
         chunk_id=dialog.chunk.id,
         source=dialog.chunk.source,
         teacher=ctx.teacher.id,
-        scores={"grounding": min(s["grounding"] for s in dialog.scores)},
-        meta={"answer_origins": dialog.origins, "turns": len(dialog.turns)},
+        meta={
+            "question": dialog.turns[-1][0],
+            "question_origins": [o for _, _, o in dialog.turns],
+            "turns": len(dialog.turns),
+            "train_on": "last",
+            "answer_origin": "quote",
+        },
     )
 
 
@@ -135,6 +124,6 @@ GENERATORS.register("self_chat")(
     GeneratorSpec(
         run=generate_self_chat,
         samples_per_seed=lambda s: 1.0,
-        calls_per_seed=lambda s: 2.0 * s.self_chat_turns,
+        calls_per_seed=lambda s: float(s.self_chat_turns),
     )
 )

@@ -1,0 +1,117 @@
+"""Corpus statistics for lexical evidence scoring and the answerability gate.
+
+BM25 ranks whole passages; evidence selection and the gate need per-term facts instead:
+how rare a question's term is in the corpus (its IDF, to weigh lexical overlap), and
+whether a name, model number or figure the question names occurs in the documents at all
+(a question about the "Falcon" speaker cannot be answered from documents that never
+mention one).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+
+from domainkit.retrieval.bm25 import content_terms
+
+_WORD = re.compile(r"[A-Za-z0-9][\w'’.+-]*[A-Za-z0-9]|[A-Za-z0-9]")
+_HAS_DIGIT = re.compile(r"\d")
+# Words that open or fill questions in capitals without naming anything.
+_NOT_NAMES = frozenset(
+    "i a an the what when where which who whom whose why how is are was were do does did "
+    "can could should would will shall may might must if my our your their it its is this "
+    "that these those there please hi hello hey ok okay yes no and or but so also then".split()
+)
+
+
+def surface_words(text: str) -> list[str]:
+    """Words as written (letters, digits, inner hyphens, dots and apostrophes)."""
+    return [w.rstrip(".") for w in _WORD.findall(text)]
+
+
+def normalize_word(word: str) -> str:
+    return word.lower().replace("’", "'").removesuffix("'s")
+
+
+def specific_terms(question: str) -> list[str]:
+    """The question's names, model numbers and figures, as written.
+
+    A name is a capitalised word that does not open the question (or an all-capitals
+    word, anywhere); a model number or figure is any word with a digit. These are the
+    terms a near-miss question swaps: answering about them requires the documents to
+    mention them.
+    """
+    found = []
+    for position, word in enumerate(surface_words(question)):
+        lowered = normalize_word(word)
+        if lowered in _NOT_NAMES:
+            continue
+        is_code = bool(_HAS_DIGIT.search(word))
+        is_acronym = len(word) >= 2 and word.isupper()
+        is_name = word[0].isupper() and position > 0
+        if is_code or is_acronym or is_name:
+            found.append(word)
+    return found
+
+
+class CorpusVocabulary:
+    """Document frequencies of the corpus's stemmed content terms, and its surface words.
+
+    Args:
+        texts: The passages (with their headings) of the corpus.
+    """
+
+    def __init__(self, texts: Sequence[str]):
+        self.size = len(texts)
+        self.df: Counter[str] = Counter()
+        for terms in content_terms(list(texts)):
+            self.df.update(set(terms))
+        self._texts = texts
+
+    @cached_property
+    def words(self) -> frozenset[str]:
+        """Every surface word of the corpus, lower-cased, plus its parts split at hyphens."""
+        words: set[str] = set()
+        for text in self._texts:
+            for word in surface_words(text):
+                lowered = normalize_word(word)
+                words.add(lowered)
+                words.update(p for p in re.split(r"[-/.]", lowered) if p)
+        return frozenset(words)
+
+    def idf(self, term: str) -> float:
+        """Smoothed inverse document frequency; unseen terms get the highest weight."""
+        return math.log(1 + (self.size + 1) / (self.df.get(term, 0) + 0.5))
+
+    def knows(self, word: str) -> bool:
+        """Whether the corpus uses this word (case-insensitive; a hyphenated word counts as
+        known when all its parts are)."""
+        lowered = normalize_word(word)
+        if lowered in self.words:
+            return True
+        parts = [p for p in re.split(r"[-/.]", lowered) if p]
+        return len(parts) > 1 and all(p in self.words for p in parts)
+
+    def novel_share(self, question: str) -> float:
+        """Share of the question's content terms (stemmed) that the corpus never uses."""
+        terms = set(content_terms([question])[0])
+        return sum(self.df.get(t, 0) == 0 for t in terms) / len(terms) if terms else 0.0
+
+    def unknown_specific_terms(self, question: str) -> list[str]:
+        """The question's names, codes and figures the corpus never uses."""
+        return [t for t in specific_terms(question) if not self.knows(t)]
+
+
+def weighted_coverage(
+    question_terms: Iterable[str], text_terms: Iterable[str], vocabulary: CorpusVocabulary
+) -> float:
+    """IDF-weighted share of the question's terms that occur in a text (0-1)."""
+    wanted = set(question_terms)
+    if not wanted:
+        return 0.0
+    present = set(text_terms)
+    total = sum(vocabulary.idf(t) for t in wanted)
+    return sum(vocabulary.idf(t) for t in wanted & present) / total

@@ -1,0 +1,163 @@
+"""The answerability gate: answer from the evidence, or refuse.
+
+No single signal separates answerable questions from near misses: the best evidence
+sentence's similarity keeps most answerable questions but lets through questions that
+share a topic with the documents without being answered by them ("How heavy is the
+Roost?"). So the gate combines several signals in a logistic model:
+
+- ``dense``: cosine similarity of the question and its best evidence sentence;
+- ``coverage``: IDF-weighted share of the question's terms found in that sentence;
+- ``unknown``: how many of the question's names, model numbers and figures the corpus
+  never mentions (a question about the "Falcon" speaker, in a corpus without one);
+- ``novel``: the share of the question's content terms the corpus never uses (decibels,
+  mAh, halal: a detail the documents do not give);
+- ``model_refusal``: the tuned model's own probability of refusing, read from its first
+  answer token (it was trained on gold-absent evidence and near-miss questions).
+
+``calibrate`` fits the weights and the decision threshold on a validation set that holds
+unanswerable questions (never on the eval set), and reports the answered/refused trade-off
+at every threshold. Before calibration a conservative hand-set model is used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+FEATURES = ("dense", "coverage", "unknown", "novel", "model_refusal")
+
+
+@dataclass
+class GateFeatures:
+    """What the gate sees of one question."""
+
+    dense: float
+    coverage: float
+    unknown: int
+    novel: float
+    model_refusal: float | None = None  # None when the backend gives no probabilities
+
+    def vector(self) -> np.ndarray:
+        refusal = 0.5 if self.model_refusal is None else self.model_refusal
+        values = [self.dense, self.coverage, min(self.unknown, 2), self.novel, refusal]
+        return np.array(values, dtype=float)
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Gate:
+    """A logistic model of P(answerable | features) and the cut above which to answer.
+
+    Attributes:
+        weights: One weight per name in ``FEATURES``.
+        bias: Intercept.
+        threshold: Answer when P(answerable) reaches it.
+        calibrated: Whether weights and threshold were fitted on a validation set.
+    """
+
+    weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "dense": 12.0,
+            "coverage": 2.0,
+            "unknown": -3.0,
+            "novel": -2.0,
+            "model_refusal": -4.0,
+        }
+    )
+    bias: float = -4.6
+    threshold: float = 0.5
+    calibrated: bool = False
+
+    def probability(self, features: GateFeatures) -> float:
+        w = np.array([self.weights.get(name, 0.0) for name in FEATURES])
+        return _sigmoid(float(features.vector() @ w) + self.bias)
+
+    def answers(self, features: GateFeatures) -> bool:
+        return self.probability(features) >= self.threshold
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Gate:
+        return cls(
+            weights={k: float(v) for k, v in data["weights"].items()},
+            bias=float(data["bias"]),
+            threshold=float(data["threshold"]),
+            calibrated=bool(data.get("calibrated", True)),
+        )
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-max(-60.0, min(60.0, x))))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50):
+    """L2-regularized logistic regression by Newton's method (features standardized).
+
+    Returns:
+        (weights, bias) on the original feature scale.
+    """
+    mean, std = x.mean(0), x.std(0)
+    std[std < 1e-9] = 1.0
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    penalty = np.full(z.shape[1], l2)
+    penalty[-1] = 0.0  # the intercept is not shrunk
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(z @ w, -60, 60)))
+        gradient = z.T @ (p - y) + penalty * w
+        hessian = (z.T * (p * (1 - p))) @ z + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    weights = w[:-1] / std
+    return weights, float(w[-1] - (weights * mean).sum())
+
+
+def tradeoff(probabilities: list[float], answerable: list[bool]) -> list[dict]:
+    """For every cut: share of answerable questions answered and unanswerable refused."""
+    n_pos = sum(answerable) or 1
+    n_neg = (len(answerable) - sum(answerable)) or 1
+    curve = []
+    for cut in sorted({0.0, *(round(p, 4) for p in probabilities), 1.0001}):
+        answered = [p >= cut for p in probabilities]
+        kept = sum(a and y for a, y in zip(answered, answerable, strict=True)) / n_pos
+        refused = sum(not a and not y for a, y in zip(answered, answerable, strict=True)) / n_neg
+        curve.append({"threshold": cut, "answered": round(kept, 4), "refused": round(refused, 4)})
+    return curve
+
+
+def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gate, dict]:
+    """Fit the gate on validation questions with known answerability.
+
+    The threshold maximizes balanced accuracy (the mean of answerable questions answered
+    and unanswerable ones refused), so neither kind dominates because it is more common.
+
+    Returns:
+        The gate and a report: counts, balanced accuracy and the trade-off curve.
+    """
+    y = np.array(answerable, dtype=float)
+    if len(features) < 8 or y.min() == y.max():
+        raise ValueError("calibration needs at least 8 questions, answerable and unanswerable")
+    x = np.stack([f.vector() for f in features])
+    weights, bias = fit_logistic(x, y)
+    gate = Gate(dict(zip(FEATURES, map(float, weights), strict=True)), bias, 0.5, True)
+    probabilities = [gate.probability(f) for f in features]
+    curve = tradeoff(probabilities, answerable)
+    best = max(curve, key=lambda c: (c["answered"] + c["refused"], -abs(c["threshold"] - 0.5)))
+    gate.threshold = min(best["threshold"], 1.0)
+    report = {
+        "questions": len(features),
+        "answerable": int(y.sum()),
+        "unanswerable": int(len(y) - y.sum()),
+        "answered": best["answered"],
+        "refused": best["refused"],
+        "curve": curve,
+    }
+    return gate, report

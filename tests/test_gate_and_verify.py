@@ -1,0 +1,101 @@
+"""Quote verification and the answerability gate."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from domainkit.config.schema import EvidenceConfig
+from domainkit.prompting import parse_quote, quote_reply
+from domainkit.retrieval.evidence import EvidenceSelector
+from domainkit.retrieval.terms import CorpusVocabulary
+from domainkit.runtime.gate import Gate, GateFeatures, calibrate, fit_logistic, tradeoff
+from domainkit.runtime.verify import match_quote
+from tests.conftest import HashEmbedder
+from tests.test_evidence import REPAIRS, WARRANTY
+
+QUESTION = "How long is the Talon warranty?"
+
+
+@pytest.fixture
+def evidence():
+    vocabulary = CorpusVocabulary([c.embed_text for c in (WARRANTY, REPAIRS)])
+    selector = EvidenceSelector(HashEmbedder(), vocabulary, EvidenceConfig())
+    return selector.select(QUESTION, [WARRANTY, REPAIRS])
+
+
+def test_a_faithful_quote_matches_its_sentence(evidence):
+    line = "The Talon warranty lasts two years from delivery."
+    reply = quote_reply(line)
+    assert reply == f"Quote: {line}"
+    sentence = match_quote(parse_quote(reply), evidence)
+    assert sentence is not None and sentence.text == line
+    # a dropped word or a missing full stop is still the same sentence
+    loose = parse_quote("Quote [1]: The Talon warranty lasts two years from the delivery")
+    assert match_quote(loose, evidence) is sentence
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Quote: The Talon warranty lasts three years from delivery.",  # changed figure
+        "Quote: The Talon warranty lasts 5 years from delivery.",  # invented number
+        "Quote: The Falcon warranty lasts two years from delivery.",  # swapped name
+        "Quote: Every speaker ships with a free carrying case and a lifetime guarantee.",
+        "The warranty is two years.",  # not a quote at all
+    ],
+)
+def test_a_fabricated_quote_or_figure_is_rejected(evidence, reply):
+    assert match_quote(parse_quote(reply), evidence) is None
+
+
+def test_the_answer_is_built_from_the_evidence_with_its_citation(evidence):
+    best = evidence.best()
+    text = evidence.answer_from(best, max_words=40)
+    assert text.endswith(f"[{best.number}]")
+    assert best.text in text
+    words = text.rsplit(" [", 1)[0]
+    assert len(words.split()) <= 40
+    for sentence in words.split(". "):  # every sentence is the documents' own text
+        assert sentence.rstrip(".") in WARRANTY.text + REPAIRS.text
+
+
+def _features(dense, unknown=0, refusal=0.1, coverage=0.5, novel=0.0):
+    return GateFeatures(dense, coverage, unknown, novel, refusal)
+
+
+def test_the_default_gate_refuses_an_unknown_name_and_answers_a_close_match():
+    gate = Gate()
+    assert gate.answers(_features(0.65))
+    assert not gate.answers(_features(0.65, unknown=1, refusal=0.6))
+    assert not gate.answers(_features(0.15))
+
+
+def test_calibration_learns_the_signals_that_separate_and_reports_the_tradeoff():
+    rng = random.Random(0)
+    features, answerable = [], []
+    for _ in range(120):
+        ok = rng.random() < 0.6
+        dense = rng.gauss(0.6 if ok else 0.4, 0.1)
+        features.append(_features(dense, unknown=0 if ok else rng.choice([0, 1, 1])))
+        answerable.append(ok)
+    gate, report = calibrate(features, answerable)
+    assert gate.calibrated and gate.weights["dense"] > 0 and gate.weights["unknown"] < 0
+    assert report["answered"] >= 0.8 and report["refused"] >= 0.8
+    answered = [c["answered"] for c in report["curve"]]
+    assert answered == sorted(answered, reverse=True), "a higher cut answers fewer"
+    with pytest.raises(ValueError, match="answerable and unanswerable"):
+        calibrate(features[:10], [True] * 10)
+
+
+def test_logistic_fit_matches_a_known_boundary():
+    rng = random.Random(1)
+    import numpy as np
+
+    x = np.array([[rng.uniform(-3, 3)] for _ in range(400)])
+    y = np.array([float(rng.random() < 1 / (1 + np.exp(-2 * v[0]))) for v in x])
+    weights, bias = fit_logistic(x, y, l2=0.01)
+    assert 1.4 < weights[0] < 2.8 and abs(bias) < 0.5
+    curve = tradeoff([0.9, 0.2], [True, False])
+    assert {"threshold": 0.9, "answered": 1.0, "refused": 1.0} in curve
