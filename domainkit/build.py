@@ -32,6 +32,18 @@ STAGES = ("ingest", "index", "synth", "train", "eval", "bundle")
 _SECONDS_PER = {"chunk": 0.05, "sample": 6.5, "train_sample": 1.0, "answer": 1.5}
 
 
+@dataclass(frozen=True)
+class Limits:
+    """A small run: about ``samples`` synth samples, at most ``questions`` per eval set."""
+
+    samples: int | None = None
+    questions: int | None = None
+
+    @classmethod
+    def of(cls, limit: int | None, eval_limit: int | None = None) -> Limits:
+        return cls(limit, eval_limit if eval_limit is not None else limit)
+
+
 @dataclass
 class StagePlan:
     name: str
@@ -89,7 +101,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fingerprints(domain: Domain, limit: int | None) -> dict[str, str]:
+def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
     """Every stage's fingerprint, each covering its inputs, settings and code."""
     from domainkit.retrieval.store import source_hashes
 
@@ -107,7 +119,7 @@ def fingerprints(domain: Domain, limit: int | None) -> dict[str, str]:
         config.evidence,
         config.runtime.answer_words,
         persona,
-        limit,
+        limits.samples,
         _code("synth", "retrieval", *shared),
     )
     prints["train"] = _hash(prints["synth"], config.train, _code("train", *shared))
@@ -121,7 +133,7 @@ def fingerprints(domain: Domain, limit: int | None) -> dict[str, str]:
         config.runtime,
         config.evidence,
         config.eval,
-        limit,
+        limits.questions,
         _code("eval", "runtime", "retrieval", *shared),
     )
     prints["bundle"] = _hash(prints["eval"], _code("build"))
@@ -148,6 +160,7 @@ def plan(
     start: str | None = None,
     until: str | None = None,
     limit: int | None = None,
+    eval_limit: int | None = None,
 ) -> list[StagePlan]:
     """What a build would do: each stage to run, reuse or skip, and why."""
     for name, value in (("--from", start), ("--until", until)):
@@ -157,9 +170,10 @@ def plan(
     last = STAGES.index(until) if until else len(STAGES) - 1
     if first > last:
         raise DomainkitError(f"--from {start} comes after --until {until}")
-    prints = fingerprints(domain, limit)
+    limits = Limits.of(limit, eval_limit)
+    prints = fingerprints(domain, limits)
     state = _load_state(domain)["stages"]
-    sizes = _sizes(domain, limit)
+    sizes = _sizes(domain, limits)
     plans, upstream_runs = [], False
     for i, stage in enumerate(STAGES):
         previous = state.get(stage, {})
@@ -184,7 +198,7 @@ def plan(
     return plans
 
 
-def _sizes(domain: Domain, limit: int | None) -> dict[str, tuple[str, float]]:
+def _sizes(domain: Domain, limits: Limits) -> dict[str, tuple[str, float]]:
     """Rough sizes and time estimates per stage, from the documents and settings."""
     from domainkit.config.evalset import load_eval_set
     from domainkit.ingest.corpus import list_files
@@ -193,7 +207,7 @@ def _sizes(domain: Domain, limit: int | None) -> dict[str, tuple[str, float]]:
     chars = sum(p.stat().st_size for p in files)
     chunk_chars = domain.config.chunking.chunk_size * 4
     chunks = max(1, chars // max(1, chunk_chars - domain.config.chunking.chunk_overlap * 4))
-    samples = limit or round(chunks * domain.config.synth.samples_per_chunk)
+    samples = limits.samples or round(chunks * domain.config.synth.samples_per_chunk)
     train = domain.config.train
     epochs = (
         train.max_steps * train.batch_size * train.grad_accum / max(1, samples)
@@ -201,8 +215,8 @@ def _sizes(domain: Domain, limit: int | None) -> dict[str, tuple[str, float]]:
         else train.epochs
     )
     questions = len(load_eval_set(domain.eval_path).questions)
-    if limit:
-        questions = min(questions, limit)
+    if limits.questions:
+        questions = min(questions, limits.questions)
     answers = (questions + max(1, samples // 10)) * 5 + 24
     return {
         "ingest": (f"{len(files)} files, {chars / 1e6:.1f} MB", 1.0),
@@ -226,12 +240,18 @@ def run_build(
     start: str | None = None,
     until: str | None = None,
     limit: int | None = None,
+    eval_limit: int | None = None,
     progress: bool = True,
     on_stage: Callable[[StagePlan], None] | None = None,
 ) -> BuildReport:
-    """Run the stages the plan says to run, recording each as it finishes."""
+    """Run the stages the plan says to run, recording each as it finishes.
+
+    ``limit`` makes a small first run (about that many synth samples, and as many eval
+    questions per set unless ``eval_limit`` says otherwise).
+    """
     started = time.perf_counter()
-    plans = plan(domain, start=start, until=until, limit=limit)
+    limits = Limits.of(limit, eval_limit)
+    plans = plan(domain, start=start, until=until, limit=limit, eval_limit=eval_limit)
     state = _load_state(domain)
     report = BuildReport(build_dir=domain.build_dir)
     for stage in plans:
@@ -250,7 +270,7 @@ def run_build(
             )
             continue
         t0 = time.perf_counter()
-        summary = RUNNERS[stage.name](domain, limit, progress)
+        summary = RUNNERS[stage.name](domain, limits, progress)
         seconds = round(time.perf_counter() - t0, 1)
         state["stages"][stage.name] = {
             "fingerprint": stage.fingerprint,
@@ -275,7 +295,7 @@ def run_build(
     return report
 
 
-def _ingest(domain: Domain, limit, progress) -> dict:
+def _ingest(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.retrieval.store import source_hashes
 
     if not domain.docs_dir.is_dir():
@@ -286,7 +306,7 @@ def _ingest(domain: Domain, limit, progress) -> dict:
     return {"files": len(files)}
 
 
-def _index(domain: Domain, limit, progress) -> dict:
+def _index(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.retrieval import build_index
     from domainkit.retrieval.embedders import make_embedder
 
@@ -301,10 +321,10 @@ def _index(domain: Domain, limit, progress) -> dict:
     }
 
 
-def _synth(domain: Domain, limit, progress) -> dict:
+def _synth(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.synth import run_synth
 
-    r = run_synth(domain, limit=limit, progress=progress)
+    r = run_synth(domain, limit=limits.samples, progress=progress)
     return {
         "kept": sum(r.kept.values()),
         "rejected": sum(r.rejected.values()),
@@ -315,7 +335,7 @@ def _synth(domain: Domain, limit, progress) -> dict:
     }
 
 
-def _train(domain: Domain, limit, progress) -> dict:
+def _train(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.train import run_train
 
     r = run_train(domain)
@@ -328,10 +348,10 @@ def _train(domain: Domain, limit, progress) -> dict:
     }
 
 
-def _eval(domain: Domain, limit, progress) -> dict:
+def _eval(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.eval import run_eval
 
-    r = run_eval(domain, limit=limit, progress=progress)
+    r = run_eval(domain, limit=limits.questions, progress=progress)
     return {
         "headline": r.headline,
         "report": str(r.path / "report.md"),
@@ -339,7 +359,7 @@ def _eval(domain: Domain, limit, progress) -> dict:
     }
 
 
-def _bundle(domain: Domain, limit, progress) -> dict:
+def _bundle(domain: Domain, limits: Limits, progress) -> dict:
     """What to ship, in one folder: the adapter, the live index, the calibrated runtime
     settings, the resolved configuration and the evaluation report."""
     import yaml
@@ -373,7 +393,7 @@ def _bundle(domain: Domain, limit, progress) -> dict:
     return {"path": str(target)}
 
 
-RUNNERS: dict[str, Callable[[Domain, int | None, bool], dict]] = {
+RUNNERS: dict[str, Callable[[Domain, Limits, bool], dict]] = {
     "ingest": _ingest,
     "index": _index,
     "synth": _synth,

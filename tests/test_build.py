@@ -93,14 +93,34 @@ EVAL = {
 # Hand-written validation questions: the gate is calibrated on these (with the synth split).
 VALIDATION = {
     "questions": [
-        {"question": "How long is the Perch warranty?", "answer": "two-year limited warranty"},
-        {"question": "How long does a Talon battery last?", "answer": "18 hours on a charge"},
-        {"question": "What does error E42 mean?", "answer": "the firmware update failed"},
-        {"question": "How long does charging take?", "answer": "a full charge takes three hours"},
-        {"question": "Can I pay with Bitcoin?", "answerable": False},
-        {"question": "Who is the Falcon product manager?", "answerable": False},
-        {"question": "What colour is the Osprey remote?", "answerable": False},
-        {"question": "Is there a student discount at Marston?", "answerable": False},
+        {"question": question, "answer": answer}
+        for question, answer in [
+            ("How long is the Perch warranty?", "two-year limited warranty"),
+            ("What warranty does a Perch speaker come with?", "two-year limited warranty"),
+            ("How long does a Talon battery last?", "18 hours on a charge"),
+            ("How many hours does the Talon play?", "18 hours on a charge"),
+            ("What does error E42 mean?", "the firmware update failed"),
+            ("How do I fix error E42?", "hold the power button for ten seconds"),
+            ("How long does charging take?", "a full charge takes three hours"),
+            ("Can I return a product?", "within 30 days for a full refund"),
+            ("Is there a fee for returning an opened soundbar?", "15 percent restocking fee"),
+            ("What do I need to file a warranty claim?", "order number and a photo"),
+        ]
+    ]
+    + [
+        {"question": question, "answerable": False}
+        for question in [
+            "Can I pay with Bitcoin?",
+            "Who is the Falcon product manager?",
+            "What colour is the Osprey remote?",
+            "Is there a student discount at Marston?",
+            "Does the Heron soundbar support Dolby Vision?",
+            "What is the weight of the Zenith subwoofer?",
+            "Do you deliver to Antarctica by drone?",
+            "What is the capital of Peru?",
+            "How do I bake sourdough bread?",
+            "Which football team won the 1966 World Cup?",
+        ]
     ]
 }
 

@@ -85,7 +85,7 @@ def test_calibration_learns_the_signals_that_separate_and_reports_the_tradeoff()
     assert report["answered"] >= 0.8 and report["refused"] >= 0.8
     answered = [c["answered"] for c in report["curve"]]
     assert answered == sorted(answered, reverse=True), "a higher cut answers fewer"
-    with pytest.raises(ValueError, match="answerable and unanswerable"):
+    with pytest.raises(ValueError, match="10 answerable and 10 unanswerable"):
         calibrate(features[:10], [True] * 10)
 
 

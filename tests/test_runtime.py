@@ -455,9 +455,9 @@ def test_web_page_streams_an_answer_with_sources(server_url):
                   .observe(document.getElementById('log'),
                            {subtree: true, characterData: true, childList: true}); }"""
             )
+            page.select_option("#policy", "rag")
             page.fill("#input", WARRANTY_Q)
             page.keyboard.press("Enter")
-            page.select_option("#policy", "rag")
             page.wait_for_selector(".assistant .route", timeout=60_000)
             assert page.inner_text(".user") == WARRANTY_Q
             assert page.inner_text(".route") == "from the documents"

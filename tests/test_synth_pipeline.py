@@ -217,7 +217,9 @@ def test_too_little_data_is_reported_with_counts(indexed_support):
     report = run_synth(load_domain(indexed_support), limit=10, progress=False, teacher=Useless())
     assert report.rejected["parse"] > 0 and sum(report.kept.values()) > 0
     [warning] = report.warnings
-    assert re.search(r"only \d+ training samples \(kept \d+ of target 10; rejected: .*parse", warning)
+    assert re.search(
+        r"only \d+ training samples \(kept \d+ of target 10; rejected: .*parse", warning
+    )
 
     headings_only = indexed_support / "docs"
     for path in headings_only.rglob("*.*"):

@@ -61,7 +61,8 @@ def print_eval_tables(report: dict) -> None:
             f"gate calibrated on {calibration['validation_questions']} validation questions "
             f"({calibration['unanswerable']} unanswerable): answers when P(answerable) >= "
             f"{gate['threshold']:.2f}; there {calibration['answered']:.0%} of answerable "
-            f"answered, {calibration['refused']:.0%} of unanswerable refused"
+            f"answered, {calibration['refused']:.0%} of unanswerable refused; reader weight "
+            f"{calibration.get('reader_weight')}"
         )
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
@@ -113,6 +114,14 @@ def build(
     ] = None,
     until: Annotated[str | None, typer.Option("--until", help="Stop after this stage.")] = None,
     limit: LimitOpt = None,
+    eval_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-limit",
+            min=1,
+            help="At most N questions per eval set (default: --limit, or all).",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show the plan, sizes and a time estimate; run nothing."),
@@ -130,7 +139,7 @@ def build(
 
     loaded = load_domain(domain, build_dir)
     if dry_run:
-        plans = plan(loaded, start=start, until=until, limit=limit)
+        plans = plan(loaded, start=start, until=until, limit=limit, eval_limit=eval_limit)
         if json_output:
             print_json([p.__dict__ for p in plans])
             return
@@ -150,7 +159,13 @@ def build(
             err_console.print(f"[bold]== {stage.name}[/] ({stage.reason})")
 
     report = run_build(
-        loaded, start=start, until=until, limit=limit, progress=not json_output, on_stage=announce
+        loaded,
+        start=start,
+        until=until,
+        limit=limit,
+        eval_limit=eval_limit,
+        progress=not json_output,
+        on_stage=announce,
     )
     if json_output:
         print_json(report.__dict__)

@@ -169,7 +169,7 @@ class SynthConfig(_Section):
         "(questions the documents never touch), self_chat (multi-turn dialogs).",
     )
     samples_per_chunk: float = Field(
-        4.0, gt=0, description="Samples aimed for per chunk when no --limit is given."
+        3.0, gt=0, description="Samples aimed for per chunk when no --limit is given."
     )
     questions_per_chunk: int = Field(3, ge=1, description="Facts asked about in each chunk.")
     paraphrases: int = Field(
@@ -188,7 +188,11 @@ class SynthConfig(_Section):
         "answered with the refusal: teaches noticing that the evidence does not answer.",
     )
     validation_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of chunks whose samples are held out for validation."
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of chunks whose samples are held out: eval calibrates the runtime "
+        "on them, so enough must be kept for a stable fit.",
     )
     user_data: str = Field(
         "instructions", description="Folder (in the domain) of your own JSONL instruction data."

@@ -80,10 +80,17 @@ def markdown(report) -> str:
 
 def _calibration_lines(calibration: dict) -> list[str]:
     gate = calibration.get("gate")
+    lines = []
+    if "reader_weight" in calibration:
+        tried = ", ".join(f"{w}: {a:.2f}" for w, a in calibration["reader_accuracy"].items())
+        lines.append(
+            f"- reader weight {calibration['reader_weight']} (0 = the evidence selector's "
+            f"best line, 1 = the model's choice); validation accuracy by weight: {tried}"
+        )
     if not gate:
-        return [f"- {calibration.get('note', 'not calibrated')}"]
+        return [*lines, f"- {calibration.get('note', 'not calibrated')}"]
     weights = ", ".join(f"{k} {v:+.2f}" for k, v in gate["weights"].items())
-    return [
+    return lines + [
         f"- {calibration['validation_questions']} validation questions "
         f"({calibration['answerable']} answerable, {calibration['unanswerable']} unanswerable)",
         f"- P(answerable) = sigmoid({weights}, bias {gate['bias']:+.2f}); "

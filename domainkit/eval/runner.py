@@ -34,7 +34,6 @@ from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.eval import metrics as m
 from domainkit.runtime.assistant import Answer, Assistant, adapter_path, calibration_path
-from domainkit.runtime.gate import FEATURES
 from domainkit.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -63,6 +62,7 @@ class Item:
     answerable: bool
     source: str | None = None  # document path relative to docs/
     spans: list[str] = field(default_factory=list)  # accepted short answers, if any
+    chunk_id: str | None = None  # the passage it was written from (synth questions)
 
 
 @dataclass
@@ -130,8 +130,11 @@ def validation_items(domain: Domain, limit: int | None = None) -> list[Item]:
         samples = []
     for s in samples:
         question = s.meta.get("question") or s.question
+        if s.meta.get("question_origin") == "template" and s.generator != "refusal":
+            continue  # keyword questions are easier than users' own: not for calibration
         if s.generator == "raft" and s.meta.get("gold_present"):
-            items.append(Item(question, s.meta.get("fact") or s.answers[-1], True, s.source))
+            fact = s.meta.get("fact") or s.answers[-1]
+            items.append(Item(question, fact, True, s.source, chunk_id=s.chunk_id))
         elif s.generator in ("near_miss", "refusal"):
             items.append(Item(question, None, False, None))
     return _spread(items, limit)
@@ -340,7 +343,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     tuned_available = (adapter_path(domain) / "adapter_config.json").is_file()
     notes = [] if tuned_available else ["no trained adapter: tuned conditions skipped"]
     conditions = [c for c in CONDITIONS if tuned_available or not c.tuned]
-    generated = [c for c in conditions if c.policy not in ("evidence", "auto")]
+    generated = [c for c in conditions if c.policy != "auto"]
     total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
     bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
     run = _Run(domain, settings, retriever, bar)
@@ -359,9 +362,9 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
             general_scores[model] = _share(
                 _correct(i, a, "") for i, a in zip(general, answers, strict=True)
             )
+        if tuned:
+            calibration = run.calibrate(assistant, sets.get("validation", []))
         for condition in (c for c in conditions if c.tuned == tuned):
-            if condition.policy == "auto":
-                calibration = run.calibrate(assistant, sets.get("validation", []))
             for set_name, items in sets.items():
                 answers, seconds = run.answers(assistant, condition, set_name, items)
                 results[set_name][condition.name] = score(items, answers, refusal, seconds)
@@ -373,11 +376,11 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
                     for i, a in zip(items, answers, strict=True)
                 ]
     bar.close()
-    if calibration.get("gate"):
+    if "reader_weight" in calibration:
         calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(calibration_path(domain), calibration)
-    else:
-        notes.append(calibration.get("note", "the gate was not calibrated (needs a tuned model)"))
+    if not calibration.get("gate"):
+        notes.append(calibration.get("note", "not calibrated (needs a tuned model)"))
     k = domain.config.retrieval.top_k
     first_set = next(iter(sets.values()))
     report = EvalReport(
@@ -406,11 +409,10 @@ class _Run:
         self._rag: dict[tuple[bool, str], tuple[list[Answer], float]] = {}
 
     def answers(self, assistant: Assistant, condition: Condition, set_name: str, items: list[Item]):
-        if condition.policy == "auto":
+        if condition.policy in ("rag", "auto"):
             answers, seconds = self._rag_answers(assistant, set_name, items)
-            return [_gated(a, assistant.gate, self.refusal) for a in answers], seconds
-        if condition.policy == "rag":
-            return self._rag_answers(assistant, set_name, items)
+            gated = condition.policy == "auto"
+            return [assistant.recheck(a, gated) for a in answers], seconds
         return _answer_all(assistant, items, condition.policy, self.max_tokens, self.bar)
 
     def _rag_answers(self, assistant: Assistant, set_name: str, items: list[Item]):
@@ -420,35 +422,31 @@ class _Run:
         return self._rag[key]
 
     def calibrate(self, assistant: Assistant, items: list[Item]) -> dict:
-        """Fit the gate on the validation questions and install it in ``assistant``."""
-        from domainkit.runtime.gate import GateFeatures, calibrate
+        """Fit the reader weight and the gate on the validation questions and their
+        gold-absent twins (``eval.calibration``), and install both in ``assistant``."""
+        from domainkit.eval.calibration import (
+            HidingRetriever,
+            calibrate_assistant,
+            gold_absent_twins,
+        )
 
         if not items:
-            return {"note": "the gate was not calibrated: no validation questions"}
+            return {"note": "not calibrated: no validation questions"}
         answers, _ = self._rag_answers(assistant, "validation", items)
-        features = [GateFeatures(**{k: a.gate[k] for k in FEATURES}) for a in answers]
+        twins, hidden = gold_absent_twins(items, self.retriever)
+        assistant.retriever = HidingRetriever(self.retriever, hidden)
         try:
-            gate, fit = calibrate(features, [i.answerable for i in items])
-        except ValueError as e:
-            return {"note": f"the gate was not calibrated: {e}"}
-        assistant.gate = gate
-        return {"validation_questions": len(items), "gate": gate.to_dict(), **fit}
-
-
-def _gated(answer: Answer, gate, refusal: str) -> Answer:
-    """``answer`` (from the ``rag`` policy) as the runtime policy gives it."""
-    from dataclasses import replace
-
-    from domainkit.runtime.gate import GateFeatures
-
-    if answer.gate is None:
-        return answer
-    features = GateFeatures(**{k: answer.gate[k] for k in FEATURES})
-    probability = gate.probability(features)
-    gated = replace(answer, gate={**answer.gate, "p_answerable": round(probability, 4)})
-    if probability < gate.threshold:
-        gated.text, gated.route, gated.sources = refusal, "refusal", []
-    return gated
+            twin_answers, _ = _answer_all(assistant, twins, "rag", self.max_tokens)
+        finally:
+            assistant.retriever = self.retriever
+        return calibrate_assistant(
+            assistant,
+            answers,
+            items,
+            twin_answers,
+            twins,
+            lambda i, a: _correct(i, a, self.refusal),
+        )
 
 
 def _row(set_name: str, condition: str, item: Item, answer: Answer) -> dict:

@@ -178,13 +178,16 @@ class Evidence:
         question: The question.
         passages: The passages that contribute sentences, in citation order ([1] first).
         sentences: The selected sentences, by citation number, then document order.
-        ranked: The selected sentences, best first (lead-ins right before their items).
+        ranked: The selected sentences, best first.
+        pool: The other scored sentences of the retrieved passages, best first: an answer
+            may add those of its own passage.
     """
 
     question: str
     passages: list[Chunk] = field(default_factory=list)
     sentences: list[EvidenceSentence] = field(default_factory=list)
     ranked: list[EvidenceSentence] = field(default_factory=list)
+    pool: list[EvidenceSentence] = field(default_factory=list)
 
     @property
     def best_dense(self) -> float:
@@ -235,12 +238,15 @@ class Evidence:
         if lead is not None:
             chosen.insert(0, lead)
         words = sum(len(s.text.split()) for s in chosen)
-        for sentence in self.ranked:
+        seen = {s.start for s in chosen}
+        others = sorted(self.ranked + self.pool, key=lambda s: -s.score)
+        for sentence in others:
             size = len(sentence.text.split())
-            if sentence.chunk.id != primary.chunk.id or sentence in chosen:
+            if sentence.chunk.id != primary.chunk.id or sentence.start in seen:
                 continue
             if words + size <= max_words:
                 chosen.append(sentence)
+                seen.add(sentence.start)
                 words += size
         chosen.sort(key=lambda s: s.start)
         parts = [readable(s.text) for s in chosen]
@@ -261,9 +267,8 @@ class Evidence:
         passages = [c for c in self.passages if any(s.chunk.id == c.id for s in kept)]
         number = {c.id: n for n, c in enumerate(passages, start=1)}
         ranked = [replace(s, number=number[s.chunk.id]) for s in kept]
-        return Evidence(
-            self.question, passages, sorted(ranked, key=lambda s: (s.number, s.start)), ranked
-        )
+        grouped = sorted(ranked, key=lambda s: (s.number, s.start))
+        return Evidence(self.question, passages, grouped, ranked, self.pool)
 
 
 class EvidenceSelector:
@@ -303,7 +308,14 @@ class EvidenceSelector:
             query_vector = self.embedder.embed([question])[0]
         scored = self._score(question, query_vector, candidates)
         chosen = self._choose(scored, candidates, required)
-        return self._arrange(question, chosen)
+        evidence = self._arrange(question, chosen)
+        in_block = {(s.chunk.id, s.start) for s in evidence.sentences}
+        evidence.pool = [
+            self._sentence(c, score)
+            for c, score in sorted(zip(candidates, scored, strict=True), key=lambda x: -x[1][0])
+            if (c[1].id, c[1].start + c[2][c[3]].start) not in in_block
+        ]
+        return evidence
 
     # -- steps -----------------------------------------------------------------------------
 

@@ -115,3 +115,23 @@ def weighted_coverage(
     present = set(text_terms)
     total = sum(vocabulary.idf(t) for t in wanted)
     return sum(vocabulary.idf(t) for t in wanted & present) / total
+
+
+# A text whose best sentence holds this much of a fact's (IDF-weighted) terms restates it.
+RESTATES = 0.6
+
+
+def restates(fact: str, text: str, vocabulary: CorpusVocabulary) -> bool:
+    """Whether one sentence of ``text`` states (most of) ``fact`` too."""
+    from domainkit.retrieval.evidence import text_units
+
+    fact_terms = content_terms([fact])[0]
+    sentences = [text[u.start : u.end] for u in text_units(text)]
+    return (
+        any(
+            weighted_coverage(fact_terms, terms, vocabulary) >= RESTATES
+            for terms in content_terms(sentences)
+        )
+        if sentences
+        else False
+    )

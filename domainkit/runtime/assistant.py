@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import get_args
 
@@ -110,9 +110,14 @@ class Answer:
     finish_reason: str = "stop"
     seconds: float = 0.0
     trimmed_turns: int = 0  # earlier turns dropped to fit the context budget
+    # What the answer was made from (the plan and the model's raw result), so eval can
+    # apply a newly calibrated gate or reader weight without generating again.
+    reading: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(replace(self, reading=None))
+        del data["reading"]
+        return data
 
 
 def calibration_path(domain: Domain) -> Path:
@@ -123,14 +128,16 @@ def adapter_path(domain: Domain) -> Path:
     return domain.build_dir / "train" / "adapter"
 
 
-def load_gate(domain: Domain) -> Gate:
-    """The calibrated gate of a built domain, else the uncalibrated default."""
+# Before calibration the reader's pick and the selector's ranking count equally.
+DEFAULT_READER_WEIGHT = 0.5
+
+
+def load_calibration(domain: Domain) -> tuple[Gate, float]:
+    """The calibrated gate and reader weight of a built domain, else the defaults."""
     path = calibration_path(domain)
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if "gate" in data:
-            return Gate.from_dict(data["gate"])
-    return Gate()
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    gate = Gate.from_dict(data["gate"]) if "gate" in data else Gate()
+    return gate, float(data.get("reader_weight", DEFAULT_READER_WEIGHT))
 
 
 class PendingAnswer:
@@ -167,14 +174,24 @@ class Assistant:
         retriever: The domain's retriever; None answers closed-book only.
         tuned: Whether the model carries the domain's adapter.
         gate: The answerability gate (calibrated by ``domainkit eval``).
+        reader_weight: How much the model's choice of line counts against the evidence
+            selector's ranking, 0 to 1 (calibrated by ``domainkit eval``).
     """
 
     def __init__(
-        self, config, settings: RuntimeConfig, scheduler: Scheduler, retriever, tuned, gate=None
+        self,
+        config,
+        settings: RuntimeConfig,
+        scheduler: Scheduler,
+        retriever,
+        tuned,
+        gate=None,
+        reader_weight: float = DEFAULT_READER_WEIGHT,
     ):
         self.config, self.settings = config, settings
         self.scheduler, self.retriever, self.tuned = scheduler, retriever, tuned
         self.gate = gate or Gate()
+        self.reader_weight = reader_weight
         self.system = config.render_system_prompt()
         generator = scheduler.generator
         self.context_tokens = min(settings.context_tokens, generator.context_limit)
@@ -219,8 +236,8 @@ class Assistant:
 
             retriever = open_retriever(domain)
         scheduler = Scheduler(generator, max_batch=settings.max_batch, max_queue=max_queue)
-        gate = load_gate(domain)
-        return cls(domain.config, settings, scheduler, retriever, adapter is not None, gate)
+        gate, weight = load_calibration(domain)
+        return cls(domain.config, settings, scheduler, retriever, adapter is not None, gate, weight)
 
     # -- answering -------------------------------------------------------------------------
 
@@ -309,6 +326,7 @@ class Assistant:
         evidence = plan.evidence
         sentence, refusal = self._reading(evidence, result)
         answer = _evidence_answer(evidence, self.settings.answer_words)
+        answer.reading = (plan, result)
         answer.quote = quote_reply(sentence.text) if sentence is not None else result.text or None
         answer.confidence = result.confidence
         answer.prompt_tokens = result.prompt_tokens
@@ -343,13 +361,28 @@ class Assistant:
             top = max(scores)
             weights = [math.exp(x - top) for x in scores]
             refusal = weights[-1] / sum(weights)
-            best = max(range(len(scores) - 1), key=scores.__getitem__)
+            lines = _softmax(scores[:-1])
+            w = self.reader_weight
+            combined = [
+                (1 - w) * s.score + w * p for s, p in zip(evidence.sentences, lines, strict=True)
+            ]
+            best = max(range(len(combined)), key=combined.__getitem__)
             return evidence.sentences[best], round(refusal, 4)
         from domainkit.eval.metrics import is_refusal
 
         quoted = parse_quote(result.text)
         refused = quoted is None and is_refusal(result.text, self.config.refusal)
         return match_quote(quoted, evidence), (1.0 if refused else 0.0)
+
+    def recheck(self, answer: Answer, gated: bool) -> Answer:
+        """``answer`` made again from its reading with this assistant's current gate and
+        reader weight (eval calibrates them after generating)."""
+        if answer.reading is None:
+            return answer
+        plan, result = answer.reading
+        again = self._checked(plan, result, gated)
+        again.seconds = answer.seconds
+        return again
 
     def _from_evidence(self, evidence, policy: str, on_text, started: float) -> PendingAnswer:
         """No model: the evidence's best sentence (``evidence``), or a refusal when there is
@@ -462,6 +495,13 @@ def _hit_source(number: int, hit) -> Source:
         page=chunk.page,
         text=chunk.text,
     )
+
+
+def _softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    weights = [math.exp(v - top) for v in values]
+    total = sum(weights)
+    return [w / total for w in weights]
 
 
 def _too_long(context_tokens: int, max_tokens: int) -> ConversationError:

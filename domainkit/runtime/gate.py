@@ -27,6 +27,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 FEATURES = ("dense", "coverage", "unknown", "novel", "model_refusal")
+# The gate before calibration, and the prior calibration shrinks towards: answer from
+# evidence about as similar as a paraphrase (cosine ~0.5), less so when the question names
+# or asks about things the corpus never mentions, or the model would rather refuse.
+PRIOR_WEIGHTS = {
+    "dense": 10.0,
+    "coverage": 1.0,
+    "unknown": -2.0,
+    "novel": -4.0,
+    "model_refusal": -1.0,
+}
+PRIOR_BIAS = -4.7
 
 
 @dataclass
@@ -59,16 +70,8 @@ class Gate:
         calibrated: Whether weights and threshold were fitted on a validation set.
     """
 
-    weights: dict[str, float] = field(
-        default_factory=lambda: {
-            "dense": 12.0,
-            "coverage": 2.0,
-            "unknown": -3.0,
-            "novel": -2.0,
-            "model_refusal": -4.0,
-        }
-    )
-    bias: float = -4.6
+    weights: dict[str, float] = field(default_factory=lambda: dict(PRIOR_WEIGHTS))
+    bias: float = PRIOR_BIAS
     threshold: float = 0.5
     calibrated: bool = False
 
@@ -96,8 +99,12 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-max(-60.0, min(60.0, x))))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50):
-    """L2-regularized logistic regression by Newton's method (features standardized).
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float = 1.0, prior: np.ndarray | None = None, steps=50
+):
+    """Logistic regression by Newton's method, the weights shrunk towards ``prior`` (zero
+    by default) with strength ``l2`` on standardized features: a small validation set
+    moves the weights little from the prior, a large one as far as it shows.
 
     Returns:
         (weights, bias) on the original feature scale.
@@ -105,12 +112,15 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50)
     mean, std = x.mean(0), x.std(0)
     std[std < 1e-9] = 1.0
     z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
-    w = np.zeros(z.shape[1])
+    target = np.zeros(z.shape[1])
+    if prior is not None:
+        target[:-1] = prior * std
+    w = target.copy()
     penalty = np.full(z.shape[1], l2)
     penalty[-1] = 0.0  # the intercept is not shrunk
     for _ in range(steps):
         p = 1 / (1 + np.exp(-np.clip(z @ w, -60, 60)))
-        gradient = z.T @ (p - y) + penalty * w
+        gradient = z.T @ (p - y) + penalty * (w - target)
         hessian = (z.T * (p * (1 - p))) @ z + np.diag(penalty) + 1e-9 * np.eye(len(w))
         step = np.linalg.solve(hessian, gradient)
         w -= step
@@ -133,6 +143,12 @@ def tradeoff(probabilities: list[float], answerable: list[bool]) -> list[dict]:
     return curve
 
 
+# Fewer validation questions of either kind than this and the prior gate stays.
+MIN_PER_KIND = 10
+# Shrinkage towards the prior (per standardized feature; the data term sums over questions).
+PRIOR_STRENGTH = 4.0
+
+
 def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gate, dict]:
     """Fit the gate on validation questions with known answerability.
 
@@ -143,10 +159,14 @@ def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gat
         The gate and a report: counts, balanced accuracy and the trade-off curve.
     """
     y = np.array(answerable, dtype=float)
-    if len(features) < 8 or y.min() == y.max():
-        raise ValueError("calibration needs at least 8 questions, answerable and unanswerable")
+    if min(y.sum(), len(y) - y.sum()) < MIN_PER_KIND:
+        raise ValueError(
+            f"calibration needs at least {MIN_PER_KIND} answerable and {MIN_PER_KIND} "
+            f"unanswerable questions (got {int(y.sum())} and {int(len(y) - y.sum())})"
+        )
     x = np.stack([f.vector() for f in features])
-    weights, bias = fit_logistic(x, y)
+    prior = np.array([PRIOR_WEIGHTS[name] for name in FEATURES])
+    weights, bias = fit_logistic(x, y, l2=PRIOR_STRENGTH, prior=prior)
     gate = Gate(dict(zip(FEATURES, map(float, weights), strict=True)), bias, 0.5, True)
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 from domainkit.ingest import Chunk
 from domainkit.prompting import chat
-from domainkit.retrieval.bm25 import content_terms
-from domainkit.retrieval.terms import weighted_coverage
+from domainkit.retrieval.terms import restates
 from domainkit.synth.context import SynthContext
 from domainkit.synth.facts import facts_of
 from domainkit.synth.generators import GENERATORS, GeneratorSpec
 from domainkit.synth.questions import FactQuestion, questions_for
 from domainkit.synth.sample import Sample
-
-# A passage whose best line holds this much of the fact's (IDF-weighted) terms restates it.
-RESTATES = 0.6
 
 
 def generate_raft(ctx: SynthContext, seeds: list[Chunk], target: int) -> list[Sample]:
@@ -69,10 +65,8 @@ def _present(ctx: SynthContext, q: FactQuestion) -> Sample | None:
 def _absent(ctx: SynthContext, q: FactQuestion) -> Sample | None:
     side = ctx.is_validation(q.fact.chunk.id)
     evidence = ctx.evidence_for(q.question, side, exclude=frozenset({q.fact.chunk.id}))
-    fact_terms = content_terms([q.fact.text])[0]
     for sentence in evidence.sentences:
-        terms = content_terms([sentence.text])[0]
-        if weighted_coverage(fact_terms, terms, ctx.vocabulary) >= RESTATES:
+        if restates(q.fact.text, sentence.text, ctx.vocabulary):
             ctx.log.reject(
                 "restated",
                 "raft",

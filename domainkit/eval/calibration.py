@@ -1,0 +1,90 @@
+"""Calibrating the runtime on validation questions: the reader weight, then the gate.
+
+Synthetic unanswerable questions are easy to tell apart (a swapped name, an everyday
+question), while real ones are topical: the documents discuss the product, not the detail
+asked. So each answerable validation question with a known source passage also gets a
+*gold-absent twin*: the same question, asked while its passage (and any passage that
+restates its fact) is hidden from retrieval. The twin's evidence is as close as evidence
+gets without the answer, which is what the gate must learn to refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from domainkit.retrieval.terms import restates
+from domainkit.runtime.gate import FEATURES, GateFeatures, calibrate
+
+# Reader weights tried: 0 is the evidence selector's best line alone, 1 the model's choice.
+READER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# How far down the results a restating passage is looked for.
+RESTATING_DEPTH = 20
+
+
+class HidingRetriever:
+    """A retriever that leaves given passages out of listed questions' results."""
+
+    def __init__(self, retriever, hidden: dict[str, frozenset[str]]):
+        self.retriever, self.hidden = retriever, hidden
+        self.settings, self.embedder = retriever.settings, retriever.embedder
+        self.vocabulary = retriever.vocabulary
+
+    def search(self, query: str, k: int | None = None, mode=None) -> list:
+        k = k or self.settings.top_k
+        hide = self.hidden.get(query, frozenset())
+        hits = self.retriever.search(query, k=k + len(hide) + RESTATING_DEPTH, mode=mode)
+        return [h for h in hits if h.chunk.id not in hide][:k]
+
+
+def gold_absent_twins(items, retriever) -> tuple[list, dict[str, frozenset[str]]]:
+    """Unanswerable twins of the answerable items that know their source passage, and the
+    passages to hide for each (the source and those restating its fact)."""
+    twins, hidden = [], {}
+    for item in items:
+        if not (item.answerable and item.chunk_id and item.reference):
+            continue
+        hits = retriever.search(item.question, k=RESTATING_DEPTH)
+        hide = {item.chunk_id} | {
+            h.chunk.id for h in hits if restates(item.reference, h.chunk.text, retriever.vocabulary)
+        }
+        hidden[item.question] = frozenset(hide)
+        twins.append(replace(item, reference=None, answerable=False, spans=[]))
+    return twins, hidden
+
+
+def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_correct) -> dict:
+    """Fit the reader weight on the answerable items, then the gate on every item and
+    twin, and install both in ``assistant``.
+
+    Args:
+        assistant: The tuned assistant (its ``recheck`` re-applies weight and gate).
+        answers: Its ``rag`` answers to ``items``.
+        twin_answers: Its ``rag`` answers to the gold-absent ``twins``.
+        is_correct: ``(item, answer) -> bool``.
+    """
+    answerable = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
+    accuracy = {}
+    for weight in READER_WEIGHTS:
+        assistant.reader_weight = weight
+        correct = [is_correct(i, assistant.recheck(a, gated=False)) for i, a in answerable]
+        accuracy[weight] = round(sum(correct) / len(correct), 4) if correct else 0.0
+    # The lowest of the best weights: the selector needs no model and is cheaper.
+    assistant.reader_weight = max(accuracy, key=lambda w: (accuracy[w], -w))
+    pairs = list(zip(items, answers, strict=True)) + list(zip(twins, twin_answers, strict=True))
+    features = [_features(assistant.recheck(a, gated=False)) for _, a in pairs]
+    out = {
+        "validation_questions": len(items),
+        "gold_absent_twins": len(twins),
+        "reader_weight": assistant.reader_weight,
+        "reader_accuracy": {str(w): a for w, a in accuracy.items()},
+    }
+    try:
+        gate, fit = calibrate(features, [i.answerable for i, _ in pairs])
+    except ValueError as e:
+        return out | {"note": f"the gate was not calibrated: {e}"}
+    assistant.gate = gate
+    return out | {"gate": gate.to_dict(), **fit}
+
+
+def _features(answer) -> GateFeatures:
+    return GateFeatures(**{k: answer.gate[k] for k in FEATURES})
