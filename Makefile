@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench bench-squad clean
 
 install: $(STAMP)
 
@@ -29,10 +29,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The product's main job on the sample corpus: ingest, index, synth, train, eval, bundle
-# (a small first run), then two questions: one the documents answer, one they do not.
-DEMO_LIMIT ?= 60
+# (a small first run: about DEMO_LIMIT samples, DEMO_EVAL_LIMIT questions per eval set),
+# then two questions: one the documents answer, one they do not.
+DEMO_LIMIT ?= 120
+DEMO_EVAL_LIMIT ?= 30
 demo: install
-	$(BIN)/domainkit build $(DEMO_DOMAIN) --limit $(DEMO_LIMIT)
+	$(BIN)/domainkit build $(DEMO_DOMAIN) --limit $(DEMO_LIMIT) --eval-limit $(DEMO_EVAL_LIMIT)
 	$(BIN)/domainkit ask $(DEMO_DOMAIN) "How long is the warranty on the Talon speaker?"
 	$(BIN)/domainkit ask $(DEMO_DOMAIN) "Can I pay for my order with Bitcoin?"
 
@@ -57,6 +59,12 @@ bench: install
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py
+
+# SQuAD 2.0 benchmark: one article as a domain, half its questions calibrate, half are scored.
+bench-squad: install
+	$(BIN)/python bench/squad2.py make --force
+	$(BIN)/domainkit build bench/out/squad2
+	$(BIN)/python bench/squad2.py score
 
 clean:
 	rm -rf $(VENV) corpora/*/.domainkit .pytest_cache

@@ -42,6 +42,20 @@ def test_units_are_sentences_and_list_lines_with_their_lead_in():
     assert units[0].lead is None
 
 
+def test_unrelated_items_and_other_sections_are_not_lead_ins():
+    text = (
+        "## Delivery\n\nExpress delivery takes 1 day. It costs 5 pounds.\n"
+        "- Standard delivery is free.\n- Collection is free.\n\n"
+        "## Returns\n\nThis policy covers returns. The answer is no. See no. 5 for more.\n"
+    )
+    units = text_units(text)
+    leads = {_texts(text)[i]: u.lead for i, u in enumerate(units)}
+    assert leads["It costs 5 pounds."] == 0, "'It' refers to the sentence before"
+    assert leads["- Collection is free."] is None, "items without a lead-in stand alone"
+    assert leads["This policy covers returns."] is None, "a heading ends what can be referred to"
+    assert "The answer is no." in leads and "See no. 5 for more." in leads
+
+
 def test_hard_wrapped_lines_join_back_into_their_sentence():
     text = (
         "If the problem is only on your own computer or internet connection,\n"
@@ -109,6 +123,11 @@ def test_budget_duplicates_and_required_sentences():
         required=[(REPAIRS, 0, REPAIRS.text.index(".") + 1)],
     )
     assert "Repairs usually take 7 to 10 business days." in [s.text for s in forced.sentences]
+
+
+def test_conversational_words_are_not_names():
+    assert specific_terms("Hi, I'm wondering how long delivery takes?") == []
+    assert specific_terms("Thanks. Does the Talon float? Great. Can I swim?") == ["Talon"]
 
 
 def test_unknown_names_and_codes_of_a_question():

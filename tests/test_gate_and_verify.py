@@ -36,6 +36,18 @@ def test_a_faithful_quote_matches_its_sentence(evidence):
     assert match_quote(loose, evidence) is sentence
 
 
+def test_a_quote_with_dotted_names_matches():
+    from domainkit.ingest import Chunk
+
+    text = "The U.S. adapter works with Node.js v2.1 and later."
+    chunk = Chunk("c", text, "a.md", "A", (), 0, len(text))
+    vocabulary = CorpusVocabulary([chunk.embed_text])
+    evidence = EvidenceSelector(HashEmbedder(), vocabulary, EvidenceConfig()).select(
+        "Which adapter works with Node.js?", [chunk]
+    )
+    assert match_quote(parse_quote(f"Quote: {text}"), evidence) is not None
+
+
 @pytest.mark.parametrize(
     "reply",
     [

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from domainkit.retrieval.terms import restates
-from domainkit.runtime.gate import FEATURES, GateFeatures, calibrate
+from domainkit.runtime.gate import FEATURES, Gate, GateFeatures, calibrate
 
 # Reader weights tried: 0 is the evidence selector's best line alone, 1 the model's choice.
 READER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -71,17 +71,21 @@ def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_corre
     # The lowest of the best weights: the selector needs no model and is cheaper.
     assistant.reader_weight = max(accuracy, key=lambda w: (accuracy[w], -w))
     pairs = list(zip(items, answers, strict=True)) + list(zip(twins, twin_answers, strict=True))
-    features = [_features(assistant.recheck(a, gated=False)) for _, a in pairs]
+    # An answer without evidence has no features: the runtime refuses it anyway.
+    pairs = [(i, assistant.recheck(a, gated=False)) for i, a in pairs]
+    pairs = [(i, a) for i, a in pairs if a.gate is not None]
+    features = [_features(a) for _, a in pairs]
     out = {
         "validation_questions": len(items),
         "gold_absent_twins": len(twins),
         "reader_weight": assistant.reader_weight,
         "reader_accuracy": {str(w): a for w, a in accuracy.items()},
     }
+    assistant.gate = Gate()  # the prior, unless the fit below replaces it
     try:
         gate, fit = calibrate(features, [i.answerable for i, _ in pairs])
     except ValueError as e:
-        return out | {"note": f"the gate was not calibrated: {e}"}
+        return out | {"note": f"the gate was not calibrated ({e}); the prior gate is used"}
     assistant.gate = gate
     return out | {"gate": gate.to_dict(), **fit}
 

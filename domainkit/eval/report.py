@@ -100,13 +100,30 @@ def _calibration_lines(calibration: dict) -> list[str]:
     ]
 
 
-def plot_gate(curve: list[dict], chosen: float, path: Path) -> Path:
-    """Share of answerable questions answered and unanswerable refused, by threshold."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure beside ``path`` and rename it into place, then free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_gate(curve: list[dict], chosen: float, path: Path) -> Path:
+    """Share of answerable questions answered and unanswerable refused, by threshold."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     ax.plot([c["refused"] for c in curve], [c["answered"] for c in curve], marker=".")
     point = min(curve, key=lambda c: abs(c["threshold"] - chosen))
@@ -118,21 +135,13 @@ def plot_gate(curve: list[dict], chosen: float, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Answerability gate on the validation questions")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy(conditions: dict[str, dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = _pyplot()
     names = list(conditions)
     series = [
         ("accuracy", "accuracy (answerable)"),
@@ -151,12 +160,7 @@ def plot_accuracy(conditions: dict[str, dict], path: Path) -> Path:
     ax.set_title("Answers by condition (eval.yaml)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def write_report(domain, report, rows: list[dict]) -> None:

@@ -381,6 +381,11 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
         atomic_write_json(calibration_path(domain), calibration)
     if not calibration.get("gate"):
         notes.append(calibration.get("note", "not calibrated (needs a tuned model)"))
+    elif "validation" in sets:
+        notes.append(
+            "the validation rows of the tuned evidence conditions are in-sample: the reader "
+            "weight and the gate were fitted on those questions"
+        )
     k = domain.config.retrieval.top_k
     first_set = next(iter(sets.values()))
     report = EvalReport(

@@ -32,10 +32,10 @@ from domainkit.retrieval.terms import CorpusVocabulary, weighted_coverage
 # opening bracket; not after common abbreviations or single initials.
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9£$€])")
 _ABBREVIATION = re.compile(
-    r"(?:\b(?:e\.g|i\.e|etc|no|nos|approx|dr|mr|mrs|ms|st|vs|fig|pp?|cf|art|reg|ss?|para|"
-    r"inc|ltd|co|jr|sr|min|max|mt|ft|al|op|ch|sec|vol)|\b[A-Z])\.$",
-    re.IGNORECASE,
+    r"(?:\b(?i:e\.g|i\.e|approx|dr|mr|mrs|ms|st|vs|fig|cf|inc|ltd|jr|sr|mt|ft|al|vol)|\b[A-Z])\.$"
 )
+# These end a sentence too ("The answer is no."), so they count only before a number.
+_NUMBER_ABBREVIATION = re.compile(r"\b(?i:no|nos|art|pp?|para|reg|ss?|sec|ch|op|min|max)\.$")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\(?[a-z0-9]{1,3}[.)]|\([ivx]{1,4}\))\s+")
 _REFERS_BACK = re.compile(
     r"^(?:it|its|this|these|that|those|they|them|their|he|she|then|however|otherwise|"
@@ -65,10 +65,12 @@ def text_units(text: str) -> list[Unit]:
     units: list[Unit] = []
     lead_in: int | None = None
     table_head: int | None = None
+    section = 0  # the first unit under the latest heading: nothing refers back past it
     for start, end, kind in _blocks(text):
         block = text[start:end]
         if kind == "heading":
             lead_in = table_head = None
+            section = len(units)
             continue
         if kind == "row":
             if table_head is None:
@@ -82,9 +84,12 @@ def text_units(text: str) -> list[Unit]:
             lead_in = None
         for s, e in _sentences(block):
             sentence = block[s:e]
-            lead = None
-            if units and (kind == "item" or _REFERS_BACK.match(_LIST_ITEM.sub("", sentence))):
-                lead = lead_in if kind == "item" and lead_in is not None else len(units) - 1
+            if kind == "item":
+                lead = lead_in  # a list item depends on its "...:" line, when there is one
+            elif len(units) > section and _REFERS_BACK.match(sentence):
+                lead = len(units) - 1
+            else:
+                lead = None
             units.append(Unit(start + s, start + e, lead))
             if sentence.rstrip().endswith(_LEAD_IN_END):
                 lead_in = len(units) - 1
@@ -135,7 +140,10 @@ def _blocks(text: str) -> list[tuple[int, int, str]]:
 def _sentences(line: str) -> list[tuple[int, int]]:
     spans, start = [], 0
     for match in _BOUNDARY.finditer(line):
-        if _ABBREVIATION.search(line[start : match.start()]):
+        before = line[start : match.start()]
+        if _ABBREVIATION.search(before) or (
+            _NUMBER_ABBREVIATION.search(before) and line[match.end() : match.end() + 1].isdigit()
+        ):
             continue
         spans.append((start, match.start()))
         start = match.end()

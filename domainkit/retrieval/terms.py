@@ -19,6 +19,7 @@ from domainkit.retrieval.bm25 import content_terms
 
 _WORD = re.compile(r"[A-Za-z0-9][\w'’.+-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _HAS_DIGIT = re.compile(r"\d")
+_CONTRACTION = re.compile(r"(?:i|you|we|they|he|she|it|that|there)'(?:m|s|ve|ll|d|re)")
 # Words that open or fill questions in capitals without naming anything.
 _NOT_NAMES = frozenset(
     "i a an the what when where which who whom whose why how is are was were do does did "
@@ -39,19 +40,22 @@ def normalize_word(word: str) -> str:
 def specific_terms(question: str) -> list[str]:
     """The question's names, model numbers and figures, as written.
 
-    A name is a capitalised word that does not open the question (or an all-capitals
-    word, anywhere); a model number or figure is any word with a digit. These are the
-    terms a near-miss question swaps: answering about them requires the documents to
-    mention them.
+    A name is a capitalised word that does not open a sentence (or an all-capitals word,
+    anywhere); a model number or figure is any word with a digit. These are the terms a
+    near-miss question swaps: answering about them requires the documents to mention them.
     """
     found = []
-    for position, word in enumerate(surface_words(question)):
+    opens = True  # the next word opens a sentence
+    for match in _WORD.finditer(question):
+        word = match.group().rstrip(".")
         lowered = normalize_word(word)
-        if lowered in _NOT_NAMES:
+        after = question[match.end() : match.end() + 2]
+        starts, opens = opens, bool(re.match(r"\.?[.!?:]", after)) or match.group().endswith(".")
+        if lowered in _NOT_NAMES or _CONTRACTION.fullmatch(lowered):
             continue
         is_code = bool(_HAS_DIGIT.search(word))
         is_acronym = len(word) >= 2 and word.isupper()
-        is_name = word[0].isupper() and position > 0
+        is_name = word[0].isupper() and not starts
         if is_code or is_acronym or is_name:
             found.append(word)
     return found

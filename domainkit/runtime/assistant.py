@@ -325,6 +325,9 @@ class Assistant:
         """The model's reply, verified against the evidence, through the gate when ``gated``."""
         evidence = plan.evidence
         sentence, refusal = self._reading(evidence, result)
+        # A generated reply that refuses (a backend that cannot score) is the model's own
+        # decision; scored refusal probabilities go through the gate instead.
+        refused = not result.choice_logprobs and refusal == 1.0
         answer = _evidence_answer(evidence, self.settings.answer_words)
         answer.reading = (plan, result)
         answer.quote = quote_reply(sentence.text) if sentence is not None else result.text or None
@@ -342,7 +345,7 @@ class Assistant:
         )
         probability = self.gate.probability(features)
         answer.gate = {**features.to_dict(), "p_answerable": round(probability, 4)}
-        if gated and probability < self.gate.threshold:
+        if gated and (refused or probability < self.gate.threshold):
             answer.text, answer.route, answer.sources = self.config.refusal, "refusal", []
             return answer
         if sentence is not None:

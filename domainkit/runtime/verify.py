@@ -16,7 +16,7 @@ from difflib import SequenceMatcher
 
 from domainkit.prompting import Quote, readable
 from domainkit.retrieval.evidence import Evidence, EvidenceSentence
-from domainkit.retrieval.terms import normalize_word, specific_terms
+from domainkit.retrieval.terms import normalize_word, specific_terms, surface_words
 
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
 MIN_SIMILARITY = 0.85
@@ -72,7 +72,7 @@ def match_quote(quote: Quote | None, evidence: Evidence) -> EvidenceSentence | N
         return None
     if not _figures(quote.text) <= _figures(best.text) | _lead_figures(best, evidence):
         return None
-    if not _names(quote.text) <= {normalize_word(w) for w in re.findall(r"[\w'’-]+", best.text)}:
+    if not _names(quote.text) <= {normalize_word(w) for w in surface_words(best.text)}:
         return None
     return best
 

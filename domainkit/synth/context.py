@@ -107,8 +107,11 @@ class SynthContext:
         user = evidence_question(question, evidence.block())
         return user, quote_reply(line.text), line
 
-    def refusal_turn(self, question: str, evidence: Evidence) -> tuple[str, str]:
-        """(user turn, assistant turn): the evidence does not answer, refuse."""
+    def refusal_turn(self, question: str, evidence: Evidence) -> tuple[str, str] | None:
+        """(user turn, assistant turn): the evidence does not answer, refuse. None when there
+        is no evidence at all: the runtime refuses those without asking the model."""
+        if not evidence.sentences:
+            return None
         return evidence_question(question, evidence.block()), self.config.refusal
 
     def rng(self, purpose: str) -> random.Random:
@@ -126,9 +129,16 @@ class SynthContext:
             seed=self.synth.seed + variant,
         )
 
+    @cached_property
+    def _documents(self) -> dict[str, str]:
+        return {chunk.id: chunk.source for chunk in self.chunks}
+
     def is_validation(self, chunk_id: str) -> bool:
-        """Stable split by chunk: a chunk's side never changes when others are added."""
-        bucket = int(text_hash(f"{self.synth.seed}:{chunk_id}", length=8), 16) / 16**8
+        """Stable split by document: neighbouring chunks overlap, so a split by chunk would
+        put a validation sentence in a training passage. A document's side never changes
+        when others are added."""
+        document = self._documents.get(chunk_id, chunk_id)
+        bucket = int(text_hash(f"{self.synth.seed}:{document}", length=8), 16) / 16**8
         return bucket < self.synth.validation_fraction
 
     def finds_source(self, question: str, chunk: Chunk) -> bool:

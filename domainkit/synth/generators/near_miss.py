@@ -34,7 +34,9 @@ def generate_near_misses(ctx: SynthContext, seeds: list[Chunk], target: int) -> 
             )
             continue
         evidence = ctx.evidence_for(swapped, ctx.is_validation(q.fact.chunk.id))
-        user, reply = ctx.refusal_turn(swapped, evidence)
+        if (turn := ctx.refusal_turn(swapped, evidence)) is None:
+            continue
+        user, reply = turn
         samples.append(
             Sample(
                 messages=chat(ctx.system_prompt, ("user", user), ("assistant", reply)),

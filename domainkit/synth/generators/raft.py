@@ -27,12 +27,8 @@ def generate_raft(ctx: SynthContext, seeds: list[Chunk], target: int) -> list[Sa
     questions = questions_for(ctx, facts, "raft")
     rng = ctx.rng("raft")
     share = ctx.synth.raft_gold_absent
-    absent = set(
-        rng.sample(
-            range(len(questions)),
-            round(len(questions) * share / (1 - share)) if share < 1 else len(questions),
-        )
-    )
+    wanted = round(len(questions) * share / (1 - share)) if share < 1 else len(questions)
+    absent = set(rng.sample(range(len(questions)), min(len(questions), wanted)))
     samples = []
     for i, question in enumerate(questions):
         # One question gives both kinds: the same words, with and without their passage,
@@ -76,8 +72,10 @@ def _absent(ctx: SynthContext, q: FactQuestion) -> Sample | None:
                 restated_by=sentence.text,
             )
             return None
-    user, reply = ctx.refusal_turn(q.question, evidence)
-    return _sample(ctx, q, user, reply, evidence, gold_present=False, gold_number=None)
+    turn = ctx.refusal_turn(q.question, evidence)
+    if turn is None:
+        return None
+    return _sample(ctx, q, *turn, evidence, gold_present=False, gold_number=None)
 
 
 def _sample(ctx, q: FactQuestion, user, reply, evidence, *, gold_present, gold_number) -> Sample:

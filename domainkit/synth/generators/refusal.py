@@ -91,7 +91,9 @@ def generate_refusals(ctx: SynthContext, seeds: list[Chunk], target: int) -> lis
             ctx.log.reject(problem[0], "refusal", chunk.id, problem[1], question=question)
             continue
         evidence = ctx.evidence_for(question, ctx.is_validation(chunk.id))
-        user, reply = ctx.refusal_turn(question, evidence)
+        if (turn := ctx.refusal_turn(question, evidence)) is None:
+            continue
+        user, reply = turn
         samples.append(
             Sample(
                 messages=chat(ctx.system_prompt, ("user", user), ("assistant", reply)),
