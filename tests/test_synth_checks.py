@@ -147,3 +147,25 @@ def test_sample_roundtrips_through_a_dataset_row():
     sample.meta = {"fact": "F."}
     assert Sample.from_row(sample.to_row()) == sample
     assert np.isclose(Sample.from_row(sample.to_row()).scores["grounding"], 0.7)
+
+
+def test_the_split_keeps_documents_whole_and_always_holds_some_out():
+    from types import SimpleNamespace
+
+    from domainkit.config.schema import DomainConfig
+    from domainkit.synth.context import SynthContext
+
+    chunks = [
+        Chunk(f"{doc}-{i}", "text", f"doc{doc}.md", "T", (), i, i + 4)
+        for doc in range(8)
+        for i in range(5)
+    ]
+    retriever = SimpleNamespace(index=SimpleNamespace(chunks=chunks))
+    for seed in range(20):  # whatever the hashes, some documents are held out
+        config = DomainConfig(name="d", synth={"seed": seed, "validation_fraction": 0.2})
+        ctx = SynthContext(config, None, retriever, None)
+        held = [c for c in chunks if ctx.is_validation(c.id)]
+        assert 5 <= len(held) <= 15
+        for chunk in chunks:
+            same = [ctx.is_validation(c.id) for c in chunks if c.source == chunk.source]
+            assert len(set(same)) == 1, "a document is on one side only"

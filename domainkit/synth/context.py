@@ -21,6 +21,8 @@ from domainkit.utils.hashing import text_hash
 # Questions must stay on their fact, so they run cooler than the teacher's setting; user
 # turns, paraphrases and refusal questions use it as is, for variety.
 _FAITHFUL_TEMPERATURE = {"question": 0.3}
+# The split keeps whole documents (or sections) on one side when there are this many.
+MIN_SPLIT_GROUPS = 5
 
 
 @dataclass
@@ -130,16 +132,40 @@ class SynthContext:
         )
 
     @cached_property
-    def _documents(self) -> dict[str, str]:
-        return {chunk.id: chunk.source for chunk in self.chunks}
+    def _groups(self) -> dict[str, str]:
+        """Chunk id -> the unit the split keeps together: its document, or (in a corpus of
+        fewer than five documents) its section, or (a single unsectioned document) itself.
+        Neighbouring chunks overlap, so the larger the unit, the less a validation sentence
+        also sits in a training passage."""
+        for key in (
+            lambda c: c.source,
+            lambda c: f"{c.source}#{c.headings[1] if len(c.headings) > 1 else ''}",
+        ):
+            groups = {chunk.id: key(chunk) for chunk in self.chunks}
+            if len(set(groups.values())) >= MIN_SPLIT_GROUPS:
+                return groups
+        return {chunk.id: chunk.id for chunk in self.chunks}
+
+    @cached_property
+    def _validation_groups(self) -> frozenset[str]:
+        """Groups in hash order, taken until they hold ``validation_fraction`` of the chunks
+        (never all of them): a coin flip per group can leave a small corpus without any."""
+        sizes: dict[str, int] = {}
+        for group in self._groups.values():
+            sizes[group] = sizes.get(group, 0) + 1
+        wanted = self.synth.validation_fraction * sum(sizes.values())
+        chosen: set[str] = set()
+        held = 0
+        for group in sorted(sizes, key=lambda g: text_hash(f"{self.synth.seed}:{g}")):
+            if held >= wanted or len(chosen) + 1 >= len(sizes):
+                break
+            chosen.add(group)
+            held += sizes[group]
+        return frozenset(chosen)
 
     def is_validation(self, chunk_id: str) -> bool:
-        """Stable split by document: neighbouring chunks overlap, so a split by chunk would
-        put a validation sentence in a training passage. A document's side never changes
-        when others are added."""
-        document = self._documents.get(chunk_id, chunk_id)
-        bucket = int(text_hash(f"{self.synth.seed}:{document}", length=8), 16) / 16**8
-        return bucket < self.synth.validation_fraction
+        """Whether a chunk's samples are held out (split by document, see ``_groups``)."""
+        return self._groups.get(chunk_id) in self._validation_groups
 
     def finds_source(self, question: str, chunk: Chunk) -> bool:
         """Round-trip check: the question retrieves the chunk it was written from."""
