@@ -101,6 +101,25 @@ def test_calibration_learns_the_signals_that_separate_and_reports_the_tradeoff()
         calibrate(features[:10], [True] * 10)
 
 
+def test_a_signal_that_points_the_wrong_way_on_validation_is_dropped_not_reversed():
+    """Validation questions are synthetic: a signal that there seems to say the opposite
+    of what it means (answerable questions look refusal-prone to the model) is noise of
+    that set, so the fit leaves it out instead of learning it backwards."""
+    rng = random.Random(2)
+    features, answerable = [], []
+    for _ in range(120):
+        ok = rng.random() < 0.5
+        dense = rng.gauss(0.6 if ok else 0.4, 0.1)
+        refusal = rng.gauss(0.7 if ok else 0.3, 0.1)  # backwards: refusal-prone = answerable
+        features.append(_features(dense, refusal=refusal))
+        answerable.append(ok)
+    gate, report = calibrate(features, answerable)
+    assert gate.weights["model_refusal"] == 0.0
+    assert gate.weights["dense"] > 0
+    assert report["dropped"] == ["model_refusal"]
+    assert report["answered"] >= 0.7 and report["refused"] >= 0.7  # dense alone: ~0.84 each
+
+
 def test_logistic_fit_matches_a_known_boundary():
     rng = random.Random(1)
     import numpy as np

@@ -59,7 +59,9 @@ def print_eval_tables(report: dict) -> None:
         gate = calibration["gate"]
         console.print(
             f"gate calibrated on {calibration['validation_questions']} validation questions "
-            f"({calibration['unanswerable']} unanswerable): answers when P(answerable) >= "
+            f"and {calibration.get('gold_absent_twins', 0)} gold-absent twins "
+            f"({calibration['answerable']} answerable, {calibration['unanswerable']} "
+            f"unanswerable): answers when P(answerable) >= "
             f"{gate['threshold']:.2f}; there {calibration['answered']:.0%} of answerable "
             f"answered, {calibration['refused']:.0%} of unanswerable refused; reader weight "
             f"{calibration.get('reader_weight')}"

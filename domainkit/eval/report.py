@@ -91,10 +91,16 @@ def _calibration_lines(calibration: dict) -> list[str]:
         return [*lines, f"- {calibration.get('note', 'not calibrated')}"]
     weights = ", ".join(f"{k} {v:+.2f}" for k, v in gate["weights"].items())
     return lines + [
-        f"- {calibration['validation_questions']} validation questions "
+        f"- {calibration['validation_questions']} validation questions and "
+        f"{calibration.get('gold_absent_twins', 0)} gold-absent twins "
         f"({calibration['answerable']} answerable, {calibration['unanswerable']} unanswerable)",
         f"- P(answerable) = sigmoid({weights}, bias {gate['bias']:+.2f}); "
         f"answer when >= {gate['threshold']:.3f}",
+        *(
+            [f"- left out (their sign on validation contradicted the prior): {', '.join(dropped)}"]
+            if (dropped := calibration.get("dropped"))
+            else []
+        ),
         f"- on validation: {calibration['answered']:.0%} of answerable answered, "
         f"{calibration['refused']:.0%} of unanswerable refused",
     ]

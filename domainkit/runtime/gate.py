@@ -14,9 +14,10 @@ Roost?"). So the gate combines several signals in a logistic model:
 - ``model_refusal``: the tuned model's own probability of refusing, read from its first
   answer token (it was trained on gold-absent evidence and near-miss questions).
 
-``calibrate`` fits the weights and the decision threshold on a validation set that holds
-unanswerable questions (never on the eval set), and reports the answered/refused trade-off
-at every threshold. Before calibration a conservative hand-set model is used.
+``calibrate`` fits the weights (keeping the prior's signs) and the decision threshold on
+a validation set that holds unanswerable questions (never on the eval set), and reports
+the answered/refused trade-off at every threshold. Before calibration a conservative
+hand-set model is used.
 """
 
 from __future__ import annotations
@@ -152,11 +153,17 @@ PRIOR_STRENGTH = 4.0
 def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gate, dict]:
     """Fit the gate on validation questions with known answerability.
 
+    Every weight keeps the prior's sign: validation questions are synthetic, and a signal
+    that seems to point the wrong way there (answerable questions looking refusal-prone to
+    the model) is a quirk of that set that real questions do not share, so the feature is
+    dropped (weight 0) and the rest refitted, rather than learnt backwards.
+
     The threshold maximizes balanced accuracy (the mean of answerable questions answered
     and unanswerable ones refused), so neither kind dominates because it is more common.
 
     Returns:
-        The gate and a report: counts, balanced accuracy and the trade-off curve.
+        The gate and a report: counts, features dropped, balanced accuracy and the
+        trade-off curve.
     """
     y = np.array(answerable, dtype=float)
     if min(y.sum(), len(y) - y.sum()) < MIN_PER_KIND:
@@ -165,9 +172,17 @@ def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gat
             f"unanswerable questions (got {int(y.sum())} and {int(len(y) - y.sum())})"
         )
     x = np.stack([f.vector() for f in features])
-    prior = np.array([PRIOR_WEIGHTS[name] for name in FEATURES])
-    weights, bias = fit_logistic(x, y, l2=PRIOR_STRENGTH, prior=prior)
-    gate = Gate(dict(zip(FEATURES, map(float, weights), strict=True)), bias, 0.5, True)
+    active = list(range(len(FEATURES)))
+    while True:
+        prior = np.array([PRIOR_WEIGHTS[FEATURES[i]] for i in active])
+        fitted, bias = fit_logistic(x[:, active], y, l2=PRIOR_STRENGTH, prior=prior)
+        keep = [i for i, w, p in zip(active, fitted, prior, strict=True) if w * p > 0]
+        if len(keep) == len(active) or not keep:
+            break
+        active = keep
+    weights = dict.fromkeys(FEATURES, 0.0)
+    weights.update({FEATURES[i]: float(w) for i, w in zip(active, fitted, strict=True)})
+    gate = Gate(weights, bias, 0.5, True)
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)
     best = max(curve, key=lambda c: (c["answered"] + c["refused"], -abs(c["threshold"] - 0.5)))
@@ -176,6 +191,7 @@ def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gat
         "questions": len(features),
         "answerable": int(y.sum()),
         "unanswerable": int(len(y) - y.sum()),
+        "dropped": [name for name in FEATURES if weights[name] == 0.0],
         "answered": best["answered"],
         "refused": best["refused"],
         "curve": curve,
