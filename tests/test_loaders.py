@@ -70,6 +70,26 @@ def test_html_turns_headings_into_markdown_and_drops_boilerplate(tmp_path):
         assert boilerplate not in doc.text
 
 
+def test_html_drops_breadcrumbs_and_navigation_roles(tmp_path):
+    """A breadcrumb trail is navigation, not content: left in, it became a 'sentence' that
+    matched every question about its page and was quoted as the answer."""
+    path = tmp_path / "p.html"
+    path.write_text(
+        "<html><body><main>"
+        '<p class="breadcrumb"><a href="/">Support</a> &rsaquo; App &rsaquo; Using the app</p>'
+        '<ol class="Breadcrumbs-list"><li>Home</li><li>Guides</li></ol>'
+        '<div role="navigation">Previous page</div>'
+        '<div aria-label="Breadcrumb">Docs / App</div>'
+        "<h1>Using the app</h1><p>The app runs on iOS and Android.</p>"
+        '<p class="note">Not on desktops.</p>'
+        "</main></body></html>"
+    )
+    [doc] = LOADERS.get(".html")(path, "p.html")
+    assert "The app runs on iOS and Android." in doc.text and "Not on desktops." in doc.text
+    for navigation in ("Support", "Home", "Guides", "Previous page", "Docs / App"):
+        assert navigation not in doc.text
+
+
 def test_pdf_yields_a_document_per_page_with_page_numbers(tmp_path):
     path = tmp_path / "guide.pdf"
     _pdf(path, [("Quick start", "Plug in the speaker."), ("Pairing", "Hold the button.")])

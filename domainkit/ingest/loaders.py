@@ -98,11 +98,29 @@ def load_html(path: Path, source: str) -> list[Document]:
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for tag in soup(_HTML_DROP + ["title", "head"]):
         tag.decompose()
+    for tag in soup.find_all(_is_navigation):
+        tag.decompose()
     body = soup.find("main") or soup.find("article") or soup.body or soup
     text = _require_text(normalize_text(_html_to_markdown(body)))
     # The page's own <h1> beats <title>, which usually carries the site name as well.
     title = _first_heading(text) or title or _title_from_name(path)
     return [Document(text, source, title, "html", markup="markdown")]
+
+
+_NAVIGATION_ROLES = {"navigation", "menu", "menubar", "banner", "contentinfo"}
+
+
+def _is_navigation(tag) -> bool:
+    """Breadcrumb trails and elements marked as navigation (often a <p> or <ol>, not <nav>)."""
+    if tag.attrs is None:  # a tag decomposed with its parent
+        return False
+    classes = " ".join(tag.get("class") or []) + " " + str(tag.get("id") or "")
+    label = str(tag.get("aria-label") or "")
+    return (
+        "breadcrumb" in classes.lower()
+        or "breadcrumb" in label.lower()
+        or str(tag.get("role") or "").lower() in _NAVIGATION_ROLES
+    )
 
 
 def _html_to_markdown(root) -> str:
