@@ -130,3 +130,29 @@ def test_logistic_fit_matches_a_known_boundary():
     assert 1.4 < weights[0] < 2.8 and abs(bias) < 0.5
     curve = tradeoff([0.9, 0.2], [True, False])
     assert {"threshold": 0.9, "answered": 1.0, "refused": 1.0} in curve
+
+
+def test_a_handful_of_validation_questions_does_not_move_the_reader_weight():
+    """Four questions once set the weight to 0.25 because one of them went the model's way;
+    the demo's tuned answers then fell from 68% to 40% on eval.yaml."""
+    from types import SimpleNamespace
+
+    from domainkit.eval.calibration import MIN_READER_QUESTIONS, calibrate_assistant
+
+    class Assistant:
+        reader_weight = 0.0
+        gate = None
+
+        def recheck(self, answer, gated=True):
+            return SimpleNamespace(correct=self.reader_weight > 0, gate=None)
+
+    def items(n):
+        return [SimpleNamespace(answerable=True, question=f"q{i}") for i in range(n)]
+
+    few = items(MIN_READER_QUESTIONS - 1)
+    assistant = Assistant()
+    out = calibrate_assistant(assistant, few, few, [], [], lambda i, a: a.correct)
+    assert assistant.reader_weight == 0.0 and "reader weight" in out["note"]
+    many = items(MIN_READER_QUESTIONS)
+    out = calibrate_assistant(assistant, many, many, [], [], lambda i, a: a.correct)
+    assert assistant.reader_weight == 0.25, "with enough questions the best weight is taken"

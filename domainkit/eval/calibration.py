@@ -17,6 +17,9 @@ from domainkit.runtime.gate import FEATURES, Gate, GateFeatures, calibrate
 
 # Reader weights tried: 0 is the evidence selector's best line alone, 1 the model's choice.
 READER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Fewer answerable validation questions than this and the reader weight keeps its default:
+# on four questions one lucky pick decides it.
+MIN_READER_QUESTIONS = 10
 # How far down the results a restating passage is looked for.
 RESTATING_DEPTH = 20
 
@@ -63,13 +66,19 @@ def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_corre
         is_correct: ``(item, answer) -> bool``.
     """
     answerable = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
-    accuracy = {}
-    for weight in READER_WEIGHTS:
-        assistant.reader_weight = weight
-        correct = [is_correct(i, assistant.recheck(a, gated=False)) for i, a in answerable]
-        accuracy[weight] = round(sum(correct) / len(correct), 4) if correct else 0.0
-    # The lowest of the best weights: the selector needs no model and is cheaper.
-    assistant.reader_weight = max(accuracy, key=lambda w: (accuracy[w], -w))
+    accuracy, notes = {}, []
+    if len(answerable) >= MIN_READER_QUESTIONS:
+        for weight in READER_WEIGHTS:
+            assistant.reader_weight = weight
+            correct = [is_correct(i, assistant.recheck(a, gated=False)) for i, a in answerable]
+            accuracy[weight] = round(sum(correct) / len(correct), 4)
+        # The lowest of the best weights: the selector needs no model and is cheaper.
+        assistant.reader_weight = max(accuracy, key=lambda w: (accuracy[w], -w))
+    else:
+        notes.append(
+            f"the reader weight was not calibrated ({len(answerable)} answerable validation "
+            f"questions, {MIN_READER_QUESTIONS} needed); {assistant.reader_weight} is used"
+        )
     pairs = list(zip(items, answers, strict=True)) + list(zip(twins, twin_answers, strict=True))
     # An answer without evidence has no features: the runtime refuses it anyway.
     pairs = [(i, assistant.recheck(a, gated=False)) for i, a in pairs]
@@ -85,9 +94,10 @@ def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_corre
     try:
         gate, fit = calibrate(features, [i.answerable for i, _ in pairs])
     except ValueError as e:
-        return out | {"note": f"the gate was not calibrated ({e}); the prior gate is used"}
+        notes.append(f"the gate was not calibrated ({e}); the prior gate is used")
+        return out | {"note": "; ".join(notes)}
     assistant.gate = gate
-    return out | {"gate": gate.to_dict(), **fit}
+    return out | {"gate": gate.to_dict(), **fit} | ({"note": "; ".join(notes)} if notes else {})
 
 
 def _features(answer) -> GateFeatures:

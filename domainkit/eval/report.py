@@ -85,7 +85,8 @@ def _calibration_lines(calibration: dict) -> list[str]:
         tried = ", ".join(f"{w}: {a:.2f}" for w, a in calibration["reader_accuracy"].items())
         lines.append(
             f"- reader weight {calibration['reader_weight']} (0 = the evidence selector's "
-            f"best line, 1 = the model's choice); validation accuracy by weight: {tried}"
+            f"best line, 1 = the model's choice); "
+            + (f"validation accuracy by weight: {tried}" if tried else "the default, not fitted")
         )
     if not gate:
         return [*lines, f"- {calibration.get('note', 'not calibrated')}"]

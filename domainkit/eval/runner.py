@@ -381,7 +381,9 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
         atomic_write_json(calibration_path(domain), calibration)
     if not calibration.get("gate"):
         notes.append(calibration.get("note", "not calibrated (needs a tuned model)"))
-    elif "validation" in sets:
+    else:
+        notes += [calibration["note"]] if "note" in calibration else []
+    if calibration.get("gate") and "validation" in sets:
         notes.append(
             "the validation rows of the tuned evidence conditions are in-sample: the reader "
             "weight and the gate were fitted on those questions"
