@@ -24,6 +24,7 @@ from domainkit import __version__
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.utils.atomic import atomic_write_json
+from domainkit.utils.hashing import code_hash
 
 log = logging.getLogger(__name__)
 
@@ -88,27 +89,16 @@ def _hash(*parts) -> str:
     return digest.hexdigest()[:16]
 
 
-def _code(*packages: str) -> str:
-    """Hash of the source files a stage runs (package folders or modules): an edit to them
-    re-runs the stage."""
-    root = Path(__file__).parent
-    files = [p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))]
-    files += [root / f"{pkg}.py" for pkg in packages if (root / f"{pkg}.py").is_file()]
-    return _hash(__version__, [(f.relative_to(root).as_posix(), _digest(f)) for f in files])
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
     """Every stage's fingerprint, each covering its inputs, settings and code."""
     from domainkit.retrieval.store import source_hashes
 
     config = domain.config
     prints: dict[str, str] = {}
-    prints["ingest"] = _hash(source_hashes(domain), config.ingest, _code("ingest"))
-    prints["index"] = _hash(prints["ingest"], config.chunking, config.retrieval, _code("retrieval"))
+    prints["ingest"] = _hash(source_hashes(domain), config.ingest, code_hash("ingest"))
+    prints["index"] = _hash(
+        prints["ingest"], config.chunking, config.retrieval, code_hash("retrieval")
+    )
     persona = (config.render_system_prompt(), config.refusal, config.persona)
     # prompting.py is the format synth trains on and the runtime sends; llm.py and models.py
     # load the teacher, student and runtime models.
@@ -120,9 +110,9 @@ def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
         config.runtime.answer_words,
         persona,
         limits.samples,
-        _code("synth", "retrieval", *shared),
+        code_hash("synth", "retrieval", *shared),
     )
-    prints["train"] = _hash(prints["synth"], config.train, _code("train", *shared))
+    prints["train"] = _hash(prints["synth"], config.train, code_hash("train", *shared))
     questions = [
         path.read_bytes().hex() if path.is_file() else ""
         for path in (domain.eval_path, domain.validation_path)
@@ -134,9 +124,9 @@ def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
         config.evidence,
         config.eval,
         limits.questions,
-        _code("eval", "runtime", "retrieval", *shared),
+        code_hash("eval", "runtime", "retrieval", *shared),
     )
-    prints["bundle"] = _hash(prints["eval"], _code("build"))
+    prints["bundle"] = _hash(prints["eval"], code_hash("build"))
     return prints
 
 

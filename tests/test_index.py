@@ -41,6 +41,22 @@ def test_unchanged_domain_is_not_rebuilt(support_domain, embedder):
     assert len(embedder.embedded_texts) == first.chunks
 
 
+def test_an_edit_to_the_code_that_reads_documents_rebuilds_the_index(
+    support_domain, embedder, monkeypatch
+):
+    """A loader fix (dropping breadcrumbs) once left the old chunks live: the index was
+    fingerprinted by the package version, not by the code that reads the documents."""
+    domain = load_domain(support_domain)
+    first = build_index(domain, embedder, progress=False)
+    real = store_module.code_hash
+    monkeypatch.setattr(
+        store_module, "code_hash", lambda *p: real(*p) + "edited" if "ingest" in p else real(*p)
+    )
+    again = build_index(domain, embedder, progress=False)
+    assert not again.up_to_date and again.path != first.path
+    assert again.reused == again.chunks  # same chunk texts: their vectors are reused
+
+
 def test_changing_one_document_embeds_only_its_changed_chunks(support_domain):
     domain = load_domain(support_domain)
     build_index(domain, HashEmbedder(), progress=False)

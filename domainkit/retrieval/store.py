@@ -28,7 +28,7 @@ from domainkit.retrieval.dense import build_faiss, index_kind, load_faiss, save_
 from domainkit.retrieval.embedders import Embedder
 from domainkit.utils import versioned
 from domainkit.utils.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
-from domainkit.utils.hashing import file_hash, json_hash, text_hash
+from domainkit.utils.hashing import code_hash, file_hash, json_hash, text_hash
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def source_hashes(domain: Domain) -> dict[str, str]:
 
 
 def fingerprint(files: dict[str, str], domain: Domain, embedder: Embedder) -> str:
-    """Hash of everything the index depends on: files, settings, embedder, code version."""
+    """Hash of everything the index depends on: files, settings, embedder, and the code
+    that reads, chunks and indexes them."""
     config = domain.config
     settings = {
         "ingest": config.ingest.model_dump(),
@@ -115,7 +116,7 @@ def fingerprint(files: dict[str, str], domain: Domain, embedder: Embedder) -> st
         "index_type": config.retrieval.index_type,
         "embedder": embedder.id,
         "format": FORMAT_VERSION,
-        "domainkit": __version__,
+        "code": code_hash("ingest", "retrieval"),
     }
     return json_hash({"files": files, "settings": settings})
 

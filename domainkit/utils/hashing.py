@@ -24,3 +24,14 @@ def file_hash(path: Path, length: int = 16) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:length]
+
+
+def code_hash(*packages: str) -> str:
+    """Hash of domainkit's own source files in ``packages`` (folders or modules under
+    ``domainkit/``, e.g. ``"ingest"``, ``"prompting"``): an edit to them changes it."""
+    from domainkit import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for pkg in packages for p in sorted((root / pkg).rglob("*.py"))]
+    files += [root / f"{pkg}.py" for pkg in packages if (root / f"{pkg}.py").is_file()]
+    return json_hash([__version__, [(f.relative_to(root).as_posix(), file_hash(f)) for f in files]])
