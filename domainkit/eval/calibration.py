@@ -93,11 +93,11 @@ def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_corre
     assistant.gate = Gate()  # the prior, unless the fit below replaces it
     try:
         gate, fit = calibrate(features, [i.answerable for i, _ in pairs])
+        assistant.gate = gate
+        out |= {"gate": gate.to_dict(), **fit}
     except ValueError as e:
         notes.append(f"the gate was not calibrated ({e}); the prior gate is used")
-        return out | {"note": "; ".join(notes)}
-    assistant.gate = gate
-    return out | {"gate": gate.to_dict(), **fit} | ({"note": "; ".join(notes)} if notes else {})
+    return out | ({"note": "; ".join(notes)} if notes else {})
 
 
 def _features(answer) -> GateFeatures:

@@ -379,10 +379,8 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     if "reader_weight" in calibration:
         calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(calibration_path(domain), calibration)
-    if not calibration.get("gate"):
+    if "note" in calibration or not calibration.get("gate"):
         notes.append(calibration.get("note", "not calibrated (needs a tuned model)"))
-    else:
-        notes += [calibration["note"]] if "note" in calibration else []
     if calibration.get("gate") and "validation" in sets:
         notes.append(
             "the validation rows of the tuned evidence conditions are in-sample: the reader "
