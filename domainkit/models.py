@@ -121,3 +121,38 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Where the embedded students come from, for model cards: (hub id, license).
+_ORIGINS = {
+    "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+    "huggingfacetb/smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+}
+
+
+def model_origin(name: str) -> tuple[str | None, str | None]:
+    """(hub id, license) of a student model, as far as can be told offline.
+
+    The embedded defaults are known. A hub id is its own origin, and its license is read from
+    the model card in the local Hugging Face cache when there is one; a local folder's from
+    its own README front matter.
+    """
+    if name.lower() in _ORIGINS:
+        return _ORIGINS[name.lower()]
+    folder = Path(name)
+    hub_id = None if folder.exists() else name
+    readme = folder / "README.md"
+    if hub_id is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hub_id, "README.md")
+        readme = Path(cached) if isinstance(cached, str) else None
+    license_id = None
+    if readme is not None and readme.is_file():
+        from huggingface_hub import ModelCard
+
+        try:
+            license_id = ModelCard.load(readme).data.license
+        except Exception:  # noqa: BLE001 - a broken card only means the license is unknown
+            license_id = None
+    return hub_id, license_id if isinstance(license_id, str) else None

@@ -116,3 +116,40 @@ def test_the_demo_questions_on_the_embedded_models(support):
         [{"role": "user", "content": "Can I pay for my order with Bitcoin?"}]
     )
     assert bitcoin.route == "refusal" and bitcoin.gate["unknown"] == 1
+
+
+def test_tuned_smollm2_exports_to_q8_gguf_and_loads_back(support):
+    """The demo's student with a LoRA adapter, exported to q8_0 GGUF and reloaded by
+    transformers: same tokenizer, and greedy answers that match the merged model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from domainkit.models import resolve_causal_lm
+    from domainkit.train.export import export_model
+
+    domain, _ = support
+    base = resolve_causal_lm(domain.config.train.student_model)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=8, target_modules=["q_proj", "v_proj"]),
+    )
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.002)  # a small, real change to the model
+    adapter = domain.build_dir / "train" / "adapter"
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
+    report = export_model(domain, adapter, base, domain.build_dir / "export", {"gguf"})
+    trip = report.round_trip
+    assert (
+        report.paths["gguf"].stat().st_size
+        < 0.6 * (report.paths["merged"] / "model.safetensors").stat().st_size
+    )
+    assert trip.tokenizer_same and len(trip.answers) == 3
+    assert trip.same >= 2 and all(a["agree_tokens"] >= 8 for a in trip.answers), trip.answers
+    merged = AutoModelForCausalLM.from_pretrained(report.paths["merged"])
+    original = AutoModelForCausalLM.from_pretrained(base)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[name], original.state_dict()[name]), "merged"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,15 +291,38 @@ def test_cli_train_then_export(trained_domain):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "tokens_per_s"} <= set(metrics[0]) and any("val_loss" in m for m in metrics)
 
-    result = runner.invoke(app, ["export", str(trained_domain), "--json"])
+    formats = "adapter,merged,dataset"
+    result = runner.invoke(app, ["export", str(trained_domain), "--format", formats, "--json"])
     assert result.exit_code == 0, result.output
     exported = json.loads(result.stdout)
     assert (trained_domain / ".domainkit" / "export" / "merged" / "config.json").is_file()
-    assert exported["gguf"] is None and "LLAMA_CPP_DIR" in exported["notes"][0]
+    assert "gguf" not in exported and exported["sizes_mb"]["merged"] > 0
 
+    from huggingface_hub import DatasetCard, ModelCard
     from peft import PeftConfig
 
     assert PeftConfig.from_pretrained(exported["adapter"]).r == 4, "plain peft loads it"
+    for kind, library in (("adapter", "peft"), ("merged", "transformers")):
+        card = ModelCard.load(Path(exported[kind]) / "README.md")
+        assert card.data.library_name == library and "domainkit" in card.data.tags
+        assert card.data.license == "other", "a local random base has no known license"
+        assert "| steps | 4 |" in card.text and "## Limitations" in card.text
+    data = DatasetCard.load(Path(exported["dataset"]) / "README.md").data
+    for split in data.configs[0]["data_files"]:
+        rows = (Path(exported["dataset"]) / split["path"]).read_text().splitlines()
+        first = json.loads(rows[0])
+        assert first["messages"][-1]["role"] == "assistant" and first["generator"]
+        assert (
+            f"| {split['split']} | {len(rows)} |"
+            in DatasetCard.load(Path(exported["dataset"]) / "README.md").text
+        )
+
+    result = runner.invoke(app, ["export", str(trained_domain), "--format", "gguf"])
+    assert result.exit_code != 0 and "GGUF conversion failed" in result.output, (
+        "a tokenizer llama.cpp does not know is a clear error"
+    )
+    result = runner.invoke(app, ["export", str(trained_domain), "--format", "onnx"])
+    assert result.exit_code == 2 and "unknown format onnx" in result.output
 
 
 def test_cli_train_resume_after_kill(trained_domain):

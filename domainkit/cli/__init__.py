@@ -8,6 +8,7 @@ import warnings
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from domainkit import __version__
@@ -22,7 +23,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except DomainkitError as e:
-            err_console.print(f"[bold red]error:[/] {e}")
+            err_console.print("[bold red]error:[/]", escape(str(e)))
             raise typer.Exit(1) from None
 
 

@@ -20,13 +20,18 @@ EVAL_FILE = "eval.yaml"
 
 
 def recipes_dir() -> Path:
-    """The folder of shipped recipes: ``$DOMAINKIT_RECIPES``, else the checkout's ``recipes/``.
+    """The folder of shipped recipes.
 
-    Recipes are data users read and copy, so they live at the top of the repository rather
-    than inside the package; domainkit is installed from a checkout (``pip install -e .``).
+    ``$DOMAINKIT_RECIPES`` if set; else the copy an installed wheel carries
+    (``domainkit/_recipes``); else the checkout's top-level ``recipes/`` (an editable install).
+    A recipe given as a path, relative to the domain folder, never reaches this lookup.
     """
     override = os.environ.get("DOMAINKIT_RECIPES")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "recipes"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_recipes"
+    return installed if installed.is_dir() else package.parent / "recipes"
 
 
 def available_recipes() -> list[str]:

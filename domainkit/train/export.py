@@ -1,29 +1,48 @@
-"""``domainkit export``: the adapter alone, a merged safetensors model, and GGUF + an Ollama
-Modelfile where llama.cpp's converter is available."""
+"""``domainkit export``: the trained student in the forms other tools run.
+
+- ``adapter``: the LoRA adapter, loadable with peft;
+- ``merged``: the adapter merged into a full-precision base, a plain transformers model
+  (what vLLM or TGI serve);
+- ``gguf``: the merged model converted by llama.cpp's converter, with an Ollama Modelfile,
+  loaded back through transformers to check it gives the merged model's greedy answers;
+- ``dataset``: the synthetic training data as JSONL with a dataset card.
+
+Every folder gets a Hugging Face card (README.md). Each output replaces its previous version
+only once it is complete.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from domainkit.config.evalset import load_eval_set
+from domainkit.config.loading import EVAL_FILE, Domain
 from domainkit.errors import DomainkitError
+from domainkit.train import cards, gguf
+from domainkit.utils.atomic import atomic_write_jsonl, atomic_write_text, replace_dir
 
 log = logging.getLogger(__name__)
+
+FORMATS = ("adapter", "merged", "gguf", "dataset")
+# Greedy answers compared in the GGUF round trip when the domain has no eval questions.
+_FALLBACK_PROMPTS = (
+    "What can you help me with?",
+    "Summarize what the documents cover.",
+    "Who should I contact with a question?",
+)
 
 
 @dataclass
 class ExportReport:
-    adapter: Path
-    merged: Path | None = None
-    gguf: Path | None = None
-    modelfile: Path | None = None
+    folder: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+    round_trip: gguf.RoundTrip | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -36,74 +55,110 @@ def merge_adapter(
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
 
+    def write(folder: Path) -> None:
+        merged.save_pretrained(folder, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(folder)
 
-def find_gguf_converter() -> Path | None:
-    """llama.cpp's convert_hf_to_gguf.py: ``$LLAMA_CPP_DIR`` or on ``PATH``."""
-    candidates = []
-    if os.environ.get("LLAMA_CPP_DIR"):
-        candidates.append(Path(os.environ["LLAMA_CPP_DIR"]) / "convert_hf_to_gguf.py")
-    on_path = shutil.which("convert_hf_to_gguf.py")
-    if on_path:
-        candidates.append(Path(on_path))
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def to_gguf(merged: Path, target: Path, converter: Path) -> Path:
-    command = [
-        sys.executable,
-        str(converter),
-        str(merged),
-        "--outfile",
-        str(target),
-        "--outtype",
-        "q8_0",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DomainkitError(f"GGUF conversion failed: {result.stderr.strip()[-500:]}")
-    return target
-
-
-def modelfile(gguf_name: str, system_prompt: str, tokenizer_dir: Path) -> str:
-    """An Ollama Modelfile that uses the student's own chat template via its GGUF metadata."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    stops = {t for t in (tokenizer.eos_token, "<|im_end|>") if t and t in tokenizer.get_vocab()}
-    lines = [f"FROM ./{gguf_name}", f'SYSTEM """{system_prompt}"""', "PARAMETER temperature 0.2"]
-    lines += [f'PARAMETER stop "{s}"' for s in sorted(stops)]
-    return "\n".join(lines) + "\n"
+    return replace_dir(target, write)
 
 
 def export_model(
-    adapter_dir: Path, base_path: str, out_dir: Path, system_prompt: str, formats: set[str]
+    domain: Domain,
+    adapter_dir: Path,
+    base_path: str,
+    out_dir: Path,
+    formats: set[str],
+    gguf_type: str = "q8_0",
+    check: bool = True,
 ) -> ExportReport:
-    if not (adapter_dir / "adapter_config.json").is_file():
+    """Write the requested formats under ``out_dir``; see the module docstring."""
+    unknown = formats - set(FORMATS)
+    if unknown:
+        raise DomainkitError(f"unknown export format {', '.join(sorted(unknown))}")
+    if formats - {"dataset"} and not (adapter_dir / "adapter_config.json").is_file():
         raise DomainkitError(f"{adapter_dir}: no trained adapter; run `domainkit train` first")
+    if gguf_type not in gguf.GGUF_TYPES:
+        raise DomainkitError(
+            f"unknown GGUF type {gguf_type!r}; expected {', '.join(gguf.GGUF_TYPES)}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = ExportReport(adapter=out_dir / "adapter")
+    report = ExportReport(out_dir)
+    summary = cards.read_train_summary(adapter_dir.parent)
+    evaluation = cards.read_eval_report(domain.build_dir / "eval")
+
+    def card(kind: str, path: Path) -> str:
+        return cards.model_card(domain, kind, summary, evaluation, path=str(path))
+
     if "adapter" in formats:
-        shutil.rmtree(report.adapter, ignore_errors=True)
-        shutil.copytree(adapter_dir, report.adapter)
+        target = out_dir / "adapter"
+
+        def write_adapter(folder: Path) -> None:
+            shutil.copytree(adapter_dir, folder, dirs_exist_ok=True)
+            (folder / "README.md").write_text(card("adapter", target), encoding="utf-8")
+
+        report.paths["adapter"] = replace_dir(target, write_adapter)
     if formats & {"merged", "gguf"}:
-        report.merged = merge_adapter(base_path, adapter_dir, out_dir / "merged")
+        merged = merge_adapter(base_path, adapter_dir, out_dir / "merged")
+        atomic_write_text(merged / "README.md", card("merged", merged))
+        report.paths["merged"] = merged
     if "gguf" in formats:
-        converter = find_gguf_converter()
-        if converter is None:
-            report.notes.append(
-                "GGUF skipped: llama.cpp's convert_hf_to_gguf.py was not found (set "
-                "LLAMA_CPP_DIR to a llama.cpp checkout); the merged model can be converted later"
-            )
-        else:
-            report.gguf = to_gguf(report.merged, out_dir / "model.gguf", converter)
-            report.modelfile = out_dir / "Modelfile"
-            report.modelfile.write_text(modelfile("model.gguf", system_prompt, report.merged))
+        _export_gguf(domain, report, gguf_type, check)
+    if "dataset" in formats:
+        report.paths["dataset"] = export_dataset(domain, out_dir / "dataset")
     return report
+
+
+def _export_gguf(domain: Domain, report: ExportReport, gguf_type: str, check: bool) -> None:
+    from transformers import AutoTokenizer
+
+    converter = gguf.find_converter()
+    if converter is None:
+        report.notes.append(gguf.missing_converter_note())
+        return
+    merged = report.paths["merged"]
+    target = gguf.convert(merged, report.folder / f"model.{gguf_type}.gguf", gguf_type, converter)
+    report.paths["gguf"] = target
+    config = domain.config
+    text, notes = gguf.modelfile(
+        target.name,
+        AutoTokenizer.from_pretrained(str(merged)),
+        config.render_system_prompt(),
+        config.runtime.temperature,
+        config.train.max_seq_len,
+    )
+    report.notes += notes
+    report.paths["modelfile"] = report.folder / "Modelfile"
+    atomic_write_text(report.paths["modelfile"], text)
+    if check:
+        report.round_trip = gguf.round_trip(merged, target, gguf_type, _prompts(domain))
+
+
+def _prompts(domain: Domain, count: int = 3) -> list[str]:
+    questions = [q.question for q in load_eval_set(domain.root / EVAL_FILE).questions]
+    return (questions or list(_FALLBACK_PROMPTS))[:count]
+
+
+def export_dataset(domain: Domain, target: Path) -> Path:
+    """The current synthetic dataset as messages JSONL per split, with a dataset card."""
+    from domainkit.synth import dataset
+    from domainkit.synth.card import dataset_card
+    from domainkit.synth.pipeline import synth_dir
+
+    root = synth_dir(domain)
+    summary = json.loads((dataset.current(root) / "summary.json").read_text(encoding="utf-8"))
+    splits = dataset.load_samples(root)
+    files = {name: f"{name}.jsonl" for name in splits if splits[name]}
+
+    def write(folder: Path) -> None:
+        for name, file in files.items():
+            atomic_write_jsonl(folder / file, (_provenance_row(s) for s in splits[name]))
+        (folder / "README.md").write_text(dataset_card(domain, summary, files), encoding="utf-8")
+
+    return replace_dir(target, write)
+
+
+def _provenance_row(sample) -> dict:
+    """A chat sample with where it came from: generator, source document, chunk, teacher."""
+    keys = ("generator", "source", "chunk_id", "teacher")
+    return {"messages": sample.messages, **{k: getattr(sample, k) for k in keys}}

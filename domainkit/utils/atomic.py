@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+
+def umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def shareable(path: Path) -> None:
+    """Give a temporary file or folder (created 0600 / 0700) the mode a plain one would get."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -16,6 +33,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,3 +72,33 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """Fill a new folder beside ``target`` with ``write(folder)``, then swap it in.
+
+    The old folder is renamed aside before the new one takes its name and deleted only after,
+    so a killed run leaves a complete old or new folder (for an instant, the old one under a
+    hidden ``.old`` name), never a half-written one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    try:
+        shareable(tmp)
+        write(tmp)
+        fsync_dir(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target

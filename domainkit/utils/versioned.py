@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from domainkit.utils.atomic import atomic_write_text, fsync_dir
+from domainkit.utils.atomic import atomic_write_text, fsync_dir, shareable
 
 POINTER = "CURRENT"
 
@@ -44,6 +44,7 @@ def publish(root: Path, name: str, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
+        shareable(tmp)
         write(tmp)
         fsync_dir(tmp)
         version = root / f"v-{name}-{int(time.time() * 1000)}"
