@@ -2,8 +2,9 @@
 write (transformers ``Trainer`` + peft, default padding to the longest sample of each
 random batch, no packing), on SmolLM2-135M, the same samples, labels and LoRA settings.
 
-Prints effective (non-padding) training tokens/s and peak memory for each, and the ratio.
-Each trainer runs in its own process so peak memory is its own.
+Prints effective (non-padding) training tokens/s and peak memory (the process's maximum
+resident set) for each, the ratios against the baseline, and domainkit's memory plan next
+to its measured peak. Each trainer runs in its own process so peak memory is its own.
 
     .venv/bin/python bench/train.py [--domain corpora/customer-support] [--samples 64]
 """
@@ -36,10 +37,11 @@ def load_samples(domain_dir: Path, n: int):
     return domain, [s.messages for s in samples]
 
 
-def settings_for(domain, method: str):
+def settings_for(domain, method: str, checkpointing: str = "off"):
     return domain.config.train.model_copy(
         update={
             "method": method,
+            "gradient_checkpointing": checkpointing,
             "epochs": 1.0,
             "max_steps": None,
             "eval_every": 10**6,
@@ -54,20 +56,25 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_domainkit(domain, conversations, method: str) -> dict:
+def run_domainkit(domain, conversations, method: str, checkpointing: str = "off") -> dict:
     import tempfile
 
     from domainkit.train.data import DataStats, fit_length, pack, single_rows, tokenize_chat
     from domainkit.train.loop import Phase, TrainingRun
-    from domainkit.train.model import load_student, make_accelerator
+    from domainkit.train.memory import plan_for
+    from domainkit.train.model import enable_checkpointing, load_student, make_accelerator
 
-    settings = settings_for(domain, method)
+    settings = settings_for(domain, method, checkpointing)
     student = load_student(settings)
     items = fit_length(
         [tokenize_chat(student.tokenizer, c) for c in conversations],
         settings.max_seq_len,
         DataStats(),
     )
+    share = sum(sum(x != -100 for x in i.labels) for i in items) / sum(len(i) for i in items)
+    memory = plan_for(settings, share)
+    if memory.checkpointing:
+        enable_checkpointing(student.model)
     rows = pack(items, settings.max_seq_len) if settings.packing else single_rows(items)
     phase = Phase(
         "bench", rows, [], settings.learning_rate, 1.0, Path(tempfile.mkdtemp()), settings.packing
@@ -88,6 +95,7 @@ def run_domainkit(domain, conversations, method: str) -> dict:
         "seconds": seconds,
         "steps": run.state.step,
         "peak_mb": peak_mb(),
+        "plan_mb": memory.total / 2**20,
     }
 
 
@@ -178,7 +186,11 @@ WORKERS = {
         "Trainer + peft, padding, bf16",
         lambda d, c, m: run_baseline(d, c, m, bf16=True),
     ),
-    "domainkit": ("domainkit (grouped, bf16, labelled-only head)", run_domainkit),
+    "domainkit": ("domainkit default (grouped, bf16, labelled-only head)", run_domainkit),
+    "domainkit-ckpt": (
+        "domainkit + gradient checkpointing",
+        lambda d, c, m: run_domainkit(d, c, m, checkpointing="on"),
+    ),
 }
 
 
@@ -222,18 +234,20 @@ def main() -> int:
         )
         results[worker] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[worker]
+        plan = f"  (plan {r['plan_mb']:6.0f} MB)" if "plan_mb" in r else ""
         print(
-            f"  {label:44} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
+            f"  {label:52} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
             f"{r['tokens'] / r['seconds']:7.1f} effective tokens/s  {r['steps']:3d} steps  "
-            f"peak {r['peak_mb']:6.0f} MB"
+            f"peak {r['peak_mb']:6.0f} MB{plan}"
         )
     speed = {k: v["tokens"] / v["seconds"] for k, v in results.items()}
     for baseline in ("baseline", "baseline-bf16"):
-        print(
-            f"\n  domainkit against {baseline}: x{speed['domainkit'] / speed[baseline]:.2f} "
-            f"tokens/s; peak memory ratio "
-            f"{results['domainkit']['peak_mb'] / results[baseline]['peak_mb']:.2f}"
-        )
+        print(f"\n  against {baseline}:")
+        for ours in ("domainkit", "domainkit-ckpt"):
+            print(
+                f"    {ours:16} x{speed[ours] / speed[baseline]:.2f} tokens/s, peak memory "
+                f"x{results[ours]['peak_mb'] / results[baseline]['peak_mb']:.2f}"
+            )
     return 0
 
 

@@ -199,8 +199,9 @@ def test_lora_moves_the_adapter_and_leaves_the_base_alone(tiny_model, tmp_path):
     assert (tmp_path / "best" / "adapter_config.json").is_file()
 
 
-def test_a_killed_run_resumes_to_the_same_result(tiny_model, tmp_path):
-    settings = _settings(tiny_model, max_steps=6)
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_8bit"])
+def test_a_killed_run_resumes_to_the_same_result(tiny_model, tmp_path, optimizer):
+    settings = _settings(tiny_model, max_steps=6, optimizer=optimizer)
     torch.manual_seed(0)
     reference = load_student(settings)
     _run(reference, settings, tmp_path / "a")
@@ -216,6 +217,10 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_model, tmp_path):
     resumed = load_student(settings)  # a fresh process: nothing carried over in memory
     run, state = _run(resumed, settings, tmp_path / "b", resume=True)
     assert state.step == 6
+    assert (
+        type(run.optimizer.optimizer).__name__
+        == {"adamw": "AdamW", "adamw_8bit": "AdamW8bit"}[optimizer]
+    )
     for name, value in resumed.model.named_parameters():
         if value.requires_grad:
             torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=1e-5)

@@ -138,12 +138,29 @@ def build(
     domain's build folder (.domainkit/ by default); the bundle is in BUILD/bundle/.
     """
     from domainkit.build import plan, run_build
+    from domainkit.train.memory import plan_for
 
     loaded = load_domain(domain, build_dir)
     if dry_run:
         plans = plan(loaded, start=start, until=until, limit=limit, eval_limit=eval_limit)
+        trains = any(p.name == "train" and p.action == "run" for p in plans)
+        memory = plan_for(loaded.config.train) if trains else None
         if json_output:
-            print_json([p.__dict__ for p in plans])
+            print_json(
+                {
+                    "stages": [p.__dict__ for p in plans],
+                    "memory": None
+                    if memory is None
+                    else {
+                        **memory.parts,
+                        "total": memory.total,
+                        "fits": memory.fits,
+                        "checkpointing": memory.checkpointing,
+                        "optimizer": memory.optimizer,
+                        "available": memory.available,
+                    },
+                }
+            )
             return
         t = Table(title=f"Build plan for {loaded.config.name}", title_justify="left")
         for column in ("stage", "action", "why", "size", "estimate"):
@@ -154,6 +171,10 @@ def build(
         console.print(t)
         total = sum(p.estimate_s for p in plans if p.action == "run")
         console.print(f"estimated time: {_duration(total)} (2-core CPU, embedded models)")
+        if memory is not None:
+            console.print(memory.table(), markup=False)
+            if not memory.fits:
+                console.print("the training stage would not fit: see `domainkit train`'s error")
         return
 
     def announce(stage) -> None:

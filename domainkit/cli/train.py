@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from domainkit.cli import app
-from domainkit.cli.console import console, print_json
+from domainkit.cli.console import console, err_console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
 from domainkit.models import resolve_causal_lm
@@ -37,7 +37,13 @@ def train(
     Outputs in BUILD/train/: adapter/, metrics.jsonl, loss.png, summary.json.
     """
     loaded = load_domain(domain, build_dir)
-    report = run_train(loaded, resume=resume, max_steps=max_steps)
+    quiet = json_output or os.environ.get("RANK", "0") != "0"
+    report = run_train(
+        loaded,
+        resume=resume,
+        max_steps=max_steps,
+        on_plan=None if quiet else lambda plan: err_console.print(plan.table(), markup=False),
+    )
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, one process reports
         return
     if json_output:

@@ -277,6 +277,18 @@ class TrainConfig(_Section):
     batch_tokens: int = Field(
         4096, ge=64, description="Token budget (with padding) of a length-grouped micro-batch."
     )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep only each layer's input and recompute the rest in the backward pass: "
+        "a fraction of the activation memory for about a third more compute. auto: on when "
+        "the memory plan says the run would not fit otherwise, or above 2B parameters.",
+    )
+    optimizer: Literal["auto", "adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "auto",
+        description="adamw (torch), or bitsandbytes' 8-bit AdamW (2 bytes of state per "
+        "trainable weight instead of 8; paged: spills to CPU memory under pressure, CUDA "
+        "only). auto: paged_adamw_8bit on CUDA, else adamw unless only 8-bit fits.",
+    )
     eval_every: int = Field(25, ge=1, description="Validation loss every N optimizer steps.")
     save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
     early_stopping_patience: int = Field(

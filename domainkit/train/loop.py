@@ -97,9 +97,7 @@ class TrainingRun:
         self.unwrapped = model
         self.stop_after = stop_after
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=phase.learning_rate, weight_decay=settings.weight_decay
-        )
+        optimizer = make_optimizer(params, settings, accelerator.device.type, phase.learning_rate)
         self.model, self.optimizer = accelerator.prepare(LabelledTokenLoss(model), optimizer)
         self.params = params
         self._cached: tuple[int | None, list[list[Row]]] = (None, [])
@@ -313,6 +311,28 @@ class TrainingRun:
         self.tokens_seen = training["tokens_seen"]
         self.state = TrainState(**json.loads((folder / "state.json").read_text()))
         log.info("resumed from %s (step %d)", folder, self.state.step)
+
+
+def optimizer_name(settings: TrainConfig, device: str) -> str:
+    """The optimizer ``settings.optimizer`` names; ``auto`` picks by device."""
+    name = settings.optimizer
+    if name == "auto":
+        return "paged_adamw_8bit" if device == "cuda" else "adamw"
+    if name == "paged_adamw_8bit" and device != "cuda":
+        log.warning("paged optimizers page to CPU memory from a GPU; on %s: adamw_8bit", device)
+        return "adamw_8bit"
+    return name
+
+
+def make_optimizer(params: list, settings: TrainConfig, device: str, lr: float):
+    """AdamW from torch, or bitsandbytes' 8-bit AdamW (its state in 8 bits)."""
+    name = optimizer_name(settings, device)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
+    import bitsandbytes as bnb
+
+    kind = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}
+    return kind[name](params, lr=lr, weight_decay=settings.weight_decay)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

@@ -110,6 +110,18 @@ def load_student(settings: TrainConfig) -> Student:
     return Student(model, load_tokenizer(path), device, path, dtype)
 
 
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' gradient checkpointing, non-reentrant: it needs no input that requires
+    grad (the embeddings are frozen under LoRA) and works through peft and the labelled-only
+    loss, which calls the decoder directly."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    options = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # the newer name (transformers 5)
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
 def make_accelerator(settings: TrainConfig):
     """An ``accelerate.Accelerator`` on the chosen device, autocasting to bf16 where chosen."""
     from accelerate import Accelerator

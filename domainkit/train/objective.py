@@ -5,6 +5,10 @@ for SmolLM2) before masking. In SFT most positions are system prompt, passages a
 question, whose labels are -100, so that projection and its softmax are mostly wasted.
 ``LabelledTokenLoss`` runs the decoder, keeps the hidden states that predict a label and
 projects only those: the same loss, computed in less time and memory.
+
+Under autocast, peft would first copy each adapter's input to the adapters' fp32 dtype,
+and autograd keeps those copies (about a fifth of a LoRA layer's activations) although
+autocast runs the adapter's matrix product in bf16 anyway; the copies are switched off.
 """
 
 from __future__ import annotations
@@ -30,8 +34,17 @@ class LabelledTokenLoss(torch.nn.Module):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.selective = not any(getattr(base.config, a, None) for a in _LOGIT_TRANSFORMS)
         self.base = base
+        self.adapters = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
 
     def forward(self, input_ids, labels, **inputs) -> torch.Tensor:
+        # Set, not restored: a checkpointed layer is recomputed in the backward pass, after
+        # this call returns, and must cast (or not) as it did here.
+        cast = not torch.is_autocast_enabled(input_ids.device.type)
+        for adapter in self.adapters:
+            adapter.cast_input_dtype_enabled = cast
+        return self._loss(input_ids, labels, **inputs)
+
+    def _loss(self, input_ids, labels, **inputs) -> torch.Tensor:
         targets = labels[:, 1:]
         keep = targets != IGNORE
         if not self.selective:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from domainkit.train.data import (
     tokenize_text,
 )
 from domainkit.train.loop import Phase, TrainingRun
+from domainkit.train.memory import MemoryPlan, plan_for
+from domainkit.train.memory import check as check_memory
 from domainkit.train.metrics import external_loggers, plot_loss, write_jsonl
-from domainkit.train.model import Student, load_student, make_accelerator
+from domainkit.train.model import Student, enable_checkpointing, load_student, make_accelerator
 from domainkit.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ def run_train(
     resume: bool = False,
     max_steps: int | None = None,
     stop_after: int | None = None,
+    on_plan: Callable[[MemoryPlan], None] | None = None,
 ) -> TrainReport:
     """Fine-tune the student on the domain's synth dataset.
 
@@ -92,11 +96,17 @@ def run_train(
         resume: Continue from the last checkpoint of an interrupted run.
         max_steps: Override the number of optimizer steps.
         stop_after: Testing aid: simulate a kill after this many steps.
+        on_plan: Called with the memory plan before the first step.
+
+    Raises:
+        DomainkitError: The run cannot fit in the device's free memory (before any weight
+            is loaded), or the data has nothing to train on.
     """
     started = time.perf_counter()
     settings = domain.config.train
     if max_steps is not None:
         settings = settings.model_copy(update={"max_steps": max_steps})
+    check_memory(plan_for(settings))  # before loading data or weights that might not fit
     splits = dataset.load_samples(synth_dir(domain))
     if not splits["train"]:
         raise DomainkitError("the synth dataset has no training samples")
@@ -134,6 +144,12 @@ def run_train(
     )
     stats.tokens = sum(len(r.input_ids) for r in train_rows)
     stats.label_tokens = sum(sum(1 for x in r.labels if x != -100) for r in train_rows)
+    memory = plan_for(settings, stats.label_tokens / max(stats.tokens, 1))
+    (on_plan or (lambda plan: log.info("%s", plan.table())))(memory)
+    check_memory(memory)
+    if memory.checkpointing:
+        enable_checkpointing(student.model)
+    settings = settings.model_copy(update={"optimizer": memory.optimizer})
 
     histories: dict[str, list[dict]] = {}
     state = None

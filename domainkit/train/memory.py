@@ -1,0 +1,266 @@
+"""The memory plan: what a training run will hold, part by part, before it starts.
+
+Out-of-memory an hour into a run is the worst way to learn a setting was wrong, so the plan
+is computed from the model's config (on the meta device, no weights loaded) and the train
+settings, checked against the device's free memory, and used to choose gradient
+checkpointing and the optimizer when they are left on ``auto``.
+
+Activations dominate for small students: ``layer_activation_bytes`` says what autograd
+keeps per token and decoder layer of a LoRA-wrapped Llama-style model under autocast, as
+counted with ``torch.autograd.graph.saved_tensors_hooks`` (the tests hold the estimate to
+that count on a tiny model; on SmolLM2 it is within 10%).
+With checkpointing a layer keeps only its input, and one layer's activations are rebuilt at a
+time in the backward pass. The loss head projects only labelled positions (see objective.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from domainkit.config.schema import TrainConfig
+from domainkit.errors import DomainkitError
+
+GiB = 2**30
+# Python, torch, transformers and the tokenizer in a CPU process; the CUDA context on a GPU.
+RUNTIME_BYTES = {"cpu": int(1.0 * GiB), "cuda": int(0.6 * GiB), "mps": int(0.6 * GiB)}
+# nf4 with double quantization: 4 bits plus about 0.127 bits of scales per weight.
+NF4_BYTES = 4.127 / 8
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
+# Share of the free memory a plan may use: allocator fragmentation and transient copies.
+HEADROOM = 0.9
+# Above this many parameters, auto checkpointing is on whatever the plan says: the
+# activations of a long batch through a multi-billion model are what runs out first.
+LARGE_MODEL = 2_000_000_000
+DEFAULT_LABEL_SHARE = 0.25
+
+
+@dataclass
+class Shapes:
+    """What the plan needs from a causal LM's config and its parameter list."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_dim: int
+    vocab: int
+    parameters: int
+    layer_linear: int  # parameters of the decoder layers' linear weights (4-bit under QLoRA)
+    adapter_sides: int  # sum of (in + out) over the adapted layers: LoRA has r times that
+    layer_adapters: list[tuple[int, int]] = field(default_factory=list)  # (in, out), one layer
+
+
+def model_shapes(path: str, targets: str | list[str]) -> Shapes:
+    """Read the shapes of ``path``'s model from its config; no weights are loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    linears = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+    wanted = (
+        linears
+        if targets == "all-linear"
+        else {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in set(targets)}
+    )
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return Shapes(
+        hidden=config.hidden_size,
+        intermediate=config.intermediate_size,
+        layers=config.num_hidden_layers,
+        heads=heads,
+        kv_dim=getattr(config, "num_key_value_heads", heads) * head_dim,
+        vocab=config.vocab_size,
+        parameters=sum(p.numel() for p in model.parameters()),
+        layer_linear=sum(m.weight.numel() for m in linears.values()),
+        adapter_sides=sum(m.in_features + m.out_features for m in wanted.values()),
+        layer_adapters=[
+            (m.in_features, m.out_features) for n, m in wanted.items() if ".layers.0." in f".{n}"
+        ],
+    )
+
+
+def layer_activation_bytes(shapes: Shapes, settings: TrainConfig, compute_bytes: int) -> int:
+    """Bytes kept for the backward pass per token by one decoder layer (no checkpointing).
+
+    In compute precision: two copies of linear inputs, the query and attention output (2h),
+    keys and values, the MLP's four intermediates and the adapters' rank-r products; with LoRA
+    dropout, the dropped-out inputs (about 1.3 copies of each adapter's input: some are
+    shared with the base layer's). In fp32: the two RMSNorms' inputs and statistics and the
+    attention's log-sum-exp per head.
+    """
+    h, i = shapes.hidden, shapes.intermediate
+    kept = 4 * h + 2 * shapes.kv_dim + 4 * i
+    if settings.method != "full":
+        kept += settings.lora_r * len(shapes.layer_adapters)
+        if settings.lora_dropout > 0:
+            kept += int(1.3 * sum(d_in for d_in, _ in shapes.layer_adapters))
+    return compute_bytes * kept + 2 * (4 * h + 4) + 4 * shapes.heads
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes a training step will hold, by part, and the choices made to fit."""
+
+    device: str
+    parts: dict[str, int]
+    activations_off: int
+    activations_on: int
+    checkpointing: bool
+    optimizer: str
+    available: int | None
+    micro_tokens: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= HEADROOM * self.available
+
+    def table(self) -> str:
+        rows = [f"  {name:<38} {size / GiB:7.2f} GiB" for name, size in self.parts.items()]
+        free = "unknown" if self.available is None else f"{self.available / GiB:.1f} GiB free"
+        return "\n".join(
+            [
+                f"Memory plan ({self.device}, {free}; micro-batch of {self.micro_tokens} tokens, "
+                f"checkpointing {'on' if self.checkpointing else 'off'}, {self.optimizer}):",
+                *rows,
+                f"  {'total':<38} {self.total / GiB:7.2f} GiB",
+                f"  (activations without checkpointing {self.activations_off / GiB:.2f} GiB, "
+                f"with {self.activations_on / GiB:.2f} GiB)",
+            ]
+        )
+
+
+def available_memory(device: str) -> int | None:
+    """Free memory of ``device`` in bytes (CPU: MemAvailable), None where it cannot be told."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    if device == "mps":
+        return int(torch.mps.recommended_max_memory()) - torch.mps.current_allocated_memory()
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def micro_tokens(settings: TrainConfig) -> int:
+    """The most tokens one micro-batch can hold."""
+    rows = settings.batch_size * settings.max_seq_len
+    return rows if settings.packing else min(rows, max(settings.batch_tokens, settings.max_seq_len))
+
+
+def estimate(
+    shapes: Shapes,
+    settings: TrainConfig,
+    device: str,
+    compute_bytes: int,
+    checkpointing: bool,
+    optimizer: str,
+    label_share: float = DEFAULT_LABEL_SHARE,
+    available: int | None = None,
+) -> MemoryPlan:
+    """The plan for given choices; see the module docstring for what each part counts."""
+    tokens = micro_tokens(settings)
+    full = settings.method == "full"
+    trainable = shapes.parameters if full else settings.lora_r * shapes.adapter_sides
+    if full:
+        weights = 4 * shapes.parameters
+    else:
+        linear_bytes = NF4_BYTES if settings.method == "qlora" else compute_bytes
+        rest = shapes.parameters - shapes.layer_linear
+        weights = int(shapes.layer_linear * linear_bytes + rest * compute_bytes)
+    per_token = layer_activation_bytes(shapes, settings, compute_bytes)
+    off = tokens * shapes.layers * per_token
+    on = tokens * (shapes.layers * shapes.hidden * compute_bytes + per_token)
+    head = int(tokens * label_share * shapes.vocab * (8 + compute_bytes))
+    parts = {"weights (4-bit)" if settings.method == "qlora" else "weights": weights}
+    if not full:
+        parts["adapter weights (fp32)"] = 4 * trainable
+    parts |= {
+        "gradients (fp32)": 4 * trainable,
+        f"optimizer state ({optimizer})": OPTIMIZER_STATE_BYTES[optimizer] * trainable,
+        "activations": on if checkpointing else off,
+        "loss head (labelled tokens only)": head,
+        "runtime (Python, torch)": RUNTIME_BYTES.get(device, RUNTIME_BYTES["cpu"]),
+    }
+    return MemoryPlan(
+        device, parts, off, on, checkpointing, optimizer, available, tokens
+    )
+
+
+def plan(
+    shapes: Shapes,
+    settings: TrainConfig,
+    device: str,
+    compute_bytes: int,
+    label_share: float = DEFAULT_LABEL_SHARE,
+    available: int | None = None,
+) -> MemoryPlan:
+    """Choose checkpointing and the optimizer (where ``auto``) so the run fits, and return
+    the plan; a plan that cannot fit is returned as is (``fits`` False) for ``check``."""
+
+    def make(ckpt: bool, optimizer: str) -> MemoryPlan:
+        return estimate(
+            shapes, settings, device, compute_bytes, ckpt, optimizer, label_share, available
+        )
+
+    optimizers = (
+        [settings.optimizer]
+        if settings.optimizer != "auto"
+        else ["paged_adamw_8bit"]
+        if device == "cuda"
+        else ["adamw", "adamw_8bit"]
+    )
+    wanted = settings.gradient_checkpointing
+    checkpointing = (
+        [wanted == "on"]
+        if wanted != "auto"
+        else [True]
+        if shapes.parameters >= LARGE_MODEL
+        else [False, True]
+    )
+    candidates = [make(c, o) for c in checkpointing for o in optimizers]
+    return next((p for p in candidates if p.fits), candidates[-1])
+
+
+def check(memory: MemoryPlan) -> None:
+    """Raise before training when the plan does not fit, naming the settings to change."""
+    if memory.fits:
+        return
+    raise DomainkitError(
+        f"{memory.table()}\nthis run needs {memory.total / GiB:.1f} GiB but "
+        f"{memory.available / GiB:.1f} GiB is free ({HEADROOM:.0%} usable): lower "
+        "train.batch_tokens (or batch_size / max_seq_len), set train.gradient_checkpointing: "
+        "on, train.optimizer: adamw_8bit, or train.method: qlora"
+    )
+
+
+def plan_for(settings: TrainConfig, label_share: float = DEFAULT_LABEL_SHARE) -> MemoryPlan:
+    """The plan for ``settings`` on the device they pick, against its free memory."""
+    from domainkit.models import resolve_causal_lm
+    from domainkit.train.model import compute_dtype
+    from domainkit.utils.device import best_device
+
+    device = best_device(settings.device)
+    shapes = model_shapes(resolve_causal_lm(settings.student_model), settings.target_modules)
+    compute_bytes = torch.finfo(compute_dtype(device, settings.precision)).bits // 8
+    return plan(shapes, settings, device, compute_bytes, label_share, available_memory(device))

@@ -1,0 +1,170 @@
+"""Training memory: gradient checkpointing changes nothing but memory, the memory plan
+matches what autograd keeps, and a run that cannot fit stops before it starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from domainkit.config.schema import TrainConfig
+from domainkit.errors import DomainkitError
+from domainkit.train import memory
+from domainkit.train.data import IGNORE, collate, single_rows, tokenize_chat
+from domainkit.train.model import enable_checkpointing, load_student
+from domainkit.train.objective import LabelledTokenLoss
+
+from .tiny_lm import save_tiny_chat_model
+
+GiB = 2**30
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny"), max_positions=1024)
+
+
+def _settings(tiny_model, **overrides) -> TrainConfig:
+    values = {"student_model": str(tiny_model), "method": "lora", "lora_r": 4}
+    return TrainConfig(**(values | overrides))
+
+
+def _batch(student, n=4, words=120):
+    conversations = [
+        [
+            {"role": "user", "content": " ".join(["warranty"] * words) + f" question {i}?"},
+            {"role": "assistant", "content": f"The warranty lasts {i + 1} years."},
+        ]
+        for i in range(n)
+    ]
+    rows = single_rows([tokenize_chat(student.tokenizer, c) for c in conversations])
+    return collate(rows, student.tokenizer.pad_token_id, packed=False)
+
+
+def _loss_and_grads(student, batch):
+    adapters = [p for p in student.model.parameters() if p.requires_grad]
+    loss = LabelledTokenLoss(student.model)(**batch)
+    return loss.detach(), torch.autograd.grad(loss, adapters)
+
+
+def test_checkpointing_gives_the_same_loss_and_gradients(tiny_model):
+    student = load_student(_settings(tiny_model, lora_dropout=0.0, precision="fp32"))
+    student.model.train()
+    batch = _batch(student)
+    loss, grads = _loss_and_grads(student, batch)
+    enable_checkpointing(student.model)
+    base = student.model.get_base_model()
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+    loss_ckpt, grads_ckpt = _loss_and_grads(student, batch)
+    torch.testing.assert_close(loss_ckpt, loss, atol=1e-6, rtol=1e-6)
+    for g, e in zip(grads_ckpt, grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-7, rtol=1e-5)
+
+
+def test_checkpointing_under_bf16_autocast_recomputes_what_the_forward_did(tiny_model):
+    """The recomputation runs in the backward pass, after the loss call returned: adapters
+    must cast their inputs (or not) exactly as in the forward, or autograd stops."""
+    student = load_student(_settings(tiny_model, lora_dropout=0.0, precision="bf16"))
+    student.model.train()
+    batch = _batch(student)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads = _loss_and_grads(student, batch)
+    enable_checkpointing(student.model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_ckpt, grads_ckpt = _loss_and_grads(student, batch)
+    torch.testing.assert_close(loss_ckpt, loss, atol=1e-2, rtol=1e-3)
+    for g, e in zip(grads_ckpt, grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-3, rtol=5e-2)
+
+
+def _saved_bytes(student, batch) -> int:
+    """Bytes autograd keeps for the backward pass of one forward (weights not counted)."""
+    weights = {p.untyped_storage().data_ptr() for p in student.model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+    ):
+        LabelledTokenLoss(student.model)(**batch)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("dropout", [0.05, 0.0])
+def test_plan_matches_what_autograd_keeps(tiny_model, dropout):
+    settings = _settings(tiny_model, lora_dropout=dropout, precision="bf16", batch_size=4)
+    student = load_student(settings)
+    student.model.train()
+    batch = _batch(student)
+    tokens = batch["input_ids"].numel()
+    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
+    shapes = memory.model_shapes(str(tiny_model), settings.target_modules)
+    sized = settings.model_copy(update={"batch_tokens": tokens, "max_seq_len": tokens // 4})
+    for checkpointing in (False, True):
+        plan = memory.estimate(
+            shapes, sized, "cpu", 2, checkpointing, "adamw", label_share=labelled / tokens
+        )
+        if checkpointing:
+            enable_checkpointing(student.model)
+        measured = _saved_bytes(student, batch)
+        estimated = plan.parts["activations"] + plan.parts["loss head (labelled tokens only)"]
+        if checkpointing:  # the one layer rebuilt at a time in the backward pass is extra
+            estimated -= tokens * memory.layer_activation_bytes(shapes, sized, 2)
+        assert plan.micro_tokens == tokens
+        assert abs(estimated - measured) <= 0.3 * measured, (checkpointing, estimated, measured)
+
+
+def test_adapter_weights_and_optimizer_state_are_counted_exactly(tiny_model):
+    settings = _settings(tiny_model)
+    student = load_student(settings)
+    trainable = sum(p.numel() for p in student.model.parameters() if p.requires_grad)
+    shapes = memory.model_shapes(str(tiny_model), settings.target_modules)
+    plan = memory.estimate(shapes, settings, "cpu", 2, False, "adamw_8bit")
+    assert plan.parts["adapter weights (fp32)"] == 4 * trainable
+    assert plan.parts["optimizer state (adamw_8bit)"] == 2 * trainable
+    assert shapes.parameters == sum(
+        p.numel() for n, p in student.model.named_parameters() if "lora_" not in n
+    )
+
+
+def test_auto_turns_checkpointing_on_only_when_needed(tiny_model):
+    settings = _settings(tiny_model, batch_tokens=4096, max_seq_len=1024)
+    shapes = memory.model_shapes(str(tiny_model), settings.target_modules)
+    roomy = memory.plan(shapes, settings, "cpu", 2, available=64 * GiB)
+    assert not roomy.checkpointing and roomy.optimizer == "adamw" and roomy.fits
+    tight = memory.RUNTIME_BYTES["cpu"] + (roomy.activations_on + roomy.activations_off) // 2
+    squeezed = memory.plan(shapes, settings, "cpu", 2, available=int(tight / memory.HEADROOM))
+    assert squeezed.checkpointing and squeezed.fits
+    forced = memory.plan(
+        shapes,
+        settings.model_copy(update={"gradient_checkpointing": "off"}),
+        "cpu",
+        2,
+        available=int(tight / memory.HEADROOM),
+    )
+    assert not forced.checkpointing and not forced.fits
+
+
+def test_a_run_that_cannot_fit_stops_before_loading_anything(
+    support_domain, tiny_model, monkeypatch
+):
+    import yaml
+
+    from domainkit.config import load_domain
+    from domainkit.train import pipeline
+
+    config = yaml.safe_load((support_domain / "domain.yaml").read_text())
+    config["train"] = {"student_model": str(tiny_model), "method": "lora"}
+    (support_domain / "domain.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(memory, "available_memory", lambda device: GiB // 2)
+    monkeypatch.setattr(pipeline, "load_student", lambda s: pytest.fail("weights were loaded"))
+    with pytest.raises(DomainkitError) as error:
+        pipeline.run_train(load_domain(support_domain))
+    message = str(error.value)
+    assert "Memory plan" in message and "train.gradient_checkpointing: on" in message
+    assert "activations" in message and "0.5 GiB is free" in message
