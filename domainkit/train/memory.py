@@ -202,9 +202,7 @@ def estimate(
         "loss head (labelled tokens only)": head,
         "runtime (Python, torch)": RUNTIME_BYTES.get(device, RUNTIME_BYTES["cpu"]),
     }
-    return MemoryPlan(
-        device, parts, off, on, checkpointing, optimizer, available, tokens
-    )
+    return MemoryPlan(device, parts, off, on, checkpointing, optimizer, available, tokens)
 
 
 def plan(
