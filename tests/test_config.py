@@ -128,3 +128,11 @@ def test_scaffold_keeps_existing_documents(tmp_path):
     (root / "docs" / "example.md").write_text("my own text")
     scaffold_domain(root, "education")
     assert (root / "docs" / "example.md").read_text() == "my own text"
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    layers = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    layers += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "domain.yaml").write_text("name: bomb\n" + "\n".join(layers) + "\n")
+    with pytest.raises(ConfigError, match=r"line 3.*aliases \(\*name\) are not allowed"):
+        load_domain(tmp_path)

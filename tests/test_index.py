@@ -173,3 +173,22 @@ def test_files_are_written_without_touching_the_documents(support_domain, embedd
     build_index(load_domain(support_domain), embedder, progress=False)
     after = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in docs.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_a_second_run_on_the_same_domain_fails_at_once_naming_the_first(indexed_support):
+    from typer.testing import CliRunner
+
+    from domainkit.cli import app
+    from domainkit.config import load_domain
+    from domainkit.utils.lock import build_lock
+
+    domain = load_domain(indexed_support)
+    live = (domain.index_dir / "CURRENT").read_text()
+    with build_lock(domain.build_dir, "build"):
+        result = CliRunner().invoke(app, ["index", str(indexed_support), "--force"])
+        assert result.exit_code == 1
+        assert "in use by another domainkit run" in result.output
+        assert f"pid {os.getpid()}, domainkit build" in result.output
+    assert (domain.index_dir / "CURRENT").read_text() == live, "the live index is untouched"
+    again = CliRunner().invoke(app, ["index", str(indexed_support)])
+    assert again.exit_code == 0, again.output

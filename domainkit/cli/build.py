@@ -11,6 +11,7 @@ from domainkit.cli import app
 from domainkit.cli.console import console, err_console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
+from domainkit.utils.lock import build_lock
 
 LimitOpt = Annotated[
     int | None,
@@ -97,7 +98,8 @@ def evaluate(
         if report is None:
             raise DomainkitError(f"no evaluation report in {loaded.build_dir}; run eval first")
     else:
-        report = report_dict(run_eval(loaded, limit=limit, progress=not json_output))
+        with build_lock(loaded.build_dir, "eval"):
+            report = report_dict(run_eval(loaded, limit=limit, progress=not json_output))
     if json_output:
         print_json(report)
         return
@@ -181,15 +183,16 @@ def build(
         if not json_output and stage.action == "run":
             err_console.print(f"[bold]== {stage.name}[/] ({stage.reason})")
 
-    report = run_build(
-        loaded,
-        start=start,
-        until=until,
-        limit=limit,
-        eval_limit=eval_limit,
-        progress=not json_output,
-        on_stage=announce,
-    )
+    with build_lock(loaded.build_dir, "build"):
+        report = run_build(
+            loaded,
+            start=start,
+            until=until,
+            limit=limit,
+            eval_limit=eval_limit,
+            progress=not json_output,
+            on_stage=announce,
+        )
     if json_output:
         print_json(report.__dict__)
         return

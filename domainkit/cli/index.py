@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from domainkit.cli import app
@@ -13,6 +14,7 @@ from domainkit.cli.console import console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
 from domainkit.retrieval import IndexReport, build_index, make_embedder, open_retriever
+from domainkit.utils.lock import build_lock
 
 
 class SearchMode(str, Enum):
@@ -35,9 +37,10 @@ def index(
     Only chunks whose text changed are embedded again; an unchanged domain is not re-indexed.
     """
     loaded = load_domain(domain, build_dir)
-    report = build_index(
-        loaded, make_embedder(loaded.config.retrieval), force=force, progress=not json_output
-    )
+    with build_lock(loaded.build_dir, "index"):
+        report = build_index(
+            loaded, make_embedder(loaded.config.retrieval), force=force, progress=not json_output
+        )
     if json_output:
         print_json(_report_dict(report))
     else:
@@ -73,7 +76,7 @@ def _print_report(report: IndexReport) -> None:
     if report.skipped:
         table = Table("skipped file", "reason", title=f"Skipped {len(report.skipped)} files")
         for skipped in report.skipped:
-            table.add_row(skipped.source, skipped.reason)
+            table.add_row(escape(skipped.source), escape(skipped.reason))
         console.print(table)
 
 
@@ -99,9 +102,11 @@ def search(
         page = f", page {hit.chunk.page}" if hit.chunk.page else ""
         bm25 = f" bm25 {hit.bm25_score:.2f}" if hit.bm25_score is not None else ""
         console.print(
-            f"[bold]{hit.rank}. {hit.chunk.source}{page}[/]  [dim]{hit.chunk.breadcrumb}[/]\n"
+            f"[bold]{hit.rank}. {escape(hit.chunk.source)}{page}[/]  "
+            f"[dim]{escape(hit.chunk.breadcrumb)}[/]\n"
             f"   [cyan]score {hit.score:.4f}  cosine {hit.dense_score:.3f}{bm25}  "
             f"id {hit.chunk.id}[/]"
         )
         snippet = " ".join(hit.chunk.text.split())
-        console.print(f"   {snippet[:400]}{'…' if len(snippet) > 400 else ''}\n")
+        shown = f"   {snippet[:400]}{'…' if len(snippet) > 400 else ''}\n"
+        console.print(shown, markup=False, highlight=False)

@@ -15,6 +15,7 @@ from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
 from domainkit.synth import SynthReport, dataset, run_synth, synth_dir
 from domainkit.synth.pipeline import summary
+from domainkit.utils.lock import build_lock
 
 
 class ExportFormat(str, Enum):
@@ -50,7 +51,8 @@ def synth(
     datasets DatasetDict plus JSONL under BUILD/synth/, split by chunk into train/validation.
     """
     loaded = load_domain(domain, build_dir)
-    report = run_synth(loaded, limit=limit, progress=not json_output)
+    with build_lock(loaded.build_dir, "synth"):
+        report = run_synth(loaded, limit=limit, progress=not json_output)
     exported = None
     if export is not None:
         fmt, path = export

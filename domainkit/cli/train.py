@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ from domainkit.models import resolve_causal_lm
 from domainkit.train import run_train, train_dir
 from domainkit.train.export import export_model
 from domainkit.train.pipeline import summary_dict
+from domainkit.utils.lock import build_lock
 
 
 @app.command()
@@ -37,13 +39,16 @@ def train(
     Outputs in BUILD/train/: adapter/, metrics.jsonl, loss.png, summary.json.
     """
     loaded = load_domain(domain, build_dir)
-    quiet = json_output or os.environ.get("RANK", "0") != "0"
-    report = run_train(
-        loaded,
-        resume=resume,
-        max_steps=max_steps,
-        on_plan=None if quiet else lambda plan: err_console.print(plan.table(), markup=False),
-    )
+    main = os.environ.get("RANK", "0") == "0"  # under `accelerate launch`, one locks
+    with build_lock(loaded.build_dir, "train") if main else nullcontext():
+        report = run_train(
+            loaded,
+            resume=resume,
+            max_steps=max_steps,
+            on_plan=None
+            if json_output or not main
+            else lambda plan: err_console.print(plan.table(), markup=False),
+        )
     if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, one process reports
         return
     if json_output:
@@ -107,15 +112,16 @@ def export(
             f"{', '.join(FORMATS)}",
             param_hint="--format",
         )
-    report = export_model(
-        loaded,
-        train_dir(loaded) / "adapter",
-        resolve_causal_lm(loaded.config.train.student_model),
-        loaded.build_dir / "export",
-        wanted,
-        gguf_type=gguf_type,
-        check=check,
-    )
+    with build_lock(loaded.build_dir, "export"):
+        report = export_model(
+            loaded,
+            train_dir(loaded) / "adapter",
+            resolve_causal_lm(loaded.config.train.student_model),
+            loaded.build_dir / "export",
+            wanted,
+            gguf_type=gguf_type,
+            check=check,
+        )
     trip = report.round_trip
     if json_output:
         print_json(

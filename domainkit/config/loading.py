@@ -54,6 +54,18 @@ def recipe_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     )
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``safe_load`` without aliases: a few lines of nested aliases (a "billion laughs"
+    file) expand to gigabytes, and settings files have no need for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping; errors name the file and line."""
     try:
@@ -63,7 +75,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""

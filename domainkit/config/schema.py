@@ -37,6 +37,11 @@ class IngestConfig(_Section):
     include: list[str] = Field(["**/*"], description="Glob patterns (relative to docs/) to read.")
     exclude: list[str] = Field([], description="Glob patterns to skip, applied after include.")
     max_file_mb: float = Field(50.0, gt=0, description="Files larger than this are skipped.")
+    follow_symlinks: bool = Field(
+        False,
+        description="Read symlinks that lead out of docs/ (off: a shared domain folder could "
+        "otherwise pull any file you can read into the index, answers and teacher prompts).",
+    )
 
 
 class ChunkingConfig(_Section):

@@ -18,9 +18,9 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from domainkit.config.schema import ChunkingConfig
 from domainkit.ingest.document import Document
+from domainkit.ingest.normalize import atx_heading
 from domainkit.utils.hashing import text_hash
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _LIST_OR_QUOTE = re.compile(r"^([-*+>|]|\d+[.)])(\s|$)")
@@ -109,9 +109,9 @@ def heading_sections(text: str) -> Iterator[_Section]:
 
 def _heading(line: str, next_line: str) -> tuple[int, str, int] | None:
     """(level, title, lines used) if ``line`` starts a heading."""
-    match = _HEADING.match(line.rstrip("\n"))
-    if match:
-        return len(match.group(1)), match.group(2), 1
+    atx = atx_heading(line.rstrip("\n"))
+    if atx:
+        return atx[0], atx[1], 1
     underline = _SETEXT.match(next_line)
     title = line.strip()
     if underline and title and not _LIST_OR_QUOTE.match(title):

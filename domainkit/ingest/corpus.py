@@ -30,14 +30,46 @@ class IngestResult:
 
 
 def list_files(docs_dir: Path, settings: IngestConfig) -> list[Path]:
-    """Files under ``docs_dir`` matching the include globs and none of the exclude globs."""
+    """Files under ``docs_dir`` matching the include globs and none of the exclude globs,
+    less those ``screen_files`` refuses."""
+    return screen_files(docs_dir, settings)[0]
+
+
+def screen_files(docs_dir: Path, settings: IngestConfig) -> tuple[list[Path], list[SkippedFile]]:
+    """The files to read, and those refused with a reason: a symlink that leads out of
+    ``docs_dir`` (unless ``follow_symlinks``: a shared folder could otherwise pull in any file
+    the user can read, and send it to a remote teacher) and a name that is not UTF-8."""
     found: set[Path] = set()
     for pattern in settings.include:
         found.update(p for p in docs_dir.glob(pattern) if p.is_file())
     visible = [p for p in found if not _hidden(p.relative_to(docs_dir))]
-    return sorted(
+    wanted = sorted(
         p for p in visible if not any(p.relative_to(docs_dir).match(x) for x in settings.exclude)
     )
+    root = docs_dir.resolve()
+    kept, refused = [], []
+    for path in wanted:
+        source = path.relative_to(docs_dir).as_posix()
+        reason = _refusal(path, source, root, settings)
+        if reason is None:
+            kept.append(path)
+        else:
+            shown = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            refused.append(SkippedFile(shown, reason))
+    return kept, refused
+
+
+def _refusal(path: Path, source: str, root: Path, settings: IngestConfig) -> str | None:
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8; rename it"
+    if not settings.follow_symlinks and not path.resolve().is_relative_to(root):
+        return (
+            "a symlink to a file outside the documents folder (set ingest.follow_symlinks: "
+            "true to read it)"
+        )
+    return None
 
 
 def _hidden(relative: Path) -> bool:
@@ -56,10 +88,12 @@ def load_documents(
     docs_dir = Path(docs_dir)
     if not docs_dir.is_dir():
         raise IngestError(f"{docs_dir}: documents folder not found; put your documents there")
-    files = list_files(docs_dir, settings)
-    if not files:
+    files, refused = screen_files(docs_dir, settings)
+    if not files and not refused:
         raise IngestError(f"{docs_dir}: no documents found (supported: {supported_suffixes()})")
-    result = IngestResult()
+    result = IngestResult(skipped=list(refused))
+    for skipped in refused:
+        log.info("skipped %s: %s", skipped.source, skipped.reason)
     for path in tqdm(
         files, desc="Reading documents", unit="file", disable=not progress or len(files) < 50
     ):
@@ -81,13 +115,15 @@ def _load_one(path: Path, source: str, settings: IngestConfig) -> list[Document]
         loader = LOADERS.get(path.suffix)
     except UnknownNameError:
         raise LoadError(f"unsupported file type {path.suffix or '(none)'}") from None
-    size_mb = path.stat().st_size / 2**20
-    if size_mb > settings.max_file_mb:
-        raise LoadError(f"{size_mb:.0f} MB is over the {settings.max_file_mb:g} MB limit")
     try:
+        size_mb = path.stat().st_size / 2**20
+        if size_mb > settings.max_file_mb:
+            raise LoadError(f"{size_mb:.0f} MB is over the {settings.max_file_mb:g} MB limit")
         return loader(path, source)
     except LoadError:
         raise
+    except OSError as e:  # unreadable, or gone since it was listed
+        raise LoadError(f"could not read it ({e.strerror or e})") from e
     except Exception as e:  # a third-party parser failing on odd input must not stop the run
         raise LoadError(f"could not parse ({type(e).__name__}: {e})") from e
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from domainkit.ingest.document import Document
-from domainkit.ingest.normalize import normalize_text
+from domainkit.ingest.normalize import atx_heading, normalize_text
 from domainkit.registry import Registry
 
 Loader = Callable[[Path, str], list[Document]]
@@ -52,8 +52,8 @@ def read_text_file(path: Path) -> str:
 
 
 def _first_heading(text: str) -> str | None:
-    match = re.search(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.MULTILINE)
-    return match.group(1).strip() if match else None
+    heading = next((h for h in map(atx_heading, text.split("\n")) if h), None)
+    return heading[1].strip() if heading else None
 
 
 def _title_from_name(path: Path) -> str:

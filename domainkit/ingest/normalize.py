@@ -7,7 +7,7 @@ import unicodedata
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _SPACES = re.compile(r"(?<=\S)[ \t\u00a0]+")
-_TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
+_ATX = re.compile(r"(#{1,6})[ \t]+(.*)")
 _BLANK_LINES = re.compile(r"\n{3,}")
 # "exam-\nple" -> "example": a line-break hyphen between lowercase letters is a layout artefact.
 _LINE_BREAK_HYPHEN = re.compile(r"(?<=[a-z])-\n(?=[a-z])")
@@ -26,10 +26,27 @@ def normalize_text(text: str, *, layout: bool = False) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u00ad", "")
     text = _CONTROL.sub("", text)
-    text = _TRAILING.sub("", text)
+    # Line by line: a regex for trailing blanks backtracks quadratically on a long inner run.
+    text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
     if layout:
         text = _LINE_BREAK_HYPHEN.sub("", text)
         text = _WRAPPED_LINE.sub(" ", text)
     text = _SPACES.sub(" ", text)
     text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
+
+
+def atx_heading(line: str) -> tuple[int, str] | None:
+    """(level, title) of a Markdown ``#`` heading line, else None.
+
+    A closing run of ``#`` is dropped only after a space (``## C#`` keeps its title). Plain
+    string operations, no backtracking regex: a crafted line of 60k ``#`` costs linear time.
+    """
+    match = _ATX.match(line)
+    if match is None:
+        return None
+    title = match.group(2).rstrip(" \t")
+    opened = title.rstrip("#")
+    if opened != title and (not opened or opened[-1] in " \t"):
+        title = opened.rstrip(" \t")
+    return (len(match.group(1)), title) if title else None

@@ -101,9 +101,13 @@ def _read_manifest(version: Path) -> dict:
 def source_hashes(domain: Domain) -> dict[str, str]:
     """Content hash of every document file the index reads, by path relative to docs/."""
     docs = domain.docs_dir
-    return {
-        p.relative_to(docs).as_posix(): file_hash(p) for p in list_files(docs, domain.config.ingest)
-    }
+    hashes = {}
+    for path in list_files(docs, domain.config.ingest):
+        try:
+            hashes[path.relative_to(docs).as_posix()] = file_hash(path)
+        except OSError:  # unreadable or gone: reading it reports why
+            continue
+    return hashes
 
 
 def fingerprint(files: dict[str, str], domain: Domain, embedder: Embedder) -> str:

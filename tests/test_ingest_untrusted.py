@@ -1,0 +1,110 @@
+"""Documents are untrusted: crafted text cannot stall ingest, and files that are not the
+user's documents (symlinks out of docs/, unreadable, badly named) are skipped with a reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from domainkit.config.schema import ChunkingConfig, IngestConfig
+from domainkit.ingest.chunking import Chunker
+from domainkit.ingest.corpus import list_files, load_documents
+from domainkit.ingest.normalize import atx_heading, normalize_text
+
+
+@pytest.fixture
+def deadline():
+    """Fail (not hang) if the body runs for more than 60 s: a guard, not a timing test."""
+
+    def expired(*_):
+        raise TimeoutError("ingest ran for more than 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("# Warranty", (1, "Warranty")),
+        ("### Returns ###", (3, "Returns")),
+        ("## C#", (2, "C#")),  # a closing sequence needs a space before it
+        ("## Setup #2 #", (2, "Setup #2")),
+        ("#NoSpace", None),
+        ("####### seven", None),
+        ("#   ", None),
+    ],
+)
+def test_atx_headings(line, expected):
+    assert atx_heading(line) == expected
+
+
+def test_crafted_text_is_read_in_linear_time(tmp_path, deadline):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "spaces.md").write_text("# Spaces\n\nword" + " " * 1_000_000 + "end\n")
+    (docs / "separators.md").write_text("# x" + "\u2028" * 100_000 + "y\n\nBody text.\n")
+    (docs / "hashes.md").write_text("# x" + "#" * 60_000 + "y\n\n" + "#" * 60_000 + "\n")
+    (docs / "good.md").write_text("# Warranty\n\nThe Perch has a two-year warranty.\n")
+    result = load_documents(docs, progress=False)
+    assert result.files_read == 4 and not result.skipped
+    chunker = Chunker(lambda text: len(text.split()), ChunkingConfig())
+    chunks = [c for d in result.documents for c in chunker.chunk(d)]
+    assert any("two-year warranty" in c.text for c in chunks)
+    spaced = next(d for d in result.documents if d.source == "spaces.md")
+    assert "word end" in spaced.text, "runs of spaces collapse to one"
+
+
+def test_normalize_strips_trailing_spaces_of_every_line():
+    assert normalize_text("a  \t\nb \n\n\n\nc\t") == "a\nb\n\nc"
+
+
+def test_files_that_are_not_the_users_documents_are_skipped_with_reasons(tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("root:x:0:0")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "good.md").write_text("# Good\n\nThe warranty lasts two years.\n")
+    (docs / "inside.txt").write_text("Returns within 30 days.")
+    (docs / "link-out.txt").symlink_to(outside)
+    (docs / "sub" / "link-in.txt").symlink_to(docs / "inside.txt")
+    bad_name = os.fsencode(docs) + b"/caf\xe9.txt"
+    with open(bad_name, "wb") as f:
+        f.write(b"A file whose name is Latin-1.")
+    result = load_documents(docs, progress=False)
+    reasons = {s.source: s.reason for s in result.skipped}
+    assert "outside" in reasons["link-out.txt"] and "follow_symlinks" in reasons["link-out.txt"]
+    assert "UTF-8" in reasons["caf\\xe9.txt"]
+    assert {d.source for d in result.documents} == {"good.md", "inside.txt", "sub/link-in.txt"}
+    assert all("root:x" not in d.text for d in result.documents)
+    assert Path(docs / "link-out.txt") not in list_files(docs, IngestConfig()), (
+        "the index fingerprint does not read it either"
+    )
+    allowed = load_documents(docs, IngestConfig(follow_symlinks=True), progress=False)
+    assert "link-out.txt" in {d.source for d in allowed.documents}
+
+
+def test_a_file_that_cannot_be_read_is_skipped(tmp_path, monkeypatch):
+    from domainkit.ingest import corpus
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.md").write_text("# Good\n\nText.\n")
+    (docs / "locked.md").write_text("# Locked\n\nText.\n")
+    real = corpus.LOADERS.get(".md")
+
+    def loader(path, source):
+        if path.name == "locked.md":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, source)
+
+    monkeypatch.setattr(corpus.LOADERS, "get", lambda suffix: loader)
+    result = load_documents(docs, progress=False)
+    assert [d.source for d in result.documents] == ["good.md"]
+    assert "Permission denied" in result.skipped[0].reason
