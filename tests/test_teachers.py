@@ -23,6 +23,7 @@ class FakeEndpoint:
         self.fail_next = 0  # answer this many requests with HTTP 500
         self.fail_after = None  # answer 500 to every request after this many successes
         self.status_for_model = {}
+        self.raw_reply = None  # answer 200 with this non-JSON body instead
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +39,14 @@ class FakeEndpoint:
                     status = 500
                 if status != 200:
                     self._send(status, {"error": {"message": "scripted failure", "type": "x"}})
+                    return
+                if endpoint.raw_reply is not None:
+                    data = endpoint.raw_reply.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                     return
                 body["_ok"] = True
                 question = body["messages"][-1]["content"]
@@ -179,3 +188,46 @@ def test_hf_teacher_batches_give_the_same_text_as_one_at_a_time(tiny_model):
     replies = batched.generate(conversations, sampling)
     assert any(replies), "the tiny model writes something, so the comparison means something"
     assert replies == single.generate(conversations, sampling)
+
+
+def test_a_reply_that_is_not_a_chat_completion_is_a_clear_error(endpoint):
+    endpoint.raw_reply = "<html>Welcome to nginx!</html>"
+    with pytest.raises(TeacherError, match="something other than a chat completion"):
+        _teacher(endpoint.url).generate(_conversations(1), Sampling())
+
+
+def test_empty_replies_are_not_cached(tmp_path):
+    from domainkit.synth.teachers.base import CachedTeacher, CallCache
+
+    class Flaky:
+        id, batch_size = "flaky", 4
+
+        def __init__(self):
+            self.calls = 0
+
+        def generate(self, conversations, sampling):
+            self.calls += 1
+            return ["" if self.calls == 1 else "an answer" for _ in conversations]
+
+    flaky = Flaky()
+    cache = CallCache(tmp_path / "calls.sqlite")
+    assert CachedTeacher(flaky, cache).generate(_conversations(2), Sampling()) == ["", ""]
+    again = CachedTeacher(flaky, cache).generate(_conversations(2), Sampling())
+    assert again == ["an answer"] * 2 and flaky.calls == 2
+    assert CachedTeacher(flaky, cache).generate(_conversations(2), Sampling()) == again
+    assert flaky.calls == 2, "a real answer is cached"
+
+
+def test_documents_and_keys_go_only_to_hosts_the_user_approved(monkeypatch):
+    from domainkit.errors import ConfigError
+    from domainkit.runtime.generation import OpenAIGenerator
+
+    monkeypatch.delenv("DOMAINKIT_APPROVED_HOSTS", raising=False)
+    with pytest.raises(ConfigError, match=r"evil\.example.*DOMAINKIT_APPROVED_HOSTS=evil\.example"):
+        _teacher("https://evil.example/v1")
+    with pytest.raises(ConfigError, match="runtime.base_url points at evil.example"):
+        OpenAIGenerator(model="m", base_url="http://evil.example:8000/v1")
+    for trusted in ("http://127.0.0.1:8000/v1", "http://localhost:11434/v1", None):
+        _teacher(trusted)  # loopback servers and OpenAI itself need no approval
+    monkeypatch.setenv("DOMAINKIT_APPROVED_HOSTS", "gpu-box.lan, evil.example")
+    assert _teacher("https://evil.example/v1").base_url == "https://evil.example/v1"

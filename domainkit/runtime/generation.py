@@ -22,6 +22,7 @@ from pathlib import Path
 from domainkit.errors import DomainkitError
 from domainkit.prompting import Message
 from domainkit.registry import Registry
+from domainkit.utils.endpoints import check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ class OpenAIGenerator:
 
         if not base_url:
             raise BackendError("runtime.backend is openai but runtime.base_url is not set")
+        check_endpoint(base_url, "runtime.base_url", api_key_env)
         self.model, self.base_url = model, base_url
         self.client = openai.OpenAI(
             base_url=base_url,

@@ -124,7 +124,8 @@ class CachedTeacher:
             rows = missing[start : start + step]
             fresh = self.teacher.generate([conversations[i] for i in rows], sampling)
             new = {keys[i]: reply for i, reply in zip(rows, fresh, strict=True)}
-            self.cache.put_many(new)
+            # An empty reply is a failure worth retrying next run, not an answer to keep.
+            self.cache.put_many({k: reply for k, reply in new.items() if reply.strip()})
             replies.update(new)
             self.calls_made += len(rows)
             self.on_progress(len(rows))

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from domainkit.config.schema import TeacherConfig
 from domainkit.synth.teachers.base import TEACHERS, Conversation, Sampling, TeacherError
+from domainkit.utils.endpoints import check_endpoint
 
 
 @TEACHERS.register("openai")
@@ -22,6 +23,7 @@ class OpenAITeacher:
         self.settings = settings
         self.batch_size = settings.concurrency * 2
         self.base_url = settings.base_url or "https://api.openai.com/v1"
+        check_endpoint(self.base_url, "synth.teacher.base_url", settings.api_key_env)
         self.id = f"openai:{self.base_url}:{settings.model}"
         # Local servers (vLLM, Ollama, llama.cpp) accept any key; OpenAI itself needs one.
         api_key = os.environ.get(settings.api_key_env) or "no-key"
@@ -75,6 +77,12 @@ class OpenAITeacher:
                 f"teacher endpoint {self.base_url} failed with HTTP {e.status_code} after "
                 f"{self.settings.max_retries} retries: {e.message}"
             ) from None
+        if not hasattr(response, "choices"):  # a 200 that is not a chat completion
+            raise TeacherError(
+                f"teacher endpoint {self.base_url} answered with something other than a chat "
+                f"completion ({str(response)[:120]!r}); is base_url an OpenAI-compatible API "
+                "(usually ending in /v1)?"
+            )
         if not response.choices:
             return ""
         return (response.choices[0].message.content or "").strip()
