@@ -326,9 +326,15 @@ def _synth(domain: Domain, limits: Limits, progress) -> dict:
 
 
 def _train(domain: Domain, limits: Limits, progress) -> dict:
-    from domainkit.train import run_train
+    """Train, or continue a killed training of the same inputs from its last checkpoint."""
+    from domainkit.train import run_train, train_dir
 
-    r = run_train(domain)
+    run = {"fingerprint": fingerprints(domain, limits)["train"]}
+    marker = train_dir(domain) / "run.json"
+    resume = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == run
+    if not resume:  # before training: a kill from here on leaves checkpoints of this run
+        atomic_write_json(marker, run)
+    r = run_train(domain, resume=resume)
     return {
         "method": r.method,
         "steps": r.steps,

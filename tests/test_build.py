@@ -269,3 +269,36 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
     assert all(0.0 <= metrics["judge"] <= 1.0 for metrics in table.values())
     assert report["calibration"]["validation_questions"] >= 8 and report["calibration"]["gate"]
     assert (buildable / ".domainkit" / "eval" / "gate.png").is_file()
+
+
+def test_build_after_a_kill_in_training_continues_from_the_checkpoint(
+    buildable, monkeypatch, caplog
+):
+    import logging
+
+    from domainkit.train import pipeline
+
+    config = yaml.safe_load((buildable / "domain.yaml").read_text())
+    config["train"].update({"max_steps": 4, "save_every": 2, "eval_every": 2})
+    (buildable / "domain.yaml").write_text(yaml.safe_dump(config))
+    real = pipeline.run_train
+
+    def killed(domain, **kwargs):
+        return real(domain, stop_after=3, **kwargs)  # a kill after step 3 (checkpoint at 2)
+
+    monkeypatch.setattr(pipeline, "run_train", killed)
+    monkeypatch.setattr("domainkit.train.run_train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_build(load_domain(buildable), until="train", limit=12, progress=False)
+    monkeypatch.setattr("domainkit.train.run_train", real)
+    with caplog.at_level(logging.INFO, logger="domainkit.train.loop"):
+        report = run_build(load_domain(buildable), until="train", limit=12, progress=False)
+    assert report.stages[3]["action"] == "run" and report.stages[3]["summary"]["steps"] == 4
+    assert "(step 2)" in caplog.text and "resumed from" in caplog.text, "not restarted at 0"
+
+    config["train"]["learning_rate"] = 1e-3  # other settings: a new run, not a resume
+    (buildable / "domain.yaml").write_text(yaml.safe_dump(config))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="domainkit.train.loop"):
+        run_build(load_domain(buildable), until="train", limit=12, progress=False)
+    assert "resumed from" not in caplog.text

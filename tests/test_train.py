@@ -394,3 +394,18 @@ def test_continued_pretraining_then_sft_then_dpo(trained_domain):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {m["phase"] for m in metrics} == {"pretrain", "sft"}
     assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_model, tmp_path, caplog):
+    import logging
+
+    settings = _settings(tiny_model, max_steps=6)
+    killed = load_student(settings)
+    with pytest.raises(KeyboardInterrupt):
+        _run(killed, settings, tmp_path, stop_after=5)
+    newest = tmp_path / "checkpoints" / "step-000004"
+    (newest / "training.pt").write_bytes(b"truncated by a crash")
+    with caplog.at_level(logging.INFO, logger="domainkit.train.loop"):
+        _, state = _run(load_student(settings), settings, tmp_path, resume=True)
+    assert "cannot be read" in caplog.text and "(step 2)" in caplog.text
+    assert state.step == 6

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from domainkit.config.schema import TrainConfig
 from domainkit.train.data import IGNORE, Row, collate, make_batches
 from domainkit.train.objective import LabelledTokenLoss
-from domainkit.utils.atomic import atomic_write_json
+from domainkit.utils.atomic import atomic_write_json, fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,8 @@ class TrainingRun:
             },
             tmp / "training.pt",
         )
+        for written in ("trainable.pt", "training.pt"):  # on disk before the marker says so
+            fsync_file(tmp / written)
         atomic_write_json(tmp / "state.json", asdict(self.state))  # last: marks completeness
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
@@ -295,22 +297,30 @@ class TrainingRun:
             shutil.rmtree(old, ignore_errors=True)
 
     def _restore(self) -> None:
-        folder = latest_checkpoint(self.phase.out_dir)
-        if folder is None:
-            log.info("no checkpoint to resume from; starting at step 0")
+        """Continue from the newest checkpoint that loads; a damaged one falls back to the
+        one before (two are kept)."""
+        for folder in completed_checkpoints(self.phase.out_dir)[::-1]:
+            try:
+                trainable = torch.load(folder / "trainable.pt", map_location="cpu")
+                training = torch.load(
+                    folder / "training.pt", map_location="cpu", weights_only=False
+                )
+                state = TrainState(**json.loads((folder / "state.json").read_text()))
+            except Exception as e:  # noqa: BLE001 - any damage means "use the previous one"
+                log.warning("checkpoint %s cannot be read (%s); trying the one before", folder, e)
+                continue
+            params = dict(self.unwrapped.named_parameters())
+            with torch.no_grad():
+                for name, value in trainable.items():
+                    params[name].copy_(value.to(params[name].device))
+            self.optimizer.load_state_dict(training["optimizer"])
+            self.scheduler.load_state_dict(training["scheduler"])
+            _set_rng_state(training["rng"])
+            self.tokens_seen = training["tokens_seen"]
+            self.state = state
+            log.info("resumed from %s (step %d)", folder, self.state.step)
             return
-        trainable = torch.load(folder / "trainable.pt", map_location="cpu")
-        params = dict(self.unwrapped.named_parameters())
-        with torch.no_grad():
-            for name, value in trainable.items():
-                params[name].copy_(value.to(params[name].device))
-        training = torch.load(folder / "training.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.scheduler.load_state_dict(training["scheduler"])
-        _set_rng_state(training["rng"])
-        self.tokens_seen = training["tokens_seen"]
-        self.state = TrainState(**json.loads((folder / "state.json").read_text()))
-        log.info("resumed from %s (step %d)", folder, self.state.step)
+        log.info("no checkpoint to resume from; starting at step 0")
 
 
 def optimizer_name(settings: TrainConfig, device: str) -> str:
@@ -335,9 +345,11 @@ def make_optimizer(params: list, settings: TrainConfig, device: str, lr: float):
     return kind[name](params, lr=lr, weight_decay=settings.weight_decay)
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    done = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "state.json").is_file()]
-    return max(done, default=None)
+def completed_checkpoints(out_dir: Path) -> list[Path]:
+    """Checkpoints whose completeness marker was written, oldest first."""
+    return sorted(
+        p for p in (out_dir / "checkpoints").glob("step-*") if (p / "state.json").is_file()
+    )
 
 
 def _rng_state() -> dict:
