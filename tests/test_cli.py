@@ -110,3 +110,19 @@ def test_cli_py_and_module_entry_points_run():
     ):
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         assert result.stdout.startswith("domainkit ")
+
+
+def test_help_does_not_load_torch_or_the_index():
+    """`domainkit --help` and every command's --help stay fast: the command modules import
+    torch, transformers and faiss only inside the commands that use them."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from domainkit.cli import app\n"
+        "for args in (['--help'], ['train', '--help'], ['index', '--help'], ['synth', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -13,7 +13,6 @@ from domainkit.cli import app
 from domainkit.cli.console import console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
-from domainkit.retrieval import IndexReport, build_index, make_embedder, open_retriever
 from domainkit.utils.lock import build_lock
 
 
@@ -36,6 +35,8 @@ def index(
 
     Only chunks whose text changed are embedded again; an unchanged domain is not re-indexed.
     """
+    from domainkit.retrieval import build_index, make_embedder
+
     loaded = load_domain(domain, build_dir)
     with build_lock(loaded.build_dir, "index"):
         report = build_index(
@@ -47,7 +48,7 @@ def index(
         _print_report(report)
 
 
-def _report_dict(report: IndexReport) -> dict:
+def _report_dict(report) -> dict:
     return {
         "path": str(report.path),
         "up_to_date": report.up_to_date,
@@ -62,7 +63,7 @@ def _report_dict(report: IndexReport) -> dict:
     }
 
 
-def _print_report(report: IndexReport) -> None:
+def _print_report(report) -> None:
     if report.up_to_date:
         console.print(
             f"Index is up to date ({report.chunks} chunks, {report.index_type}): {report.path}"
@@ -92,6 +93,8 @@ def search(
     json_output: JsonOpt = False,
 ) -> None:
     """Search the domain's index and show the best chunks with source, headings and scores."""
+    from domainkit.retrieval import open_retriever
+
     hits = open_retriever(load_domain(domain, build_dir)).search(query, k=k, mode=mode.value)
     if json_output:
         print_json({"query": query, "mode": mode.value, "hits": [h.to_dict() for h in hits]})

@@ -13,8 +13,6 @@ from domainkit.cli import app
 from domainkit.cli.console import console, err_console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
-from domainkit.synth import SynthReport, dataset, run_synth, synth_dir
-from domainkit.synth.pipeline import summary
 from domainkit.utils.lock import build_lock
 
 
@@ -50,6 +48,9 @@ def synth(
     teacher call is cached, so an interrupted run resumes where it stopped. Output: a
     datasets DatasetDict plus JSONL under BUILD/synth/, split by chunk into train/validation.
     """
+    from domainkit.synth import dataset, run_synth, synth_dir
+    from domainkit.synth.pipeline import summary
+
     loaded = load_domain(domain, build_dir)
     with build_lock(loaded.build_dir, "synth"):
         report = run_synth(loaded, limit=limit, progress=not json_output)
@@ -72,7 +73,7 @@ def synth(
         )
 
 
-def _print_report(report: SynthReport) -> None:
+def _print_report(report) -> None:
     table = Table("generator", "kept", title=f"Synthetic data ({report.seconds:.0f}s)")
     for name, count in sorted(report.kept.items()):
         table.add_row(name, str(count))

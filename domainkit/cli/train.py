@@ -12,10 +12,6 @@ from domainkit.cli import app
 from domainkit.cli.console import console, err_console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
-from domainkit.models import resolve_causal_lm
-from domainkit.train import run_train, train_dir
-from domainkit.train.export import export_model
-from domainkit.train.pipeline import summary_dict
 from domainkit.utils.lock import build_lock
 
 
@@ -38,6 +34,9 @@ def train(
     training stops early when it stops improving, and checkpoints allow `--resume`.
     Outputs in BUILD/train/: adapter/, metrics.jsonl, loss.png, summary.json.
     """
+    from domainkit.train import run_train
+    from domainkit.train.pipeline import summary_dict
+
     loaded = load_domain(domain, build_dir)
     main = os.environ.get("RANK", "0") == "0"  # under `accelerate launch`, one locks
     with build_lock(loaded.build_dir, "train") if main else nullcontext():
@@ -101,7 +100,9 @@ def export(
     domainkit's `openai` backend), model.<type>.gguf + Modelfile (Ollama, llama.cpp, LM
     Studio; needs llama.cpp's converter, which `make install` sets up) and dataset/.
     """
-    from domainkit.train.export import FORMATS
+    from domainkit.models import resolve_causal_lm
+    from domainkit.train import train_dir
+    from domainkit.train.export import FORMATS, export_model
 
     loaded = load_domain(domain, build_dir)
     wanted = {f.strip() for f in formats.split(",") if f.strip()}
