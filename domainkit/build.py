@@ -331,7 +331,9 @@ def _train(domain: Domain, limits: Limits, progress) -> dict:
 
     run = {"fingerprint": fingerprints(domain, limits)["train"]}
     marker = train_dir(domain) / "run.json"
-    resume = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == run
+    finished = (train_dir(domain) / "sft" / "done.json").is_file()
+    same = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == run
+    resume = same and not finished  # a finished run is re-run from scratch (--from train)
     if not resume:  # before training: a kill from here on leaves checkpoints of this run
         atomic_write_json(marker, run)
     r = run_train(domain, resume=resume)

@@ -302,3 +302,11 @@ def test_build_after_a_kill_in_training_continues_from_the_checkpoint(
     with caplog.at_level(logging.INFO, logger="domainkit.train.loop"):
         run_build(load_domain(buildable), until="train", limit=12, progress=False)
     assert "resumed from" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="domainkit.train.loop"):
+        forced = run_build(
+            load_domain(buildable), start="train", until="train", limit=12, progress=False
+        )
+    assert "resumed from" not in caplog.text and forced.stages[3]["summary"]["steps"] == 4, (
+        "a finished run is trained again, not republished"
+    )

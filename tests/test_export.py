@@ -41,20 +41,17 @@ def parse_modelfile(text: str) -> dict:
     return parsed
 
 
-def render_go(template: str, system: str, messages: list[dict]) -> str:
-    """Ollama's rendering of the constructs the Modelfile uses: if .System, range .Messages."""
-    match = re.fullmatch(
-        r"(.*)\{\{ if \.System \}\}(.*)\{\{ end \}\}"
-        r"\{\{ range \.Messages \}\}(.*)\{\{ end \}\}(.*)",
-        template,
-        re.S,
-    )
+def render_go(template: str, messages: list[dict]) -> str:
+    """Ollama's rendering of what the Modelfile uses: ``range .Messages`` (Ollama puts the
+    SYSTEM prompt first among the messages)."""
+    match = re.fullmatch(r"\{\{ range \.Messages \}\}(.*)\{\{ end \}\}(.*)", template, re.S)
     assert match, template
-    bos, system_part, turn, opening = match.groups()
-    out = bos + (system_part.replace("{{ .System }}", system) if system else "")
-    for m in messages:
-        out += turn.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
-    return out + opening
+    turn, opening = match.groups()
+    rendered = (
+        turn.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
+        for m in messages
+    )
+    return "".join(rendered) + opening
 
 
 @pytest.mark.parametrize(
@@ -69,11 +66,11 @@ def test_modelfile_template_renders_like_the_tokenizer(template, bos):
     text, notes = gguf.modelfile("model.q8_0.gguf", tokenizer, 'Say "hi"', 0.2, 1024)
     parsed = parse_modelfile(text)
     assert not notes and parsed["from"] == "./model.q8_0.gguf"
-    system, rest = CONVERSATION[0]["content"], CONVERSATION[1:]
     expected = tokenizer.apply_chat_template(
         CONVERSATION, tokenize=False, add_generation_prompt=True
     )
-    assert render_go(parsed["template"], system, rest) == expected
+    # llama.cpp adds the BOS token itself, so the template leaves it out.
+    assert render_go(parsed["template"], CONVERSATION) == expected.removeprefix(bos or "")
     assert parsed["system"].rstrip() == 'Say "hi"'
     params = dict(parsed["parameters"])
     assert params["temperature"] == "0.2" and params["num_ctx"] == "1024"
@@ -215,3 +212,21 @@ def test_export_again_replaces_outputs_without_leftovers(exported):
 
     mode = report.paths["adapter"].stat().st_mode & 0o777
     assert mode == 0o777 & ~umask(), "a plain folder's mode, not a temporary folder's 0700"
+
+
+def test_replace_dir_recovers_a_folder_left_aside_by_a_kill(tmp_path):
+    from domainkit.utils.atomic import replace_dir
+
+    aside = tmp_path / ".adapter.4242.old"  # killed between its two renames
+    aside.mkdir()
+    (aside / "weights").write_text("old")
+
+    def failing(folder):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        replace_dir(tmp_path / "adapter", failing)
+    assert (tmp_path / "adapter" / "weights").read_text() == "old", "the old folder is back"
+    replace_dir(tmp_path / "adapter", lambda f: (f / "weights").write_text("new"))
+    assert (tmp_path / "adapter" / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]

@@ -168,3 +168,26 @@ def test_a_run_that_cannot_fit_stops_before_loading_anything(
     message = str(error.value)
     assert "Memory plan" in message and "train.gradient_checkpointing: on" in message
     assert "activations" in message and "0.5 GiB is free" in message
+
+
+def test_the_plan_reads_configs_without_llama_names(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=300).save_pretrained(tmp_path)
+    shapes = memory.model_shapes(str(tmp_path), "all-linear")
+    assert (shapes.hidden, shapes.intermediate, shapes.layers, shapes.heads) == (64, 256, 2, 4)
+
+
+def test_a_resumed_run_keeps_its_optimizer_and_checkpointing(tmp_path):
+    from domainkit.train.pipeline import _memory_choices
+
+    settings = TrainConfig()
+    plan = memory.MemoryPlan("cpu", {}, 0, 0, True, "adamw_8bit", None, 1)
+    assert _memory_choices(tmp_path, plan, settings, resume=False) == {
+        "checkpointing": True,
+        "optimizer": "adamw_8bit",
+    }
+    roomier = memory.MemoryPlan("cpu", {}, 0, 0, False, "adamw", None, 1)
+    kept = _memory_choices(tmp_path, roomier, settings, resume=True)
+    assert kept == {"checkpointing": True, "optimizer": "adamw_8bit"}, "its state loads only there"
+    assert _memory_choices(tmp_path, roomier, settings, resume=False)["optimizer"] == "adamw"

@@ -229,5 +229,7 @@ def test_documents_and_keys_go_only_to_hosts_the_user_approved(monkeypatch):
         OpenAIGenerator(model="m", base_url="http://evil.example:8000/v1")
     for trusted in ("http://127.0.0.1:8000/v1", "http://localhost:11434/v1", None):
         _teacher(trusted)  # loopback servers and OpenAI itself need no approval
+    with pytest.raises(ConfigError, match="must use https"):
+        _teacher("http://api.openai.com/v1")
     monkeypatch.setenv("DOMAINKIT_APPROVED_HOSTS", "gpu-box.lan, evil.example")
     assert _teacher("https://evil.example/v1").base_url == "https://evil.example/v1"

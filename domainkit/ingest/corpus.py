@@ -106,7 +106,8 @@ def load_documents(
             result.skipped.append(SkippedFile(source, str(e)))
     if not result.documents:
         reasons = "; ".join(f"{s.source}: {s.reason}" for s in result.skipped[:5])
-        raise IngestError(f"{docs_dir}: none of {len(files)} files could be read ({reasons})")
+        total = len(files) + len(refused)
+        raise IngestError(f"{docs_dir}: none of {total} files could be read ({reasons})")
     return result
 
 

@@ -101,11 +101,15 @@ class ChatShape:
         return self.bos + turns + opening
 
     def go_template(self) -> str:
-        """The same rendering in Ollama's Go template syntax."""
+        """The same rendering in Ollama's Go template syntax.
+
+        Ollama passes the SYSTEM prompt as the first of ``.Messages`` (and also as
+        ``.System``), so only the messages are rendered; the BOS token is left to
+        llama.cpp, which adds it from the GGUF's tokenizer settings.
+        """
         return (
-            f"{self.bos}{{{{ if .System }}}}{self.head}system{self.mid}{{{{ .System }}}}"
-            f"{self.tail}{{{{ end }}}}{{{{ range .Messages }}}}{self.head}{{{{ .Role }}}}"
-            f"{self.mid}{{{{ .Content }}}}{self.tail}{{{{ end }}}}{self.head}assistant{self.mid}"
+            f"{{{{ range .Messages }}}}{self.head}{{{{ .Role }}}}{self.mid}{{{{ .Content }}}}"
+            f"{self.tail}{{{{ end }}}}{self.head}assistant{self.mid}"
         )
 
 
@@ -222,27 +226,25 @@ def round_trip(
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     folder, name = str(gguf_file.parent), gguf_file.name
     reloaded_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    models = [
-        AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32),
-        AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32),
-    ]
-    answers = []
-    for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}]
-        inputs = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    inputs = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
         )
-        generated = []
-        for model in models:
-            with torch.no_grad():
-                out = model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                )
-            generated.append(out[0, inputs["input_ids"].shape[1] :].tolist())
-        merged_ids, gguf_ids = generated
+        for p in prompts
+    ]
+    outputs = []
+    # One model in memory at a time: a 7B student in fp32 is 28 GB already.
+    for source in ({}, {"gguf_file": name}):
+        model = AutoModelForCausalLM.from_pretrained(
+            folder if source else str(merged), dtype=torch.float32, **source
+        )
+        outputs.append([_greedy(model, tokenizer, x, max_new_tokens) for x in inputs])
+        del model
+    answers = []
+    for prompt, merged_ids, gguf_ids in zip(prompts, *outputs, strict=True):
         agree = next(
             (i for i, (a, b) in enumerate(zip(merged_ids, gguf_ids, strict=False)) if a != b),
             min(len(merged_ids), len(gguf_ids)),
@@ -259,3 +261,16 @@ def round_trip(
     probe = "Returns within 30 days: call 555-0100 <|im_end|> \u00e9t\u00e9"
     same_tokens = reloaded_tokenizer.encode(probe) == tokenizer.encode(probe)
     return RoundTrip(outtype, same_tokens, answers)
+
+
+def _greedy(model, tokenizer, inputs, max_new_tokens: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return out[0, inputs["input_ids"].shape[1] :].tolist()

@@ -15,6 +15,7 @@ time in the backward pass. The loss head projects only labelled positions (see o
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import torch
 from domainkit.config.schema import TrainConfig
 from domainkit.errors import DomainkitError
 
+log = logging.getLogger(__name__)
 GiB = 2**30
 # Python, torch, transformers and the tokenizer in a CPU process; the CUDA context on a GPU.
 RUNTIME_BYTES = {"cpu": int(1.0 * GiB), "cuda": int(0.6 * GiB), "mps": int(0.6 * GiB)}
@@ -71,15 +73,24 @@ def model_shapes(path: str, targets: str | list[str]) -> Shapes:
         if targets == "all-linear"
         else {n: m for n, m in linears.items() if n.rsplit(".", 1)[-1] in set(targets)}
     )
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    def first(*names):
+        return next((getattr(text, n) for n in names if getattr(text, n, None)), None)
+
+    hidden = first("hidden_size", "n_embd", "d_model")
+    heads = first("num_attention_heads", "n_head")
+    layers = first("num_hidden_layers", "n_layer", "num_layers")
+    if not (hidden and heads and layers):
+        raise ValueError(f"{path}: no hidden size, heads or layers in its config")
+    head_dim = first("head_dim") or hidden // heads
     return Shapes(
-        hidden=config.hidden_size,
-        intermediate=config.intermediate_size,
-        layers=config.num_hidden_layers,
+        hidden=hidden,
+        intermediate=first("intermediate_size", "ffn_dim", "n_inner") or 4 * hidden,
+        layers=layers,
         heads=heads,
-        kv_dim=getattr(config, "num_key_value_heads", heads) * head_dim,
-        vocab=config.vocab_size,
+        kv_dim=(first("num_key_value_heads") or heads) * head_dim,
+        vocab=first("vocab_size") or 0,
         parameters=sum(p.numel() for p in model.parameters()),
         layer_linear=sum(m.weight.numel() for m in linears.values()),
         adapter_sides=sum(m.in_features + m.out_features for m in wanted.values()),
@@ -240,9 +251,9 @@ def plan(
     return next((p for p in candidates if p.fits), candidates[-1])
 
 
-def check(memory: MemoryPlan) -> None:
+def check(memory: MemoryPlan | None) -> None:
     """Raise before training when the plan does not fit, naming the settings to change."""
-    if memory.fits:
+    if memory is None or memory.fits:
         return
     raise DomainkitError(
         f"{memory.table()}\nthis run needs {memory.total / GiB:.1f} GiB but "
@@ -252,13 +263,18 @@ def check(memory: MemoryPlan) -> None:
     )
 
 
-def plan_for(settings: TrainConfig, label_share: float = DEFAULT_LABEL_SHARE) -> MemoryPlan:
-    """The plan for ``settings`` on the device they pick, against its free memory."""
+def plan_for(settings: TrainConfig, label_share: float = DEFAULT_LABEL_SHARE) -> MemoryPlan | None:
+    """The plan for ``settings`` on the device they pick, against its free memory; None
+    (with a warning) for a model whose config does not give the shapes the plan needs."""
     from domainkit.models import resolve_causal_lm
     from domainkit.train.model import compute_dtype
     from domainkit.utils.device import best_device
 
     device = best_device(settings.device)
-    shapes = model_shapes(resolve_causal_lm(settings.student_model), settings.target_modules)
+    try:
+        shapes = model_shapes(resolve_causal_lm(settings.student_model), settings.target_modules)
+    except (ValueError, AttributeError, TypeError) as e:
+        log.warning("no memory plan for %s (%s)", settings.student_model, e)
+        return None
     compute_bytes = torch.finfo(compute_dtype(device, settings.precision)).bits // 8
     return plan(shapes, settings, device, compute_bytes, label_share, available_memory(device))

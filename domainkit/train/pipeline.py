@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -48,6 +49,26 @@ class TrainReport:
     plot: Path | None
     phases: list[str] = field(default_factory=list)
     preference: dict | None = None
+
+
+# The run's checkpointing and optimizer choices: a resumed run keeps them (its checkpoint's
+# optimizer state only loads into the optimizer that wrote it), whatever memory is free now.
+CHOICES = "choices.json"
+
+
+def _memory_choices(out: Path, memory: MemoryPlan | None, settings, resume: bool) -> dict:
+    path = out / CHOICES
+    if resume and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    choices = {
+        "checkpointing": settings.gradient_checkpointing == "on"
+        if memory is None
+        else memory.checkpointing,
+        "optimizer": settings.optimizer if memory is None else memory.optimizer,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, choices)
+    return choices
 
 
 def train_dir(domain: Domain) -> Path:
@@ -111,9 +132,12 @@ def run_train(
     if not splits["train"]:
         raise DomainkitError("the synth dataset has no training samples")
     out = train_dir(domain)
-    if not resume:
-        shutil.rmtree(out / "sft" / "checkpoints", ignore_errors=True)
-        shutil.rmtree(out / "pretrain" / "checkpoints", ignore_errors=True)
+    if not resume:  # a fresh run: nothing of an earlier one may pass for this one's
+        for phase in ("sft", "pretrain"):
+            for stale in ("checkpoints", "best"):
+                shutil.rmtree(out / phase / stale, ignore_errors=True)
+            (out / phase / "done.json").unlink(missing_ok=True)
+        (out / CHOICES).unlink(missing_ok=True)
     accelerator = make_accelerator(settings)
     student = load_student(settings)
     system = domain.config.render_system_prompt()
@@ -145,11 +169,13 @@ def run_train(
     stats.tokens = sum(len(r.input_ids) for r in train_rows)
     stats.label_tokens = sum(sum(1 for x in r.labels if x != -100) for r in train_rows)
     memory = plan_for(settings, stats.label_tokens / max(stats.tokens, 1))
-    (on_plan or (lambda plan: log.info("%s", plan.table())))(memory)
+    if memory is not None:
+        (on_plan or (lambda plan: log.info("%s", plan.table())))(memory)
     check_memory(memory)
-    if memory.checkpointing:
+    choices = _memory_choices(out, memory, settings, resume)
+    if choices["checkpointing"]:
         enable_checkpointing(student.model)
-    settings = settings.model_copy(update={"optimizer": memory.optimizer})
+    settings = settings.model_copy(update={"optimizer": choices["optimizer"]})
 
     histories: dict[str, list[dict]] = {}
     state = None

@@ -11,15 +11,24 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask_at_import() -> int:
+    current = os.umask(0)  # os.umask can only set it: set and restore, once, at import
+    os.umask(current)
+    return current
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
 def umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only set it)."""
+    """The process umask (from /proc where there is one, so a later change is seen)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    return 0o022
+    return _UMASK_AT_IMPORT
 
 
 def shareable(path: Path) -> None:
@@ -91,6 +100,11 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
+    for aside in target.parent.glob(f".{target.name}.*.old"):  # a run killed mid-swap
+        if not target.exists():
+            os.replace(aside, target)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     try:

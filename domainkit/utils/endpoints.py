@@ -39,7 +39,11 @@ def check_endpoint(base_url: str, what: str, key_env: str) -> None:
     host = (urlsplit(base_url).hostname or "").lower()
     if not host:
         raise ConfigError(f"{what}: base_url {base_url!r} is not a URL (e.g. http://host:8000/v1)")
-    if host in _TRUSTED or _loopback(host) or host in approved_hosts():
+    if _loopback(host) or host == "localhost" or host in approved_hosts():
+        return
+    if host in _TRUSTED:
+        if urlsplit(base_url).scheme != "https":
+            raise ConfigError(f"{what}: {base_url} must use https (the key would travel in clear)")
         return
     raise ConfigError(
         f"{what} points at {host}: domainkit would send it your documents and ${key_env}. "
