@@ -108,3 +108,59 @@ def test_a_file_that_cannot_be_read_is_skipped(tmp_path, monkeypatch):
     result = load_documents(docs, progress=False)
     assert [d.source for d in result.documents] == ["good.md"]
     assert "Permission denied" in result.skipped[0].reason
+
+
+def test_a_docx_that_inflates_past_the_limit_is_skipped(tmp_path, monkeypatch):
+    import zipfile
+
+    from domainkit.ingest import loaders
+
+    monkeypatch.setattr(loaders, "MAX_INFLATED_MB", 8)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.md").write_text("# Good\n\nThe warranty lasts two years.\n")
+    with zipfile.ZipFile(docs / "bomb.docx", "w", zipfile.ZIP_DEFLATED) as bomb:
+        bomb.writestr("word/document.xml", b"\0" * (16 * 2**20))
+    assert (docs / "bomb.docx").stat().st_size < 100_000, "small on disk"
+    result = load_documents(docs, progress=False)
+    assert [d.source for d in result.documents] == ["good.md"]
+    assert "inflate to 16 MB, over the 8 MB limit" in result.skipped[0].reason
+
+
+def test_two_processes_on_one_domain_one_fails_at_once(indexed_support):
+    """A real second process: the lock is the kernel's, not the interpreter's."""
+    import subprocess
+    import sys
+
+    from domainkit.config import load_domain
+
+    build = load_domain(indexed_support).build_dir
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from domainkit.utils.lock import build_lock\n"
+            "with build_lock(Path(sys.argv[1]), 'build'):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(build),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run(
+            [sys.executable, "-m", "domainkit", "index", str(indexed_support), "--force"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert f"pid {holder.pid}, domainkit build" in second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (build / "index" / "CURRENT").is_file(), "the live index is still there"

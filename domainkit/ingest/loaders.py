@@ -170,6 +170,24 @@ def load_pdf(path: Path, source: str) -> list[Document]:
     ]
 
 
+# A .docx is a zip: a few kilobytes can inflate to gigabytes that python-docx would read whole.
+MAX_INFLATED_MB = 256
+
+
+def _check_inflated_size(path: Path) -> None:
+    """Refuse a zip whose members inflate past ``MAX_INFLATED_MB`` (their declared sizes:
+    zipfile stops reading a member at its declared size, so a lying header cannot pass)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        inflated = sum(member.file_size for member in archive.infolist()) / 2**20
+    if inflated > MAX_INFLATED_MB:
+        raise LoadError(
+            f"its contents inflate to {inflated:.0f} MB, over the {MAX_INFLATED_MB} MB limit "
+            "(a compression bomb, or a document too large to index)"
+        )
+
+
 @LOADERS.register(".docx")
 def load_docx(path: Path, source: str) -> list[Document]:
     import zipfile
@@ -178,6 +196,7 @@ def load_docx(path: Path, source: str) -> list[Document]:
     from docx.opc.exceptions import PackageNotFoundError
 
     try:
+        _check_inflated_size(path)
         document = docx.Document(str(path))
     except (zipfile.BadZipFile, PackageNotFoundError, KeyError, ValueError) as e:
         raise LoadError(f"unreadable Word file ({type(e).__name__}: {e})") from None
