@@ -547,3 +547,40 @@ def test_a_row_stops_where_the_model_starts_imitating_the_prompt():
     streamer.end()
     assert "".join(pieces) == "Two years." and streamer.finished == [True]
     assert all("\n" not in p for p in pieces), "the marker's start was held back, not streamed"
+
+
+def test_requests_a_web_page_could_forge_are_refused(fake):
+    """With no keys (the default), a page in the user's browser must not be able to use a
+    server on localhost: no text/plain or form POSTs, no foreign Host (DNS rebinding)."""
+    client = _client(fake[0], allowed_hosts=["127.0.0.1", "localhost", "testserver"])
+    body = json.dumps({"messages": _ask("What is the CEO salary?")})
+    plain = client.post(
+        "/v1/chat/completions", content=body, headers={"Content-Type": "text/plain"}
+    )
+    _error(plain, 415)
+    form = client.post("/v1/chat/completions", data={"messages": "x"})
+    _error(form, 415)
+    rebound = client.post(
+        "/v1/chat/completions",
+        content=body,
+        headers={"Host": "evil.example", "Content-Type": "application/json"},
+    )
+    assert rebound.status_code == 400
+    assert client.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
+
+
+def test_hostile_json_is_a_400_not_a_500(fake):
+    client = _client(fake[0])
+    for raw in ('{"max_tokens": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):
+        response = client.post(
+            "/v1/chat/completions", content=raw, headers={"Content-Type": "application/json"}
+        )
+        _error(response, 400)
+
+
+def test_with_keys_metrics_and_schema_are_not_public(fake):
+    client = _client(fake[0], api_keys={"k1"})
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
+    assert client.get("/openapi.json").status_code == 404
+    assert _client(fake[0]).get("/openapi.json").status_code == 200

@@ -188,7 +188,20 @@ def serve(
     limits = ServerLimits(
         max_body_bytes=max_body_kb * 1024, max_messages=max_messages, max_tokens=max_tokens
     )
-    app_ = create_app(assistant, model_name=loaded.config.name, api_keys=keys, limits=limits)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    allowed = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None
+    if not loopback and not keys:
+        err_console.print(
+            f"[yellow]warning:[/] listening on {escape(host)} with no API key: anyone who can "
+            "reach this machine can use the assistant (--api-keys-file)"
+        )
+    app_ = create_app(
+        assistant,
+        model_name=loaded.config.name,
+        api_keys=keys,
+        limits=limits,
+        allowed_hosts=allowed,
+    )
     err_console.print(
         f"Serving {loaded.config.name} ({'tuned' if assistant.tuned else 'base model'}) on "
         f"http://{host}:{port}/ — API at /v1, {'API keys required' if keys else 'no API key'}"

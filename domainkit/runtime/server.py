@@ -126,11 +126,27 @@ def create_app(
     model_name: str,
     api_keys: set[str] | None = None,
     limits: ServerLimits | None = None,
+    allowed_hosts: list[str] | None = None,
 ):
+    """The FastAPI app.
+
+    ``allowed_hosts`` (Host header values, as Starlette's ``TrustedHostMiddleware`` takes
+    them) guards a server on loopback against DNS rebinding: a web page whose domain was
+    re-pointed at 127.0.0.1 sends its own name as Host. None accepts any Host.
+    """
     limits = limits or ServerLimits()
     keys = sorted(api_keys or ())
     metrics = _Metrics(CollectorRegistry(), assistant)
-    app = FastAPI(title=f"domainkit: {model_name}", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title=f"domainkit: {model_name}",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None if keys else "/openapi.json",  # the schema is not public with keys
+    )
+    if allowed_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     page = resources.files("domainkit.runtime").joinpath("static/index.html").read_text("utf-8")
 
     def error_response(e: APIError) -> JSONResponse:
@@ -168,6 +184,11 @@ def create_app(
             )
 
     async def read_request(request: Request) -> ChatRequest:
+        # A web page can POST text/plain or a form to localhost without asking; JSON needs a
+        # CORS preflight this server never grants.
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise APIError(415, "send the body as application/json", "invalid_request_error")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             raise _too_large(f"request body over {limits.max_body_bytes} bytes")
@@ -178,9 +199,9 @@ def create_app(
                 raise _too_large(f"request body over {limits.max_body_bytes} bytes")
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # bad JSON, a 5,000-digit number, deep nesting
             raise APIError(
-                400, f"the body is not valid JSON: {e}", "invalid_request_error"
+                400, f"the body is not valid JSON: {str(e)[:200]}", "invalid_request_error"
             ) from None
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", "invalid_request_error")
@@ -236,7 +257,8 @@ def create_app(
         }
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        authorize(request)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
