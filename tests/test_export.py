@@ -11,19 +11,14 @@ import pytest
 from domainkit.errors import DomainkitError
 from domainkit.train import gguf
 
-from .tiny_lm import CHATML, embedded_tokenizer, save_tiny_model_with, tiny_tokenizer
+from .tiny_lm import CHATML, CONVERSATION, embedded_tokenizer, save_tiny_model_with, tiny_tokenizer
 
 LLAMA3 = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
     "\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
     "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
-CONVERSATION = [
-    {"role": "system", "content": "You answer from the manual."},
-    {"role": "user", "content": "How long is the warranty?"},
-    {"role": "assistant", "content": "Two years [1]."},
-    {"role": "user", "content": "And returns?"},
-]
+PROMPT = CONVERSATION[:4]  # system, user, assistant, user
 
 
 def parse_modelfile(text: str) -> dict:
@@ -66,11 +61,9 @@ def test_modelfile_template_renders_like_the_tokenizer(template, bos):
     text, notes = gguf.modelfile("model.q8_0.gguf", tokenizer, 'Say "hi"', 0.2, 1024)
     parsed = parse_modelfile(text)
     assert not notes and parsed["from"] == "./model.q8_0.gguf"
-    expected = tokenizer.apply_chat_template(
-        CONVERSATION, tokenize=False, add_generation_prompt=True
-    )
+    expected = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     # llama.cpp adds the BOS token itself, so the template leaves it out.
-    assert render_go(parsed["template"], CONVERSATION) == expected.removeprefix(bos or "")
+    assert render_go(parsed["template"], PROMPT) == expected.removeprefix(bos or "")
     assert parsed["system"].rstrip() == 'Say "hi"'
     params = dict(parsed["parameters"])
     assert params["temperature"] == "0.2" and params["num_ctx"] == "1024"
@@ -78,7 +71,7 @@ def test_modelfile_template_renders_like_the_tokenizer(template, bos):
     assert stops, "an assistant turn must end somewhere"
     for stop in stops:
         assert len(tokenizer.encode(stop, add_special_tokens=False)) == 1, stop
-        assert stop in expected.split(CONVERSATION[2]["content"])[1], "closes the assistant turn"
+        assert stop in expected.split(PROMPT[2]["content"])[1], "closes the assistant turn"
 
 
 def test_modelfile_without_a_simple_template_falls_back_to_the_gguf_template():

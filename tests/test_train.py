@@ -29,19 +29,12 @@ from domainkit.train.loop import Phase, TrainingRun
 from domainkit.train.model import load_student, make_accelerator
 from domainkit.train.objective import LabelledTokenLoss
 
-from .tiny_lm import CHATML, save_tiny_chat_model, tiny_tokenizer
+from .tiny_lm import CHATML, CONVERSATION, save_tiny_chat_model, tiny_tokenizer
 
 ZEPHYR = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-CONVERSATION = [
-    {"role": "system", "content": "You are helpful."},
-    {"role": "user", "content": "What is the warranty?"},
-    {"role": "assistant", "content": "Two years."},
-    {"role": "user", "content": "And returns?"},
-    {"role": "assistant", "content": "Within 30 days."},
-]
 
 
 @pytest.mark.parametrize("template", [CHATML, ZEPHYR], ids=["chatml", "zephyr"])

@@ -8,6 +8,14 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# A short dialog; [:4] ends on a user turn, as a prompt does.
+CONVERSATION = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "What is the warranty?"},
+    {"role": "assistant", "content": "Two years."},
+    {"role": "user", "content": "And returns?"},
+    {"role": "assistant", "content": "Within 30 days."},
+]
 _TEXT = (
     "The Perch speaker has a two year warranty. Returns are accepted within 30 days. "
     "Hold the power button for ten seconds to reset the speaker. What is the warranty? "

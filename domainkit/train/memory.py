@@ -15,6 +15,7 @@ time in the backward pass. The loss head projects only labelled positions (see o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ class Shapes:
 
 def model_shapes(path: str, targets: str | list[str]) -> Shapes:
     """Read the shapes of ``path``'s model from its config; no weights are loaded."""
+    return _shapes(path, targets if isinstance(targets, str) else tuple(targets))
+
+
+@functools.lru_cache(maxsize=8)  # train plans twice (before and after tokenizing)
+def _shapes(path: str, targets: str | tuple[str, ...]) -> Shapes:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
