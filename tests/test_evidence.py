@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
-from domainkit.retrieval.evidence import EvidenceSelector, text_units
+from domainkit.retrieval.evidence import EvidenceSelector, asks_for_figure, text_units
 from domainkit.retrieval.terms import CorpusVocabulary, specific_terms
 from tests.conftest import HashEmbedder
 
@@ -138,3 +138,78 @@ def test_unknown_names_and_codes_of_a_question():
         "Falcon",
         "KP-900",
     ]
+
+
+def test_title_lines_are_context_not_evidence():
+    # A PDF's numbered section title and a web page's breadcrumb state nothing: they are
+    # left out of the units and kept as the topic of the lines under them.
+    text = (
+        "Current students › Exams › Regulations\n"
+        "3. What you may bring to your desk\n"
+        "- A calculator, only if the exam paper allows one. The only permitted models are "
+        "the Casio fx-83GTX and fx-85GTX.\n"
+        "Opening hours: 9 to 5\n"
+        "Settings > Privacy > Download my data.\n"
+    )
+    units = text_units(text)
+    assert _texts(text) == [
+        "- A calculator, only if the exam paper allows one.",
+        "The only permitted models are the Casio fx-83GTX and fx-85GTX.",
+        "Opening hours: 9 to 5",  # a "label: value" line states something
+        "Settings > Privacy > Download my data.",  # a sentence, not a breadcrumb
+    ]
+    title = text[units[1].heading[0] : units[1].heading[1]]
+    assert title == "3. What you may bring to your desk"
+
+
+def test_a_title_gives_its_sentences_their_topic():
+    # Without its title, "Only the Casio ... models" shares nothing with the question.
+    exams = _chunk(
+        "3. What you may bring to your desk\nPens and a ruler.\n"
+        "Only the Casio fx-83GTX and fx-85GTX models are permitted.\n"
+        "4. Leaving early\nYou may not leave in the first 30 minutes.\n",
+        source="exams.pdf",
+        headings=(),
+    )
+    selector = _selector([exams], dense_weight=0.0)
+    evidence = selector.select("What can I bring to my desk in the exam?", [exams])
+    assert evidence.best().text in (
+        "Pens and a ruler.",
+        "Only the Casio fx-83GTX and fx-85GTX models are permitted.",
+    )
+
+
+def test_a_lead_in_or_table_header_is_never_the_answer():
+    table = _chunk(
+        "| Period | Opening hours |\n| Term time | 08:00 to 22:00 |\n"
+        "| Holidays | 09:00 to 17:00 |\n",
+        source="library.md",
+        headings=("Library opening hours",),
+    )
+    selector = _selector([table])
+    evidence = selector.select("Library opening hours period", [table])
+    assert evidence.ranked[0].text.startswith("| Period"), "the header scores best lexically"
+    assert evidence.best().text.startswith(("| Term time", "| Holidays"))
+    assert evidence.answer_from(evidence.best(), 40).startswith("Period | Opening hours.")
+
+
+def test_a_question_asking_for_a_figure_prefers_a_sentence_that_gives_one():
+    policy = _chunk(
+        "The returns window applies to all speakers bought online. "
+        "The returns window is 30 days from delivery.",
+        source="returns.md",
+        headings=("Returns",),
+    )
+    question = "How long is the returns window for speakers?"
+    plain = _selector([policy], figure_weight=0.0).select(question, [policy])
+    typed = _selector([policy], figure_weight=0.3)
+    assert plain.best().text.startswith("The returns window applies")
+    assert (
+        typed.select(question, [policy]).best().text
+        == "The returns window is 30 days from delivery."
+    )
+    untyped = typed.select("Which speakers does the returns window apply to?", [policy])
+    assert untyped.best().text.startswith("The returns window applies"), "no figure asked for"
+    assert asks_for_figure("What does the family plan cost?")
+    assert asks_for_figure("When does the library close?")
+    assert not asks_for_figure("Can I return an engraved speaker?")

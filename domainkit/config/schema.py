@@ -115,6 +115,13 @@ class EvidenceConfig(_Section):
     lead_ins: bool = Field(
         True, description="Keep the sentence a list item or 'It ...' sentence depends on."
     )
+    figure_weight: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Bonus for sentences that state a figure when the question asks for one "
+        "(how long, how much, when, what does it cost).",
+    )
 
 
 class TeacherConfig(_Section):

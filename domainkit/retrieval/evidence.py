@@ -53,6 +53,8 @@ class Unit:
     start: int
     end: int
     lead: int | None = None  # index of the unit it depends on, in the same passage
+    heading: tuple[int, int] | None = None  # span of the title line above it in the passage
+    lead_in: bool = False  # another unit depends on it ("You can return it if:", a header)
 
 
 def text_units(text: str) -> list[Unit]:
@@ -60,24 +62,29 @@ def text_units(text: str) -> list[Unit]:
 
     Hard-wrapped lines (PDF and plain-text documents) are joined back into their sentence;
     a list item or table row starts a new line of its own. Headings (``#`` lines, short
-    title lines) and lines without words are left out.
+    title lines such as a PDF's "3. What you may bring to your desk", breadcrumbs) and lines
+    without words are left out; each unit keeps the span of the title line above it, which
+    gives a bare sentence its topic.
     """
     units: list[Unit] = []
     lead_in: int | None = None
     table_head: int | None = None
+    heading: tuple[int, int] | None = None
     section = 0  # the first unit under the latest heading: nothing refers back past it
     for start, end, kind in _blocks(text):
         block = text[start:end]
         if kind == "heading":
             lead_in = table_head = None
             section = len(units)
+            if _HAS_WORDS.search(block):
+                heading = (start + len(block) - len(block.lstrip("#* ")), end)
             continue
         if kind == "row":
             if table_head is None:
                 table_head = len(units)
-                units.append(Unit(start, end))
+                units.append(Unit(start, end, heading=heading))
             else:
-                units.append(Unit(start, end, table_head))
+                units.append(Unit(start, end, table_head, heading))
             continue
         table_head = None
         if kind != "item":
@@ -90,10 +97,22 @@ def text_units(text: str) -> list[Unit]:
                 lead = len(units) - 1
             else:
                 lead = None
-            units.append(Unit(start + s, start + e, lead))
+            units.append(Unit(start + s, start + e, lead, heading))
             if sentence.rstrip().endswith(_LEAD_IN_END):
                 lead_in = len(units) - 1
-    return units
+    # A colon line or a table's header introduces what follows without stating it; a
+    # sentence that a later "It ..." refers back to states something itself.
+    leads = {
+        u.lead
+        for u in units
+        if u.lead is not None
+        and (
+            text[units[u.lead].start : units[u.lead].end].rstrip().endswith(_LEAD_IN_END)
+            or text[u.start : u.end].lstrip().startswith("|")
+            or text[u.start : u.end].count(" | ") >= 2
+        )
+    }
+    return [replace(u, lead_in=True) if i in leads else u for i, u in enumerate(units)]
 
 
 _TERMINAL = (".", "!", "?", ":", ";", "—", "–")
@@ -129,12 +148,44 @@ def _blocks(text: str) -> list[tuple[int, int, str]]:
                 last[1] = start + len(stripped)
                 previous_open = not stripped.endswith(_TERMINAL)
                 continue
-            if last[2] == "text" and last_words <= 6:
-                last[2] = "heading"  # a short title line above a paragraph
         kind = "row" if is_row else "item" if is_item else "text"
         blocks.append([start, start + len(stripped), kind])
         previous_open = kind != "row" and not stripped.endswith(_TERMINAL)
+    for block in blocks:
+        if block[2] in ("text", "item") and _is_title(text[block[0] : block[1]], block[2]):
+            block[2] = "heading"
     return [(s, e, k) for s, e, k in blocks if _HAS_WORDS.search(text[s:e])]
+
+
+_NUMBERED = re.compile(r"^\s*(?:\d{1,2}(?:\.\d{1,2})*[.)]?|[A-Z][.)])\s+(?=[A-Z])")
+_BREADCRUMB = re.compile(r"[›»]|\s>\s")
+TITLE_WORDS = 8
+
+
+def _is_title(line: str, kind: str) -> bool:
+    """A title line: a breadcrumb ("Support › App › Pairing"), or a short line without
+    closing punctuation or a "label: value" colon ("Refunds when you withdraw", a PDF's
+    "3. What you may bring to your desk"); for a list line, only a numbered section title
+    in capitals. Such lines name a topic and state nothing, so they are context, not
+    evidence."""
+    plain = line.strip().strip("*_ ")
+    if plain.endswith(_TERMINAL):
+        return False
+    if len(_BREADCRUMB.findall(plain)) >= 2:
+        return True
+    if kind == "item":
+        match = _NUMBERED.match(plain)
+        if not match:
+            return False
+        plain = plain[match.end() :]
+    words = plain.split()
+    return (
+        0 < len(words) <= TITLE_WORDS
+        and not plain.endswith(_TERMINAL)
+        and ":" not in plain
+        and "|" not in plain
+        and (kind == "text" or plain[0].isupper())
+    )
 
 
 def _sentences(line: str) -> list[tuple[int, int]]:
@@ -176,6 +227,7 @@ class EvidenceSentence:
     coverage: float
     number: int = 0
     lead: tuple[int, int] | None = None
+    lead_in: bool = False
 
 
 @dataclass
@@ -228,10 +280,11 @@ class Evidence:
         )
 
     def best(self) -> EvidenceSentence | None:
-        """The highest-scoring sentence that is not a mere lead-in of another."""
+        """The highest-scoring sentence that is not a lead-in ("The options are:", a table's
+        header row): a lead-in introduces facts without stating them."""
         leads = {s.lead for s in self.sentences if s.lead}
         for sentence in self.ranked:
-            if (sentence.start, sentence.end) not in leads:
+            if not sentence.lead_in and (sentence.start, sentence.end) not in leads:
                 return sentence
         return self.ranked[0] if self.ranked else None
 
@@ -350,18 +403,20 @@ class EvidenceSelector:
         u_terms = content_terms(
             [chunk.text[units[i].start : units[i].end] for _, chunk, units, i in candidates]
         )
-        h_terms = content_terms(
-            [" ".join(chunk.headings[-1:]) or chunk.title for _, chunk, _, _ in candidates]
-        )
+        h_terms = content_terms([_heading(chunk, units[i]) for _, chunk, units, i in candidates])
         weight = self.settings.dense_weight
+        figure_bonus = self.settings.figure_weight if asks_for_figure(question) else 0.0
         scores = []
-        for (rank, _, _, _), d, terms, heading in zip(
+        for (rank, chunk, units, i), d, terms, heading in zip(
             candidates, dense, u_terms, h_terms, strict=True
         ):
+            text = chunk.text[units[i].start : units[i].end]
             coverage = weighted_coverage(q_terms, terms, self.vocabulary)
             with_heading = weighted_coverage(q_terms, list(terms) + list(heading), self.vocabulary)
             lexical = 0.7 * coverage + 0.3 * with_heading
             prior = self.settings.rank_weight / (1 + rank)
+            if figure_bonus and _FIGURE.search(text):
+                prior += figure_bonus
             scores.append((weight * float(d) + (1 - weight) * lexical + prior, float(d), coverage))
         return scores
 
@@ -415,6 +470,7 @@ class EvidenceSelector:
             dense=round(score[1], 4),
             coverage=round(score[2], 4),
             lead=(chunk.start + lead.start, chunk.start + lead.end) if lead else None,
+            lead_in=unit.lead_in,
         )
 
     def _arrange(self, question: str, chosen: list[EvidenceSentence]) -> Evidence:
@@ -441,13 +497,42 @@ class EvidenceSelector:
         return np.stack([self._vectors[t] for t in texts])
 
 
+# Questions whose answer is a quantity, a time or a price ("How long is the warranty?",
+# "What does the family plan cost?", "When is the deadline?"): the expected answer type of
+# classic question answering. A sentence that states a figure is likelier to answer them.
+_ASKS_FIGURE = re.compile(
+    r"\b(?:how\s+(?:long|many|much|often|old|far|soon|late|early|quickly|fast|big|large|"
+    r"small|high|low|heavy|tall|wide|deep|hot|cold)|what\s+(?:time|date|day|year|age|"
+    r"percentage|percent|proportion|share|fee|fees|price|cost|rate|amount|number|size)|when|"
+    r"by\s+what\s+date|which\s+(?:year|date|day)|costs?|price|fees?)\b",
+    re.IGNORECASE,
+)
+_FIGURE = re.compile(
+    r"\d|\b(?i:one|two|three|four|five|six|seven|eight|nine|ten|twelve|"
+    r"twenty|thirty|hundred|thousand|million|half|twice|once)\b"
+)
+
+
+def asks_for_figure(question: str) -> bool:
+    """Whether the question asks for a quantity, time, date or price."""
+    return bool(_ASKS_FIGURE.search(question))
+
+
 def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _heading(chunk: Chunk, unit: Unit) -> str:
+    """The nearest title above a unit: a title line in its passage, else the passage's
+    own heading, else its document's title."""
+    if unit.heading is not None:
+        return " ".join(chunk.text[unit.heading[0] : unit.heading[1]].split())
+    return chunk.headings[-1] if chunk.headings else chunk.title
+
+
 def _context(chunk: Chunk, unit: Unit) -> str:
     """What a sentence is embedded as: its nearest heading gives it a topic."""
-    heading = chunk.headings[-1] if chunk.headings else chunk.title
+    heading = _heading(chunk, unit)
     sentence = chunk.text[unit.start : unit.end]
     return f"{heading}: {sentence}" if heading else sentence
 
