@@ -584,3 +584,31 @@ def test_with_keys_metrics_and_schema_are_not_public(fake):
     assert client.get("/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
     assert client.get("/openapi.json").status_code == 404
     assert _client(fake[0]).get("/openapi.json").status_code == 200
+
+
+def test_confidence_is_the_mean_log_probability_of_the_kept_tokens(assistant):
+    """Computed step by step from the chosen tokens (no batch x steps x vocabulary logits
+    history), and equal to scoring the same tokens in one forward pass."""
+    import torch
+
+    from domainkit.runtime.generation import GenRequest
+
+    generator = assistant.scheduler.generator
+    messages = [{"role": "user", "content": "How long is the warranty?"}]
+    short = GenRequest(messages, max_new_tokens=3)
+    longer = GenRequest([{"role": "user", "content": "Hello there, what is a Perch?"}], 9)
+    result, other = generator.generate([short, longer])
+    prompt = generator._ids(messages)
+    model = generator.lm.model
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=torch.tensor([prompt]),
+            max_new_tokens=result.completion_tokens,
+            do_sample=False,
+            pad_token_id=generator.tokenizer.pad_token_id,
+        )
+        new = out[0, len(prompt) :]
+        logits = model(out[:, :-1]).logits[0, len(prompt) - 1 :].float().log_softmax(-1)
+    expected = float(logits.gather(-1, new[:, None]).mean())
+    assert result.completion_tokens == 3 and other.completion_tokens <= 9
+    assert result.mean_logprob == pytest.approx(expected, abs=1e-3)

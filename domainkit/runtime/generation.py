@@ -166,7 +166,7 @@ class LocalGenerator:
 
     def _generate(self, requests: list[GenRequest]) -> list[GenResult]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         tokenizer, model = self.tokenizer, self.lm.model
         prompts = [self._ids(r.messages) for r in requests]
@@ -176,9 +176,11 @@ class LocalGenerator:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         limits = torch.tensor([r.max_new_tokens for r in requests])
         streamer = _RowStreamer(tokenizer, requests, self.eos_ids)
+        chosen = _ChosenLogprobs()
 
         class _PerRowLimit(StoppingCriteria):
             def __call__(self, ids, scores, **kwargs):
+                chosen.keep(ids[:, -1])
                 return (ids.shape[1] - width >= limits.to(ids.device)) | streamer.done_mask(
                     ids.device
                 )
@@ -190,43 +192,58 @@ class LocalGenerator:
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
         with torch.inference_mode():
-            out = model.generate(
+            model.generate(
                 input_ids=input_ids.to(self.lm.device),
                 attention_mask=mask.to(self.lm.device),
                 max_new_tokens=int(limits.max()),
+                logits_processor=LogitsProcessorList([chosen]),
                 stopping_criteria=StoppingCriteriaList([_PerRowLimit()]),
                 streamer=streamer,
                 pad_token_id=pad,
-                output_logits=True,
-                return_dict_in_generate=True,
                 **sampling,
             )
         streamer.end()
-        # Confidence from the raw (unprocessed) logits of the tokens each row kept, one step
-        # at a time: stacking every step's full-vocabulary log-softmax would cost
-        # batch x steps x vocabulary floats.
-        chosen = out.sequences[:, width:]
-        logprobs = torch.stack(
-            [
-                step.float().log_softmax(-1).gather(-1, chosen[:, t : t + 1]).squeeze(-1)
-                for t, step in enumerate(out.logits)
-            ],
-            dim=1,
-        )
         results = []
         for i in range(len(requests)):
             n = len(streamer.tokens[i])
-            kept = logprobs[i, : max(1, n)]
             results.append(
                 GenResult(
                     text=streamer.texts[i].strip(),
                     prompt_tokens=len(prompts[i]),
                     completion_tokens=n,
                     finish_reason="stop" if streamer.finished[i] else "length",
-                    mean_logprob=float(kept.mean()),
+                    mean_logprob=chosen.mean(i, max(1, n)),
                 )
             )
         return results
+
+
+class _ChosenLogprobs:
+    """The log-probability of each token a batch keeps, one step at a time.
+
+    As a logits processor it runs before sampling's temperature and top-p, so it sees the
+    model's own distribution, and keeps only the current step's log-softmax; the stopping
+    check (which runs once the step's tokens are chosen) then records each row's chosen
+    token. Memory is one batch x vocabulary buffer plus batch x steps floats, never the
+    batch x steps x vocabulary history that ``output_logits`` would keep.
+    """
+
+    def __init__(self):
+        self._step = None
+        self._kept: list = []
+
+    def __call__(self, input_ids, scores):
+        self._step = scores.float().log_softmax(-1)
+        return scores
+
+    def keep(self, tokens) -> None:
+        if self._step is not None:
+            self._kept.append(self._step.gather(-1, tokens[:, None]).squeeze(-1).cpu())
+            self._step = None
+
+    def mean(self, row: int, steps: int) -> float:
+        values = [float(step[row]) for step in self._kept[:steps]]
+        return sum(values) / len(values) if values else 0.0
 
 
 # The prompt format's own block markers: a model that writes one has finished its answer and
