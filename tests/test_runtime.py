@@ -612,3 +612,186 @@ def test_confidence_is_the_mean_log_probability_of_the_kept_tokens(assistant):
     expected = float(logits.gather(-1, new[:, None]).mean())
     assert result.completion_tokens == 3 and other.completion_tokens <= 9
     assert result.mean_logprob == pytest.approx(expected, abs=1e-3)
+
+
+# -- admission, cancellation, disclaimer, per-request backend errors ---------------------------
+
+
+class SlowGenerator:
+    """Streams ``steps`` words, one every ``delay`` seconds, stopping early when its request is
+    cancelled (as the local backend does between decoding steps); records every row's steps."""
+
+    context_limit = 4096
+
+    def __init__(self, steps: int = 6, delay: float = 0.02):
+        self.steps, self.delay = steps, delay
+        self.ran: list[tuple[str, int]] = []  # (question, steps generated)
+        self.lock = threading.Lock()
+
+    def count_tokens(self, messages):
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
+    def generate(self, requests):
+        done = [0] * len(requests)
+        for _ in range(self.steps):
+            if all(r.cancelled.is_set() for r in requests):
+                break  # the local backend's stopping check ends the batch the same way
+            time.sleep(self.delay)
+            for i, r in enumerate(requests):
+                if r.cancelled.is_set():
+                    continue
+                done[i] += 1
+                if r.on_text:
+                    r.on_text("word ")
+        with self.lock:
+            self.ran += [
+                (r.messages[-1]["content"], n) for r, n in zip(requests, done, strict=True)
+            ]
+        return [GenResult("word " * n, 10, n, "stop", -0.1) for n in done]
+
+
+def _slow_server(domain, generator, max_queue=4, max_active=8, disclaimer=None, max_batch=4):
+    config = load_domain(domain).config.model_copy(update={"disclaimer": disclaimer})
+    scheduler = Scheduler(generator, max_batch=max_batch, max_queue=max_queue)
+    assistant = Assistant(config, config.runtime, scheduler, retriever=None, tuned=False)
+    app = create_app(assistant, model_name="slow", limits=ServerLimits(max_active=max_active))
+    return assistant, app
+
+
+def test_two_hundred_concurrent_requests_get_200_or_503_and_none_hangs(support_domain):
+    import asyncio
+
+    generator = SlowGenerator(steps=3, delay=0.01)
+    assistant, app = _slow_server(support_domain, generator, max_queue=4, max_active=8)
+    with serve_in_thread(app) as url:
+
+        async def burst():
+            limits = httpx.Limits(max_connections=200)
+            async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+                body = {"messages": _ask("hi"), "max_tokens": 8}
+                calls = [client.post("/v1/chat/completions", json=body) for _ in range(200)]
+                return await asyncio.gather(*calls)
+
+        started = time.perf_counter()
+        responses = asyncio.run(burst())
+        seconds = time.perf_counter() - started
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 4, statuses
+        busy = next(r for r in responses if r.status_code == 503)
+        assert int(busy.headers["Retry-After"]) >= 1 and busy.json()["error"]["code"] == "busy"
+        assert seconds < 30
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["ready"] and health["active"] == 0 and health["waiting"] == 0
+        after = time.perf_counter()
+        ok = httpx.post(f"{url}/v1/chat/completions", json={"messages": _ask("hi")}, timeout=10)
+        assert ok.status_code == 200 and time.perf_counter() - after < 5
+
+
+def test_streaming_clients_that_disconnect_free_their_places(support_domain):
+    generator = SlowGenerator(steps=60, delay=0.05)  # 3 s per answer if nobody leaves
+    assistant, app = _slow_server(
+        support_domain, generator, max_queue=32, max_active=32, max_batch=20
+    )
+    with serve_in_thread(app) as url:
+
+        def leave_early(i):
+            body = {"messages": _ask(f"question {i}"), "stream": True}
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if '"content": "word ' in line:
+                        return True  # the first word arrived; hang up
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(20) as pool:
+            assert all(pool.map(leave_early, range(20)))
+        deadline = time.time() + 10
+        while True:
+            health = httpx.get(f"{url}/healthz").json()
+            if health["active"] == 0 and health["waiting"] == 0 and health["generating"] == 0:
+                break
+            assert time.time() < deadline, health
+            time.sleep(0.05)
+        assert time.perf_counter() - started < 6, "the batch stopped once its clients left"
+        assert len(generator.ran) == 20 and max(n for _, n in generator.ran) < 60
+        after = time.perf_counter()
+        generator.steps = 3
+        body = {"messages": _ask("next")}
+        ok = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+        assert ok.status_code == 200 and time.perf_counter() - after < 3
+
+
+def test_a_waiting_client_that_disconnects_is_dropped_from_the_queue(support_domain):
+    generator = SlowGenerator(steps=40, delay=0.05)  # 2 s
+    assistant, app = _slow_server(support_domain, generator, max_queue=4, max_batch=1)
+    with serve_in_thread(app) as url:
+        with ThreadPoolExecutor(2) as pool:
+            body = {"messages": _ask("first")}
+            first = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=30)
+            time.sleep(0.3)
+            body = {"messages": _ask("impatient")}
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
+            assert first.result().status_code == 200
+        time.sleep(0.5)
+        assert [q for q, _ in generator.ran] == ["first"], "the impatient request never ran"
+        assert httpx.get(f"{url}/healthz").json()["active"] == 0
+
+
+def test_the_disclaimer_comes_with_a_conversations_first_answer(support_domain):
+    from fastapi.testclient import TestClient
+
+    assistant, app = _slow_server(
+        support_domain, SlowGenerator(steps=2, delay=0), disclaimer="Not advice."
+    )
+    client = TestClient(app)
+    first = _post(client, {"messages": _ask("hi")}).json()
+    assert first["domainkit"]["disclaimer"] == "Not advice."
+    later = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "word word"},
+        {"role": "user", "content": "and then?"},
+    ]
+    assert _post(client, {"messages": later}).json()["domainkit"]["disclaimer"] is None
+    with client.stream(
+        "POST", "/v1/chat/completions", json={"messages": _ask("hi"), "stream": True}
+    ) as r:
+        lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    assert lines[-1]["domainkit"]["disclaimer"] == "Not advice."
+    assert 'note.className = "disclaimer"' in client.get("/").text
+
+
+def test_openai_backend_errors_stay_with_their_own_request(monkeypatch):
+    import openai
+
+    from domainkit.runtime.generation import GenRequest, OpenAIGenerator
+
+    generator = OpenAIGenerator(model="m", base_url="http://127.0.0.1:9/v1")
+
+    def one(request):
+        if "too long" in request.messages[-1]["content"]:
+            response = httpx.Response(400, request=httpx.Request("POST", "http://127.0.0.1:9"))
+            raise openai.BadRequestError("context length exceeded", response=response, body=None)
+        return GenResult("fine", 5, 1, "stop", None)
+
+    monkeypatch.setattr(generator, "_one", one)
+    scheduler = Scheduler(generator, max_batch=4)
+    jobs = [
+        scheduler.submit(GenRequest([{"role": "user", "content": text}], 8))
+        for text in ("a", "this is too long", "b")
+    ]
+    assert jobs[0].result(10).text == "fine" and jobs[2].result(10).text == "fine"
+    with pytest.raises(openai.BadRequestError):
+        jobs[1].result(10)
+
+
+def test_a_cancelled_row_of_the_local_backend_stops_at_the_next_step(assistant):
+    from domainkit.runtime.generation import GenRequest
+
+    generator = assistant.scheduler.generator
+    messages = [{"role": "user", "content": "Tell me everything about the Perch."}]
+    leaving = GenRequest(messages, max_new_tokens=40)
+    leaving.on_text = lambda _: leaving.cancelled.set()  # hangs up after its first text
+    staying = GenRequest(messages, max_new_tokens=40)
+    gone, kept = generator.generate([leaving, staying])
+    assert gone.completion_tokens <= 3 < kept.completion_tokens

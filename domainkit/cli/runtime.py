@@ -168,7 +168,11 @@ def serve(
     max_body_kb: Annotated[int, typer.Option(help="Largest request body, in KiB.")] = 1024,
     max_messages: Annotated[int, typer.Option(help="Most messages in one request.")] = 64,
     queue_size: Annotated[
-        int, typer.Option(help="Requests allowed to wait; more get 503 busy.")
+        int,
+        typer.Option(
+            help="Requests allowed to wait for the model; more get 503 busy with Retry-After "
+            "at once (never an unbounded wait)."
+        ),
     ] = 64,
     base: BaseOpt = False,
     build_dir: BuildDirOpt = None,
@@ -186,7 +190,11 @@ def serve(
     keys = load_api_keys(api_keys_file)
     loaded, assistant = _assistant(domain, build_dir, base, max_queue=queue_size)
     limits = ServerLimits(
-        max_body_bytes=max_body_kb * 1024, max_messages=max_messages, max_tokens=max_tokens
+        max_body_bytes=max_body_kb * 1024,
+        max_messages=max_messages,
+        max_tokens=max_tokens,
+        # in progress = waiting + generating
+        max_active=queue_size + assistant.scheduler.max_batch,
     )
     loopback = host in ("127.0.0.1", "localhost", "::1")
     allowed = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None

@@ -145,17 +145,34 @@ def load_calibration(domain: Domain) -> tuple[Gate, float]:
 
 
 class PendingAnswer:
-    """An answer being generated; ``result()`` waits for it."""
+    """An answer being generated; ``result()`` waits for it, ``cancel()`` gives it up.
 
-    def __init__(self, finish: Callable[[GenResult | None], Answer], future: Future | None):
-        self._finish, self._future = finish, future
+    ``future`` is the generation's own future (None when no model is needed): a server
+    awaits it without holding a thread, then calls ``result()``, which no longer waits.
+    """
+
+    def __init__(
+        self,
+        finish: Callable[[GenResult | None], Answer],
+        future: Future | None,
+        request: GenRequest | None = None,
+    ):
+        self._finish, self.future, self._request = finish, future, request
         self._answer: Answer | None = None
 
     def result(self, timeout: float | None = None) -> Answer:
         if self._answer is None:
-            result = self._future.result(timeout) if self._future is not None else None
+            result = self.future.result(timeout) if self.future is not None else None
             self._answer = self._finish(result)
         return self._answer
+
+    def cancel(self) -> None:
+        """The caller has gone: drop the request from the queue, or stop its generation at
+        the next decoding step."""
+        if self._request is not None:
+            self._request.cancelled.set()
+        if self.future is not None:
+            self.future.cancel()
 
 
 @dataclass
@@ -291,7 +308,7 @@ class Assistant:
         # backend can (always a valid quote), generated and checked where it cannot.
         choices = [quote_reply(s.text) for s in plan.evidence.sentences] + [self.config.refusal]
         request = GenRequest(plan.prompt, max_tokens, temperature, None, choices)
-        return PendingAnswer(finish, self.scheduler.submit(request))
+        return PendingAnswer(finish, self.scheduler.submit(request), request)
 
     # -- the evidence route ----------------------------------------------------------------
 
@@ -455,7 +472,7 @@ class Assistant:
             )
 
         request = GenRequest(plan.prompt, max_tokens, temperature, on_text)
-        return PendingAnswer(finish, self.scheduler.submit(request))
+        return PendingAnswer(finish, self.scheduler.submit(request), request)
 
 
 def _evidence_answer(evidence, answer_words: int) -> Answer:

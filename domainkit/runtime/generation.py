@@ -54,6 +54,9 @@ class GenRequest:
     temperature: float = 0.0
     on_text: Callable[[str], None] | None = None
     choices: list[str] | None = None
+    # Set when the client has gone: a queued request is skipped, a running row stops at
+    # the next decoding step and frees its place in the batch.
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
 @dataclass
@@ -275,6 +278,9 @@ class _RowStreamer:
     def done_mask(self, device):
         import torch
 
+        for i, request in enumerate(self.requests):
+            if request.cancelled.is_set():
+                self.finished[i] = True
         return torch.tensor(self.finished, device=device)
 
     def put(self, value) -> None:
@@ -359,9 +365,17 @@ class OpenAIGenerator:
             return sum(len(m["content"]) for m in messages) // 3 + 8 * len(messages)
         return len(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+    def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
+        """Each request on its own connection; a request's error (its context is too long,
+        the endpoint refused it) is returned in its place and fails that request only."""
         with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-            return list(pool.map(self._one, requests))
+            return list(pool.map(self._one_or_error, requests))
+
+    def _one_or_error(self, request: GenRequest) -> GenResult | Exception:
+        try:
+            return self._one(request)
+        except Exception as e:  # noqa: BLE001 - handed to that request's caller
+            return e
 
     def _one(self, request: GenRequest) -> GenResult:
         import openai
@@ -382,6 +396,9 @@ class OpenAIGenerator:
             raise BackendError(f"{self.base_url} answered {e.status_code}: {e.message}") from None
         parts, logprobs, finish, usage = [], [], "stop", None
         for chunk in stream:
+            if request.cancelled.is_set():
+                stream.close()
+                break
             usage = chunk.usage or usage
             if not chunk.choices:
                 continue
@@ -423,19 +440,32 @@ class Scheduler:
     """A bounded queue in front of a generator. One worker thread takes every waiting
     request (up to the generator's batch size, equal temperatures together) and generates
     them as one batch; when ``max_queue`` requests are already waiting, ``submit`` raises
-    ``BusyError`` at once instead of letting latency grow without bound.
+    ``BusyError`` at once instead of letting latency grow without bound. A request whose
+    caller has gone (``GenRequest.cancelled``) is dropped from the queue, or stops within one
+    decoding step when it is already generating.
     """
 
     def __init__(self, generator, max_batch: int = 8, max_queue: int = 64):
         self.generator = generator
         self.max_batch = max_batch
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self._running = 0
         self._worker = threading.Thread(target=self._run, name="domainkit-generate", daemon=True)
         self._worker.start()
 
     @property
     def waiting(self) -> int:
+        """Requests queued, not yet generating."""
         return self._queue.qsize()
+
+    @property
+    def running(self) -> int:
+        """Requests being generated now."""
+        return self._running
+
+    @property
+    def capacity(self) -> int:
+        return self._queue.maxsize
 
     def submit(self, request: GenRequest) -> Future:
         job = _Job(request)
@@ -462,9 +492,15 @@ class Scheduler:
                 self._generate(group)
 
     def _generate(self, jobs: list[_Job]) -> None:
-        live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        live = []
+        for job in jobs:
+            if job.request.cancelled.is_set():
+                job.future.cancel()
+            if job.future.set_running_or_notify_cancel():
+                live.append(job)
         if not live:
             return
+        self._running = len(live)
         try:
             results = self.generator.generate([j.request for j in live])
         except Exception as e:  # handed to the callers; the worker keeps serving
@@ -472,5 +508,10 @@ class Scheduler:
             for job in live:
                 job.future.set_exception(e)
             return
+        finally:
+            self._running = 0
         for job, result in zip(live, results, strict=True):
-            job.future.set_result(result)
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)

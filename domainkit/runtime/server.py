@@ -6,8 +6,15 @@ field with the route taken, the sources cited and the confidence. ``GET /healthz
 ``GET /metrics`` (Prometheus text) and the page at ``/`` complete it.
 
 Errors use OpenAI's error body, ``{"error": {"message", "type", "param", "code"}}``, with
-400 (malformed), 401 (bad key), 413 (too large), 422 (invalid fields) and 503 (busy);
-unexpected failures are logged and answered with a 500 that carries no traceback.
+400 (malformed), 401 (bad key), 413 (too large), 422 (invalid fields) and 503 (busy, with
+``Retry-After``); unexpected failures are logged and answered with a 500 that carries no
+traceback.
+
+Admission: at most ``ServerLimits.max_active`` requests are being answered at once
+(planned, queued or generating); beyond that a request gets 503 at once, never an unbounded
+wait. A waiting request holds no thread: it awaits its generation's future. A client that
+disconnects, streaming or not, has its request dropped from the queue or stopped within one
+decoding step.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import html
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -48,6 +56,7 @@ class ServerLimits:
     max_messages: int = 64
     max_message_chars: int = 16_000
     max_tokens: int = 1024
+    max_active: int = 32  # requests being answered at once; more get 503 at once
 
 
 def load_api_keys(path: Path | None = None) -> set[str]:
@@ -106,7 +115,9 @@ class ChatRequest(BaseModel):
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str, param=None, code=None):
+    def __init__(
+        self, status: int, message: str, type_: str, param=None, code=None, retry_after=None
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (
             status,
@@ -115,6 +126,11 @@ class APIError(Exception):
             param,
             code,
         )
+        self.retry_after = retry_after
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -151,7 +167,29 @@ def create_app(
 
     def error_response(e: APIError) -> JSONResponse:
         body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
-        return JSONResponse({"error": body}, status_code=e.status)
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+        return JSONResponse({"error": body}, status_code=e.status, headers=headers)
+
+    active = [0]  # requests being answered; the event loop is the only writer
+
+    def busy(message: str) -> APIError:
+        # A rough wait: the batches ahead of this request, a second or two each.
+        batches = 1 + assistant.scheduler.waiting // max(1, assistant.scheduler.max_batch)
+        return APIError(503, message, "server_busy", code="busy", retry_after=min(60, batches))
+
+    async def answer_of(request: Request, pending) -> Answer:
+        """Wait for a pending answer without holding a thread; give it up if the client
+        goes away."""
+        if pending.future is not None:
+            waiting = asyncio.wrap_future(pending.future)
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=0.25)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    pending.cancel()
+                    raise _ClientGone
+        return pending.result()
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
@@ -248,12 +286,17 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict:
+        scheduler = assistant.scheduler
         return {
             "status": "ok",
+            "ready": active[0] < limits.max_active,
             "model": model_name,
             "tuned": assistant.tuned,
             "policy": assistant.settings.policy,
-            "waiting": assistant.scheduler.waiting,
+            "active": active[0],
+            "max_active": limits.max_active,
+            "waiting": scheduler.waiting,
+            "generating": scheduler.running,
         }
 
     @app.get("/metrics")
@@ -271,6 +314,22 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        if active[0] >= limits.max_active:
+            metrics.failed(503)
+            return error_response(
+                busy(f"the server is busy ({limits.max_active} requests in progress)")
+            )
+        active[0] += 1
+        streaming = False
+        try:
+            response = await _chat(request)
+            streaming = isinstance(response, StreamingResponse)
+            return response
+        finally:
+            if not streaming:  # a stream releases its place when it ends
+                active[0] -= 1
+
+    async def _chat(request: Request):
         started = time.perf_counter()
         try:
             authorize(request)
@@ -289,18 +348,26 @@ def create_app(
                 "max_tokens": chat.max_completion_tokens or chat.max_tokens,
                 "temperature": chat.temperature,
             }
+            first_turn = not any(m["role"] == "assistant" for m in messages)
+            disclaimer = assistant.config.disclaimer if first_turn else None
             if chat.stream:
-                response = await _stream(assistant, messages, options, model_name, metrics)
+                response = await _stream(request, messages, options, disclaimer)
             else:
-                answer = await asyncio.to_thread(assistant.answer, messages, **options)
+                # Planning (retrieval, evidence) is short CPU work in a thread; the wait for
+                # generation holds none.
+                pending = await asyncio.to_thread(assistant.submit, messages, **options)
+                answer = await answer_of(request, pending)
                 metrics.answered(answer, started)
-                response = _completion(answer, model_name)
+                response = _completion(answer, model_name, disclaimer)
+        except _ClientGone:
+            metrics.failed(499)
+            return Response(status_code=499)
         except APIError as e:
             metrics.failed(e.status)
             return error_response(e)
         except BusyError as e:
             metrics.failed(503)
-            return error_response(APIError(503, str(e), "server_busy", code="busy"))
+            return error_response(busy(str(e)))
         except ConversationError as e:
             metrics.failed(400)
             return error_response(APIError(400, str(e), "invalid_request_error"))
@@ -309,8 +376,9 @@ def create_app(
             return error_response(APIError(502, str(e), "backend_error"))
         return response
 
-    async def _stream(assistant, messages, options, model_name, metrics):
+    async def _stream(request: Request, messages, options, disclaimer):
         loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
         pieces: asyncio.Queue = asyncio.Queue()
         started = time.perf_counter()
         first_token: list[float] = []
@@ -318,13 +386,20 @@ def create_app(
         def on_text(text: str) -> None:
             if not first_token:
                 first_token.append(time.perf_counter() - started)
-            loop.call_soon_threadsafe(pieces.put_nowait, text)
+            if threading.get_ident() == loop_thread:  # a checked answer, finished in the loop
+                pieces.put_nowait(text)
+            else:
+                loop.call_soon_threadsafe(pieces.put_nowait, text)
 
         # Planning and queueing happen before the response starts, so "busy" and bad
         # conversations still get their status codes.
         pending = await asyncio.to_thread(assistant.submit, messages, on_text=on_text, **options)
-        done = asyncio.ensure_future(asyncio.to_thread(pending.result))
-        done.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+        if pending.future is not None:
+            generated = asyncio.wrap_future(pending.future)
+        else:
+            generated = loop.create_future()
+            generated.set_result(None)
+        generated.add_done_callback(lambda _: pieces.put_nowait(None))
         ident, created = _ids()
 
         def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
@@ -339,24 +414,33 @@ def create_app(
             return f"data: {json.dumps(body)}\n\n"
 
         async def events():
-            yield chunk({"role": "assistant", "content": ""})
-            while (text := await pieces.get()) is not None:
-                yield chunk({"content": text})
+            finished = False
             try:
-                answer = done.result()
-            except Exception as e:  # already streaming: report in-band, as OpenAI does
-                log.exception("generation failed while streaming")
-                error = {"message": str(e) or "generation failed", "type": "server_error"}
-                metrics.failed(500)
-                yield f"data: {json.dumps({'error': error})}\n\n"
-                return
-            while not pieces.empty():  # text queued after the result was ready
-                if (text := pieces.get_nowait()) is not None:
+                yield chunk({"role": "assistant", "content": ""})
+                while (text := await pieces.get()) is not None:
                     yield chunk({"content": text})
-            metrics.answered(answer, started, first_token[0] if first_token else None)
-            extra = {"usage": _usage(answer), "domainkit": _extra(answer)}
-            yield chunk({}, answer.finish_reason, extra)
-            yield "data: [DONE]\n\n"
+                try:
+                    answer = pending.result()
+                except Exception as e:  # already streaming: report in-band, as OpenAI does
+                    log.error("generation failed while streaming: %s", e)
+                    error = {"message": _public(e), "type": "server_error"}
+                    metrics.failed(500)
+                    finished = True
+                    yield f"data: {json.dumps({'error': error})}\n\n"
+                    return
+                while not pieces.empty():  # text queued after the result was ready
+                    if (text := pieces.get_nowait()) is not None:
+                        yield chunk({"content": text})
+                metrics.answered(answer, started, first_token[0] if first_token else None)
+                extra = {"usage": _usage(answer), "domainkit": _extra(answer, disclaimer)}
+                finished = True
+                yield chunk({}, answer.finish_reason, extra)
+                yield "data: [DONE]\n\n"
+            finally:
+                if not finished:  # the client went away mid-answer
+                    pending.cancel()
+                    metrics.failed(499)
+                active[0] -= 1
 
         return StreamingResponse(
             events(),
@@ -407,8 +491,16 @@ def _usage(answer: Answer) -> dict:
     }
 
 
-def _extra(answer: Answer) -> dict:
+def _public(error: Exception) -> str:
+    """What a client may read of a failure: a backend's own message, else nothing internal."""
+    if isinstance(error, (BackendError, ConversationError)):
+        return str(error)
+    return "generation failed"
+
+
+def _extra(answer: Answer, disclaimer: str | None = None) -> dict:
     return {
+        "disclaimer": disclaimer,  # the recipe's, on a conversation's first answer
         "route": answer.route,
         "sources": [s.__dict__ for s in answer.sources],
         "quote": answer.quote,
@@ -420,7 +512,7 @@ def _extra(answer: Answer) -> dict:
     }
 
 
-def _completion(answer: Answer, model_name: str) -> dict:
+def _completion(answer: Answer, model_name: str, disclaimer: str | None = None) -> dict:
     ident, created = _ids()
     return {
         "id": ident,
@@ -435,7 +527,7 @@ def _completion(answer: Answer, model_name: str) -> dict:
             }
         ],
         "usage": _usage(answer),
-        "domainkit": _extra(answer),
+        "domainkit": _extra(answer, disclaimer),
     }
 
 
