@@ -3,8 +3,10 @@ user's documents (symlinks out of docs/, unreadable, badly named) are skipped wi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,31 @@ def test_a_file_that_cannot_be_read_is_skipped(tmp_path, monkeypatch):
     result = load_documents(docs, progress=False)
     assert [d.source for d in result.documents] == ["good.md"]
     assert "Permission denied" in result.skipped[0].reason
+
+
+def test_a_file_that_stalls_its_parser_is_skipped_after_its_time_budget(tmp_path, monkeypatch):
+    from domainkit.config.schema import IngestConfig
+    from domainkit.ingest import corpus
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.md").write_text("# Good\n\nThe warranty lasts two years.\n")
+    (docs / "crafted.md").write_text("# Crafted\n\nA file that sends its parser in circles.\n")
+    real = corpus.LOADERS.get(".md")
+
+    def loader(path, source):
+        while path.name == "crafted.md":  # a parser looping on crafted input, even one that
+            with contextlib.suppress(Exception):  # catches every Exception it meets
+                sum(range(10_000))
+        return real(path, source)
+
+    monkeypatch.setattr(corpus.LOADERS, "get", lambda suffix: loader)
+    started = time.perf_counter()
+    result = load_documents(docs, IngestConfig(max_file_seconds=0.5), progress=False)
+    assert time.perf_counter() - started < 5
+    assert [d.source for d in result.documents] == ["good.md"]
+    assert result.skipped[0].source == "crafted.md"
+    assert "longer than 0.5 s (ingest.max_file_seconds)" in result.skipped[0].reason
 
 
 def test_a_docx_that_inflates_past_the_limit_is_skipped(tmp_path, monkeypatch):

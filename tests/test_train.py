@@ -402,3 +402,58 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_model, tm
         _, state = _run(load_student(settings), settings, tmp_path, resume=True)
     assert "cannot be read" in caplog.text and "(step 2)" in caplog.text
     assert state.step == 6
+
+
+@pytest.mark.parametrize("moment", ["before-any-checkpoint", "after-checkpoint"])
+def test_sigkill_at_any_moment_then_the_rerun_finishes_consistently(
+    trained_domain, tmp_path, moment
+):
+    """A training process killed with SIGKILL (no cleanup at all) leaves a folder the next
+    run can use: it resumes from the last complete checkpoint, or starts over, and ends with
+    a loadable adapter and every step accounted for."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from domainkit.train.pipeline import CHOICES
+
+    domain = tmp_path / "domain"
+    shutil.copytree(
+        trained_domain,
+        domain,
+        ignore=lambda folder, names: ["train"] if folder.endswith(".domainkit") else [],
+    )
+    config = yaml.safe_load((domain / "domain.yaml").read_text())
+    config["train"] |= {"max_steps": 10, "save_every": 1, "eval_every": 5}
+    (domain / "domain.yaml").write_text(yaml.safe_dump(config))
+    out = domain / ".domainkit" / "train"
+    command = [sys.executable, "-m", "domainkit", "train", str(domain)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    signal_file = {
+        "before-any-checkpoint": lambda: (out / CHOICES).is_file(),  # written as it starts
+        "after-checkpoint": lambda: any(out.glob("**/checkpoints/step-000003")),
+    }[moment]
+    deadline = time.time() + 300
+    while not signal_file():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    assert not (out / "adapter" / "adapter_config.json").is_file(), "killed before the end"
+
+    rerun = subprocess.run(
+        [*command, "--resume", "--json"], capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["steps"] == 10
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(out / "adapter").r == 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "loss" in row]
+    assert steps == list(range(1, 11)), "every step once, none lost or repeated"
+    assert not list(out.glob("**/.*.tmp")), "no half-written folder is left"

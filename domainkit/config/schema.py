@@ -37,6 +37,12 @@ class IngestConfig(_Section):
     include: list[str] = Field(["**/*"], description="Glob patterns (relative to docs/) to read.")
     exclude: list[str] = Field([], description="Glob patterns to skip, applied after include.")
     max_file_mb: float = Field(50.0, gt=0, description="Files larger than this are skipped.")
+    max_file_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A file whose reading takes longer is skipped (a crafted PDF cannot stall "
+        "the build).",
+    )
     follow_symlinks: bool = Field(
         False,
         description="Read symlinks that lead out of docs/ (off: a shared domain folder could "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,13 +123,48 @@ def _load_one(path: Path, source: str, settings: IngestConfig) -> list[Document]
         size_mb = path.stat().st_size / 2**20
         if size_mb > settings.max_file_mb:
             raise LoadError(f"{size_mb:.0f} MB is over the {settings.max_file_mb:g} MB limit")
-        return loader(path, source)
+        with time_limit(settings.max_file_seconds):
+            return loader(path, source)
     except LoadError:
         raise
+    except _OutOfTime:
+        raise LoadError(
+            f"reading it took longer than {settings.max_file_seconds:g} s (ingest.max_file_seconds)"
+        ) from None
     except OSError as e:  # unreadable, or gone since it was listed
         raise LoadError(f"could not read it ({e.strerror or e})") from e
     except Exception as e:  # a third-party parser failing on odd input must not stop the run
         raise LoadError(f"could not parse ({type(e).__name__}: {e})") from e
+
+
+class _OutOfTime(BaseException):
+    """Raised inside a loader whose file has used up its time budget (a BaseException, so
+    a parser's own ``except Exception`` cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Interrupt the block with ``_OutOfTime`` after ``seconds`` of wall time.
+
+    Document parsers are Python code (pypdf, python-docx, BeautifulSoup), so a timer signal
+    stops them between two bytecodes, wherever a crafted file has them looping. Signals reach
+    only the main thread: elsewhere (a server, a test worker) the block runs unbounded.
+    """
+    usable = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def supported_suffixes() -> str:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from domainkit.config.schema import TrainConfig
 from domainkit.train.data import IGNORE, Row, collate, make_batches
 from domainkit.train.objective import LabelledTokenLoss
-from domainkit.utils.atomic import atomic_write_json, fsync_file
+from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +259,12 @@ class TrainingRun:
     def _save_adapter(self, folder: Path) -> None:
         if not self.accelerator.is_main_process:
             return
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.unwrapped.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+
+        def write(tmp: Path) -> None:
+            self.unwrapped.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        replace_dir(folder, write)
 
     def _checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -272,27 +272,26 @@ class TrainingRun:
             return
         root = self.phase.out_dir / "checkpoints"
         folder = root / f"step-{self.state.step:06d}"
-        tmp = root / f".tmp-{self.state.step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        trainable = {
-            n: p.detach().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad
-        }
-        torch.save(trainable, tmp / "trainable.pt")
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": _rng_state(),
-                "tokens_seen": self.tokens_seen,
-            },
-            tmp / "training.pt",
-        )
-        for written in ("trainable.pt", "training.pt"):  # on disk before the marker says so
-            fsync_file(tmp / written)
-        atomic_write_json(tmp / "state.json", asdict(self.state))  # last: marks completeness
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+
+        def write(tmp: Path) -> None:
+            trainable = {
+                n: p.detach().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad
+            }
+            torch.save(trainable, tmp / "trainable.pt")
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "tokens_seen": self.tokens_seen,
+                },
+                tmp / "training.pt",
+            )
+            for written in ("trainable.pt", "training.pt"):  # on disk before the marker
+                fsync_file(tmp / written)
+            atomic_write_json(tmp / "state.json", asdict(self.state))  # last: marks completeness
+
+        replace_dir(folder, write)
         for old in sorted(root.glob("step-*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -27,7 +27,7 @@ from domainkit.train.memory import MemoryPlan, plan_for
 from domainkit.train.memory import check as check_memory
 from domainkit.train.metrics import external_loggers, plot_loss, write_jsonl
 from domainkit.train.model import Student, enable_checkpointing, load_student, make_accelerator
-from domainkit.utils.atomic import atomic_write_json
+from domainkit.utils.atomic import atomic_write_json, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -272,11 +272,9 @@ def _preference(student: Student, samples, settings, out: Path, sft_best: Path) 
 
 
 def _publish_adapter(source: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    """A copy of ``source`` takes ``target``'s place in one swap: a kill leaves the old
+    adapter or the new one, never none."""
+    replace_dir(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
 
 
 def summary_dict(report: TrainReport) -> dict:
