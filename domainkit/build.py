@@ -64,11 +64,11 @@ class BuildReport:
 
 
 def state_path(domain: Domain) -> Path:
-    return domain.build_dir / "build.json"
+    return domain.layout.build_record
 
 
 def bundle_dir(domain: Domain) -> Path:
-    return domain.build_dir / "bundle"
+    return domain.layout.bundle
 
 
 def _load_state(domain: Domain) -> dict:
@@ -133,14 +133,14 @@ def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
 def _outputs_exist(domain: Domain, stage: str) -> bool:
     from domainkit.retrieval.store import current_version
 
-    build = domain.build_dir
+    layout = domain.layout
     return {
         "ingest": True,
-        "index": current_version(domain.index_dir) is not None,
-        "synth": (build / "synth" / "CURRENT").is_file(),
-        "train": (build / "train" / "adapter" / "adapter_config.json").is_file(),
-        "eval": (build / "eval" / "report.json").is_file(),
-        "bundle": (bundle_dir(domain) / "bundle.json").is_file(),
+        "index": current_version(layout.index) is not None,
+        "synth": layout.synth_pointer.is_file(),
+        "train": (layout.adapter / "adapter_config.json").is_file(),
+        "eval": (layout.eval / "report.json").is_file(),
+        "bundle": (layout.bundle / "bundle.json").is_file(),
     }[stage]
 
 
@@ -363,7 +363,7 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
     import yaml
 
     from domainkit.retrieval.store import current_version
-    from domainkit.runtime.assistant import adapter_path, calibration_path
+    from domainkit.runtime.assistant import adapter_path
     from domainkit.train import cards
 
     target = bundle_dir(domain)
@@ -371,13 +371,13 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
     def write(tmp: Path) -> None:
         shutil.copytree(adapter_path(domain), tmp / "adapter")
         shutil.copytree(current_version(domain.index_dir), tmp / "index")
-        for path in (calibration_path(domain), domain.build_dir / "eval" / "report.md"):
+        for path in (domain.layout.calibration, domain.layout.eval_report):
             if path.is_file():
                 shutil.copyfile(path, tmp / path.name)
         config = domain.config.model_dump(mode="json")
         (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         summary = cards.read_train_summary(adapter_path(domain).parent)
-        evaluation = cards.read_eval_report(domain.build_dir / "eval")
+        evaluation = cards.read_eval_report(domain.layout.eval)
         for kind, folder in (("bundle", target), ("adapter", target / "adapter")):
             card = cards.model_card(domain, kind, summary, evaluation, path=str(folder))
             (tmp / folder.relative_to(target) / "README.md").write_text(card, encoding="utf-8")

@@ -136,3 +136,34 @@ def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
     (tmp_path / "domain.yaml").write_text("name: bomb\n" + "\n".join(layers) + "\n")
     with pytest.raises(ConfigError, match=r"line 3.*aliases \(\*name\) are not allowed"):
         load_domain(tmp_path)
+
+
+def test_the_layout_names_every_build_path_once_under_the_build_folder(support_domain):
+    import dataclasses
+
+    from domainkit.build import bundle_dir
+    from domainkit.eval.runner import eval_dir
+    from domainkit.runtime.assistant import adapter_path, calibration_path
+    from domainkit.synth.pipeline import synth_dir
+    from domainkit.train.pipeline import train_dir
+
+    config = support_domain / "domain.yaml"
+    config.write_text(config.read_text() + "build_dir: out/build\n")
+    domain = load_domain(support_domain)
+    layout = domain.layout
+    names = [
+        name
+        for name, value in vars(type(layout)).items()
+        if isinstance(value, property) and not name.startswith("_")
+    ]
+    paths = [getattr(layout, name) for name in names]
+    assert len(set(paths)) == len(paths) >= 12, "no two names share a path"
+    assert all(p.is_relative_to(support_domain / "out" / "build") for p in paths)
+    assert [f(domain) for f in (synth_dir, train_dir, eval_dir, bundle_dir)] == [
+        layout.synth,
+        layout.train,
+        layout.eval,
+        layout.bundle,
+    ]
+    assert adapter_path(domain) == layout.adapter and calibration_path(domain) == layout.calibration
+    assert domain.index_dir == layout.index and dataclasses.is_dataclass(layout)

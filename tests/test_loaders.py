@@ -146,8 +146,25 @@ def test_broken_files_are_skipped_with_path_and_reason(tmp_path, name):
     assert reason in skipped.reason
 
 
-def test_loader_error_type_is_public():
-    assert issubclass(LoadError, Exception)
+def test_a_plugged_in_loader_skips_a_file_with_its_own_reason(tmp_path, monkeypatch):
+    """A loader registered from outside raises the public ``LoadError``; the run goes on
+    and reports the loader's reason."""
+    from domainkit.ingest import LOADERS
+
+    monkeypatch.setattr(LOADERS, "_items", dict(LOADERS._items))
+
+    @LOADERS.register(".memo")
+    def load_memo(path, source):
+        raise LoadError("memo files need a password")
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.md").write_text("# Good\n\nText.\n")
+    (docs / "secret.memo").write_text("...")
+    result = load_documents(docs)
+    assert [(s.source, s.reason) for s in result.skipped] == [
+        ("secret.memo", "memo files need a password")
+    ]
 
 
 def test_docx_without_document_part_is_skipped(tmp_path):

@@ -90,7 +90,8 @@ def evaluate(
     and accuracy.png.
     """
     from domainkit.errors import DomainkitError
-    from domainkit.eval.runner import load_report, report_dict, run_eval
+    from domainkit.eval.report import report_dict
+    from domainkit.eval.runner import load_report, run_eval
 
     loaded = load_domain(domain, build_dir)
     if last:

@@ -101,7 +101,6 @@ def export(
     Studio; needs llama.cpp's converter, which `make install` sets up) and dataset/.
     """
     from domainkit.models import resolve_causal_lm
-    from domainkit.train import train_dir
     from domainkit.train.export import FORMATS, export_model
 
     loaded = load_domain(domain, build_dir)
@@ -116,9 +115,9 @@ def export(
     with build_lock(loaded.build_dir, "export"):
         report = export_model(
             loaded,
-            train_dir(loaded) / "adapter",
+            loaded.layout.adapter,
             resolve_causal_lm(loaded.config.train.student_model),
-            loaded.build_dir / "export",
+            loaded.layout.export,
             wanted,
             gguf_type=gguf_type,
             check=check,

@@ -144,6 +144,69 @@ def load_recipe(name_or_path: str) -> DomainConfig:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Every path of a build folder, named in this one place: stages, the runtime, eval and
+    bundles ask it rather than spelling paths of their own."""
+
+    root: Path  # the build folder, BUILD
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def synth(self) -> Path:
+        return self.root / "synth"
+
+    @property
+    def synth_pointer(self) -> Path:
+        """Names the published synth dataset version (``utils.versioned``)."""
+        return self.synth / "CURRENT"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def adapter(self) -> Path:
+        return self.train / "adapter"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.train / "loss.png"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "runtime" / "calibration.json"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def eval_report(self) -> Path:
+        return self.eval / "report.md"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def build_record(self) -> Path:
+        return self.root / "build.json"
+
+    @property
+    def lock(self) -> Path:
+        from domainkit.utils.lock import LOCK_FILE
+
+        return self.root / LOCK_FILE
+
+
+@dataclass(frozen=True)
 class Domain:
     """A domain folder: its validated configuration and where its files live."""
 
@@ -159,8 +222,13 @@ class Domain:
         return self.root / self.config.build_dir
 
     @property
+    def layout(self) -> Layout:
+        """The build folder's paths."""
+        return Layout(self.build_dir)
+
+    @property
     def index_dir(self) -> Path:
-        return self.build_dir / "index"
+        return self.layout.index
 
     @property
     def eval_path(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from domainkit.utils.atomic import atomic_write_json, atomic_write_text
@@ -170,12 +171,17 @@ def plot_accuracy(conditions: dict[str, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def write_report(domain, report, rows: list[dict]) -> None:
-    from domainkit.eval.runner import report_dict
+def report_dict(report) -> dict:
+    """An ``EvalReport`` as JSON-ready data."""
+    data = asdict(report)
+    data["path"] = str(report.path)
+    return data
 
+
+def write_report(domain, report, rows: list[dict]) -> None:
     out = report.path
     out.mkdir(parents=True, exist_ok=True)
-    loss = domain.build_dir / "train" / "loss.png"
+    loss = domain.layout.loss_plot
     if loss.is_file():
         shutil.copyfile(loss, out / "loss.png")
     first = next(iter(report.conditions.values()))

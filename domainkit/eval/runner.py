@@ -24,7 +24,7 @@ import logging
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -96,7 +96,7 @@ class EvalReport:
 
 
 def eval_dir(domain: Domain) -> Path:
-    return domain.build_dir / "eval"
+    return domain.layout.eval
 
 
 def eval_items(domain: Domain, limit: int | None = None, path: Path | None = None) -> list[Item]:
@@ -485,12 +485,6 @@ def _headline(results: dict[str, dict[str, dict]]) -> str:
     refusals = best.get("refusal_accuracy")
     tail = f"; unanswerable refused {refusals:.0%}" if refusals is not None else ""
     return "accuracy: " + ", ".join(parts) + tail
-
-
-def report_dict(report: EvalReport) -> dict:
-    data = asdict(report)
-    data["path"] = str(report.path)
-    return data
 
 
 def load_report(domain: Domain) -> dict | None:

@@ -121,11 +121,11 @@ class Answer:
 
 
 def calibration_path(domain: Domain) -> Path:
-    return domain.build_dir / "runtime" / "calibration.json"
+    return domain.layout.calibration
 
 
 def adapter_path(domain: Domain) -> Path:
-    return domain.build_dir / "train" / "adapter"
+    return domain.layout.adapter
 
 
 # Before calibration the reader's pick and the selector's ranking count equally. The

@@ -56,7 +56,7 @@ class SynthReport:
 
 
 def synth_dir(domain: Domain) -> Path:
-    return domain.build_dir / "synth"
+    return domain.layout.synth
 
 
 def plan(ctx: SynthContext, target: int) -> list[Plan]:

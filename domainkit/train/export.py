@@ -85,7 +85,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(out_dir)
     summary = cards.read_train_summary(adapter_dir.parent)
-    evaluation = cards.read_eval_report(domain.build_dir / "eval")
+    evaluation = cards.read_eval_report(domain.layout.eval)
 
     def card(kind: str, path: Path) -> str:
         return cards.model_card(domain, kind, summary, evaluation, path=str(path))

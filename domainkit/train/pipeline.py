@@ -72,7 +72,7 @@ def _memory_choices(out: Path, memory: MemoryPlan | None, settings, resume: bool
 
 
 def train_dir(domain: Domain) -> Path:
-    return domain.build_dir / "train"
+    return domain.layout.train
 
 
 def rows_for(
@@ -199,11 +199,11 @@ def run_train(
         preference = _preference(student, splits["train"], settings, out / "preference", final)
         if preference:
             final = out / "preference" / "best"
-    adapter = out / "adapter"
+    adapter = domain.layout.adapter
     if accelerator.is_main_process:
         _publish_adapter(final, adapter)
     sft_history = histories.get("sft", [])
-    plot = out / "loss.png"
+    plot = domain.layout.loss_plot
     if accelerator.is_main_process:  # one writer per file under `accelerate launch`
         plot = plot_loss(sft_history, plot, f"{domain.config.name}: SFT loss")
         write_jsonl(
