@@ -56,9 +56,7 @@ def measure(spec: str) -> dict | None:
         return None
     domain = load_domain(root)
     questions = [
-        q
-        for q in load_eval_set(root / (questions_file or "eval.yaml")).questions
-        if q.answerable
+        q for q in load_eval_set(root / (questions_file or "eval.yaml")).questions if q.answerable
     ]
     retriever = open_retriever(domain)
     selector = EvidenceSelector(retriever.embedder, retriever.vocabulary, domain.config.evidence)
