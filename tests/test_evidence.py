@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
 from domainkit.retrieval.evidence import EvidenceSelector, asks_for_figure, text_units
@@ -213,3 +215,28 @@ def test_a_question_asking_for_a_figure_prefers_a_sentence_that_gives_one():
     assert asks_for_figure("What does the family plan cost?")
     assert asks_for_figure("When does the library close?")
     assert not asks_for_figure("Can I return an engraved speaker?")
+
+
+def test_an_answer_adds_a_second_passages_line_only_when_nearly_as_relevant():
+    fees = _chunk(
+        "A return within 30 days is free. Opened soundbars carry a 15 percent restocking fee.",
+        source="returns.md",
+        headings=("Returns",),
+    )
+    boxes = _chunk(
+        "We send a prepaid box for the speaker. Boxes are recycled.",
+        source="boxes.md",
+        headings=("Boxes",),
+    )
+    selector = _selector([fees, boxes])
+    evidence = selector.select("What does a return of an opened soundbar cost?", [fees, boxes])
+    best = evidence.best()
+    text = evidence.answer_from(best, 40)
+    assert text.startswith(best.text.rstrip(".")) or best.text in text
+    assert text.endswith(f"[{best.number}]") and "Boxes are recycled" not in text
+    close = [s for s in evidence.ranked if s.chunk is boxes]
+    for sentence in close:  # made as relevant as the best line, it joins with its citation
+        evidence.ranked[evidence.ranked.index(sentence)] = replace(sentence, score=best.score)
+    joined = evidence.answer_from(best, 40)
+    number = evidence.passages.index(boxes) + 1
+    assert f"[{best.number}] " in joined and joined.endswith(f"[{number}]")

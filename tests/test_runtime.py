@@ -86,10 +86,12 @@ def test_the_answer_is_a_checked_quote_from_the_evidence_with_its_citation(assis
     assert answer.evidence and all(e.document and e.end > e.start for e in answer.evidence)
     quoted = answer.quote.removeprefix("Quote: ")
     assert any(quoted == " ".join(e.text.split()) for e in answer.evidence)
-    cited = int(answer.text.rsplit("[", 1)[1].rstrip("]"))
-    passage = answer.sources[cited - 1].text
-    for sentence in answer.text.rsplit(" [", 1)[0].split(". "):
-        assert sentence.rstrip(".") in " ".join(passage.split()), "only the passage's own words"
+    import re
+
+    for words, cited in re.findall(r"(.+?) \[(\d+)\](?: |$)", answer.text):
+        passage = " ".join(answer.sources[int(cited) - 1].text.split())
+        for sentence in words.split(". "):
+            assert sentence.rstrip(".") in passage, "only the cited passage's own words"
     assert "".join(pieces) == answer.text, "a checked answer arrives in one piece"
     assert set(answer.gate) >= {"dense", "unknown", "model_refusal", "p_answerable"}
 

@@ -289,30 +289,59 @@ class Evidence:
         return self.ranked[0] if self.ranked else None
 
     def answer_from(self, primary: EvidenceSentence, max_words: int) -> str:
-        """The answer a user reads: ``primary`` with its lead-in and the best other
-        sentences of its passage, in document order, within ``max_words``, then the
-        citation ``[n]``. Only the documents' own words, so nothing needs trusting."""
+        """The answer a user reads: ``primary`` with its lead-in, then the best other
+        sentences within ``max_words``: of its own passage, and of the evidence's other
+        passages (a question often needs two lines that sit in different passages). Each
+        passage's sentences are in document order, followed by its citation ``[n]``, the
+        primary's passage first. Only the documents' own words, so nothing needs trusting."""
         from domainkit.prompting import citation, readable
 
-        chosen = [primary]
-        lead = self.lead_of(primary)
-        if lead is not None:
-            chosen.insert(0, lead)
-        words = sum(len(s.text.split()) for s in chosen)
-        seen = {s.start for s in chosen}
-        others = sorted(self.ranked + self.pool, key=lambda s: -s.score)
-        for sentence in others:
-            size = len(sentence.text.split())
-            if sentence.chunk.id != primary.chunk.id or sentence.start in seen:
+        def key(sentence: EvidenceSentence) -> tuple[str, int]:
+            return sentence.chunk.source, sentence.start
+
+        chosen: list[EvidenceSentence] = []
+        words = 0
+
+        def add(sentence: EvidenceSentence, leads: bool = True) -> bool:
+            nonlocal words
+            group = [sentence]
+            lead = self.lead_of(sentence) if leads else None
+            if lead is not None and key(lead) not in {key(s) for s in chosen}:
+                group.insert(0, lead)
+            size = sum(len(s.text.split()) for s in group)
+            if chosen and words + size > max_words:
+                return False
+            chosen.extend(group)
+            words += size
+            return True
+
+        add(primary)
+        own = [s for s in self.ranked + self.pool if s.chunk.id == primary.chunk.id]
+        floor = OTHER_PASSAGE_SHARE * primary.score
+        others = [  # sentences of the other cited passages, nearly as relevant as the primary
+            s for s in self.ranked if s.chunk.id != primary.chunk.id and s.score >= floor
+        ]
+        more_from_others = True
+        for sentence in sorted(own + others, key=lambda s: -s.score):
+            if sentence.lead_in or key(sentence) in {key(s) for s in chosen}:
                 continue
-            if words + size <= max_words:
-                chosen.append(sentence)
-                seen.add(sentence.start)
-                words += size
-        chosen.sort(key=lambda s: s.start)
-        parts = [readable(s.text) for s in chosen]
-        text = " ".join(p if p.endswith((".", "!", "?", ":", ";")) else f"{p}." for p in parts)
-        return f"{text} {citation(primary.number)}"
+            if sentence.chunk.id == primary.chunk.id:
+                add(sentence, leads=False)
+            elif more_from_others and not add(sentence):
+                # Not a lower-ranked line of another passage in its place: a short
+                # neighbour ("Perch: 2 years.") would pass for the answer.
+                more_from_others = False
+        numbers = {primary.chunk.id: primary.number}
+        numbers.update({s.chunk.id: s.number for s in others})
+        groups: dict[str, list[EvidenceSentence]] = {}
+        for sentence in chosen:
+            groups.setdefault(sentence.chunk.id, []).append(sentence)
+        pieces = []
+        for chunk_id in sorted(groups, key=lambda c: (c != primary.chunk.id, numbers[c])):
+            parts = [readable(s.text) for s in sorted(groups[chunk_id], key=lambda s: s.start)]
+            text = " ".join(p if p.endswith((".", "!", "?", ":", ";")) else f"{p}." for p in parts)
+            pieces.append(f"{text} {citation(numbers[chunk_id])}")
+        return " ".join(pieces)
 
     def block(self) -> str:
         """The evidence as the model reads it (``prompting.format_evidence``)."""
@@ -516,6 +545,11 @@ _FIGURE = re.compile(
 def asks_for_figure(question: str) -> bool:
     """Whether the question asks for a quantity, time, date or price."""
     return bool(_ASKS_FIGURE.search(question))
+
+
+# Sentences of other passages join an answer only when nearly as relevant as its main one:
+# a second fact the question asks for, not a neighbouring topic.
+OTHER_PASSAGE_SHARE = 0.7
 
 
 def _key(text: str) -> str:
