@@ -290,10 +290,11 @@ class Evidence:
 
     def answer_from(self, primary: EvidenceSentence, max_words: int) -> str:
         """The answer a user reads: ``primary`` with its lead-in, then the best other
-        sentences within ``max_words``: of its own passage, and of the evidence's other
-        passages (a question often needs two lines that sit in different passages). Each
-        passage's sentences are in document order, followed by its citation ``[n]``, the
-        primary's passage first. Only the documents' own words, so nothing needs trusting."""
+        sentences of its passage within ``max_words``, then, with the words left, the best
+        lines of the evidence's other passages that are nearly as relevant (a question
+        often needs two lines that sit apart). Each passage's sentences are in document
+        order, followed by its citation ``[n]``, the primary's passage first. Only the
+        documents' own words, so nothing needs trusting."""
         from domainkit.prompting import citation, readable
 
         def key(sentence: EvidenceSentence) -> tuple[str, int]:
@@ -321,16 +322,18 @@ class Evidence:
         others = [  # sentences of the other cited passages, nearly as relevant as the primary
             s for s in self.ranked if s.chunk.id != primary.chunk.id and s.score >= floor
         ]
-        more_from_others = True
-        for sentence in sorted(own + others, key=lambda s: -s.score):
+        # The main line's own passage first: its neighbours are what the line is about
+        # ("Perch: 2 years." sits in the list that holds the Talon's line).
+        for sentence in sorted(own, key=lambda s: -s.score):
+            if not sentence.lead_in and key(sentence) not in {key(s) for s in chosen}:
+                add(sentence, leads=False)
+        for sentence in sorted(others, key=lambda s: -s.score):
             if sentence.lead_in or key(sentence) in {key(s) for s in chosen}:
                 continue
-            if sentence.chunk.id == primary.chunk.id:
-                add(sentence, leads=False)
-            elif more_from_others and not add(sentence):
+            if not add(sentence):
                 # Not a lower-ranked line of another passage in its place: a short
-                # neighbour ("Perch: 2 years.") would pass for the answer.
-                more_from_others = False
+                # neighbour would pass for the answer.
+                break
         numbers = {primary.chunk.id: primary.number}
         numbers.update({s.chunk.id: s.number for s in others})
         groups: dict[str, list[EvidenceSentence]] = {}
