@@ -92,21 +92,31 @@ def test_files_that_are_not_the_users_documents_are_skipped_with_reasons(tmp_pat
     assert "link-out.txt" in {d.source for d in allowed.documents}
 
 
-def test_a_file_that_cannot_be_read_is_skipped(tmp_path, monkeypatch):
+def _docs_with_a_bad_file(tmp_path, monkeypatch, name: str, misbehave) -> Path:
+    """docs/ with good.md and ``name``, whose Markdown loader calls ``misbehave(path)``
+    first."""
     from domainkit.ingest import corpus
 
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "good.md").write_text("# Good\n\nText.\n")
-    (docs / "locked.md").write_text("# Locked\n\nText.\n")
+    (docs / "good.md").write_text("# Good\n\nThe warranty lasts two years.\n")
+    (docs / name).write_text("# Bad\n\nText.\n")
     real = corpus.LOADERS.get(".md")
 
     def loader(path, source):
-        if path.name == "locked.md":
-            raise PermissionError(13, "Permission denied", str(path))
+        if path.name == name:
+            misbehave(path)
         return real(path, source)
 
     monkeypatch.setattr(corpus.LOADERS, "get", lambda suffix: loader)
+    return docs
+
+
+def test_a_file_that_cannot_be_read_is_skipped(tmp_path, monkeypatch):
+    def locked(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    docs = _docs_with_a_bad_file(tmp_path, monkeypatch, "locked.md", locked)
     result = load_documents(docs, progress=False)
     assert [d.source for d in result.documents] == ["good.md"]
     assert "Permission denied" in result.skipped[0].reason
@@ -114,21 +124,13 @@ def test_a_file_that_cannot_be_read_is_skipped(tmp_path, monkeypatch):
 
 def test_a_file_that_stalls_its_parser_is_skipped_after_its_time_budget(tmp_path, monkeypatch):
     from domainkit.config.schema import IngestConfig
-    from domainkit.ingest import corpus
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "good.md").write_text("# Good\n\nThe warranty lasts two years.\n")
-    (docs / "crafted.md").write_text("# Crafted\n\nA file that sends its parser in circles.\n")
-    real = corpus.LOADERS.get(".md")
-
-    def loader(path, source):
-        while path.name == "crafted.md":  # a parser looping on crafted input, even one that
-            with contextlib.suppress(Exception):  # catches every Exception it meets
+    def loop_forever(path):
+        while True:  # a parser looping on crafted input, even one that catches every
+            with contextlib.suppress(Exception):  # Exception it meets
                 sum(range(10_000))
-        return real(path, source)
 
-    monkeypatch.setattr(corpus.LOADERS, "get", lambda suffix: loader)
+    docs = _docs_with_a_bad_file(tmp_path, monkeypatch, "crafted.md", loop_forever)
     started = time.perf_counter()
     result = load_documents(docs, IngestConfig(max_file_seconds=0.5), progress=False)
     assert time.perf_counter() - started < 5
