@@ -159,3 +159,66 @@ def test_a_handful_of_validation_questions_does_not_move_the_reader_weight():
     many = items(MIN_READER_QUESTIONS)
     out = calibrate_assistant(assistant, many, many, [], [], lambda i, a: a.correct)
     assert assistant.reader_weight == 0.25, "with enough questions the best weight is taken"
+
+
+def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate_fit():
+    """Hiding a question's passage does not make it unanswerable when another passage states
+    the same fact in other words; half of the support corpus's twins were answered right
+    anyway, and fitting them as unanswerable taught the gate to refuse answerable evidence
+    (eval.yaml: 52% false refusals)."""
+    from types import SimpleNamespace
+
+    from domainkit.eval.calibration import calibrate_assistant
+    from domainkit.runtime.gate import GateFeatures
+
+    class Assistant:
+        reader_weight = 0.0
+        gate = None
+
+        def recheck(self, answer, gated=True):
+            return answer
+
+    def answer(dense, text):
+        gate = GateFeatures(dense, 0.3, 0, 0.0, None).to_dict()
+        return SimpleNamespace(gate=gate, text=text)
+
+    items = [
+        SimpleNamespace(answerable=ok, question=f"q{i}", reference="fact" if ok else None)
+        for i, ok in enumerate([True] * 12 + [False] * 12)
+    ]
+    answers = [answer(0.7, "fact") for _ in range(12)] + [answer(0.2, "other") for _ in range(12)]
+    twins = [SimpleNamespace(answerable=False, question=f"q{i}", reference=None) for i in range(12)]
+    # Six twins' evidence still gives the fact (restated elsewhere), six do not.
+    twin_answers = [answer(0.69, "fact") for _ in range(6)] + [answer(0.45, "x") for _ in range(6)]
+
+    def correct(item, a):
+        return a.text == item.reference
+
+    out = calibrate_assistant(Assistant(), answers, items, twin_answers, twins, correct)
+    assert out["gold_absent_twins"] == 12
+    assert out["twins_still_answered"] == 6
+    assert out["unanswerable"] == 12 + 6, "the six answered twins are not fitted as refusals"
+    assert out["answered"] == 1.0 and out["refused"] == 1.0
+
+
+def test_the_threshold_refuses_as_much_as_a_false_refusal_budget_allows():
+    """With ``max_false_refusals`` the cut is the highest that still answers that share of
+    the answerable validation questions; without it, the one of best balanced accuracy."""
+    rng = random.Random(3)
+    features, answerable = [], []
+    for _ in range(300):
+        ok = rng.random() < 0.5
+        features.append(_features(rng.gauss(0.6 if ok else 0.45, 0.1)))
+        answerable.append(ok)
+    balanced, report = calibrate(features, answerable)
+    for budget in (0.05, 0.10, 0.30):
+        gate, fit = calibrate(features, answerable, max_false_refusals=budget)
+        assert fit["answered"] >= 1 - budget
+        kept = [gate.answers(f) for f, ok in zip(features, answerable, strict=True) if ok]
+        assert sum(kept) / len(kept) >= 1 - budget
+        higher = [c for c in fit["curve"] if c["threshold"] > gate.threshold]
+        assert all(c["answered"] < 1 - budget for c in higher), "no higher cut keeps the budget"
+    tight, _ = calibrate(features, answerable, max_false_refusals=0.05)
+    loose, _ = calibrate(features, answerable, max_false_refusals=0.30)
+    assert tight.threshold < loose.threshold
+    assert report["answered"] < 0.95, "balanced accuracy gives up more answerable questions"

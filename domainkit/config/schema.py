@@ -345,6 +345,13 @@ class RuntimeConfig(_Section):
         description="Most words of an answer built from the evidence (the quoted sentence, "
         "its lead-in and the best other sentences of its passage).",
     )
+    max_false_refusals: float | None = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Share of answerable validation questions the calibrated gate may refuse; "
+        "the gate refuses as much as that allows. null: the cut of best balanced accuracy.",
+    )
     max_new_tokens: int = Field(
         96, ge=1, le=8192, description="Longest reply generated (a quote is one sentence)."
     )

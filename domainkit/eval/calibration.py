@@ -5,7 +5,9 @@ question), while real ones are topical: the documents discuss the product, not t
 asked. So each answerable validation question with a known source passage also gets a
 *gold-absent twin*: the same question, asked while its passage (and any passage that
 restates its fact) is hidden from retrieval. The twin's evidence is as close as evidence
-gets without the answer, which is what the gate must learn to refuse.
+gets without the answer, which is what the gate must learn to refuse. A twin whose
+answer is still right (another passage states the fact in words ``restates`` missed) is not
+unanswerable at all and is left out of the fit.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def gold_absent_twins(items, retriever) -> tuple[list, dict[str, frozenset[str]]
     return twins, hidden
 
 
-def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_correct) -> dict:
+def calibrate_assistant(
+    assistant, answers, items, twin_answers, twins, is_correct, max_false_refusals=None
+) -> dict:
     """Fit the reader weight on the answerable items, then the gate on every item and
     twin, and install both in ``assistant``.
 
@@ -64,6 +68,7 @@ def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_corre
         answers: Its ``rag`` answers to ``items``.
         twin_answers: Its ``rag`` answers to the gold-absent ``twins``.
         is_correct: ``(item, answer) -> bool``.
+        max_false_refusals: The gate's budget of refused answerable questions (``calibrate``).
     """
     answerable = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
     accuracy, notes = {}, []
@@ -79,7 +84,14 @@ def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_corre
             f"the reader weight was not calibrated ({len(answerable)} answerable validation "
             f"questions, {MIN_READER_QUESTIONS} needed); {assistant.reader_weight} is used"
         )
-    pairs = list(zip(items, answers, strict=True)) + list(zip(twins, twin_answers, strict=True))
+    # A twin answered right anyway is answerable: its fact is restated elsewhere.
+    originals = {i.question: i for i in items if i.answerable}
+    unanswered = [
+        (t, a)
+        for t, a in zip(twins, twin_answers, strict=True)
+        if not is_correct(originals[t.question], assistant.recheck(a, gated=False))
+    ]
+    pairs = list(zip(items, answers, strict=True)) + unanswered
     # An answer without evidence has no features: the runtime refuses it anyway.
     pairs = [(i, assistant.recheck(a, gated=False)) for i, a in pairs]
     pairs = [(i, a) for i, a in pairs if a.gate is not None]
@@ -87,12 +99,13 @@ def calibrate_assistant(assistant, answers, items, twin_answers, twins, is_corre
     out = {
         "validation_questions": len(items),
         "gold_absent_twins": len(twins),
+        "twins_still_answered": len(twins) - len(unanswered),
         "reader_weight": assistant.reader_weight,
         "reader_accuracy": {str(w): a for w, a in accuracy.items()},
     }
     assistant.gate = Gate()  # the prior, unless the fit below replaces it
     try:
-        gate, fit = calibrate(features, [i.answerable for i, _ in pairs])
+        gate, fit = calibrate(features, [i.answerable for i, _ in pairs], max_false_refusals)
         assistant.gate = gate
         out |= {"gate": gate.to_dict(), **fit}
     except ValueError as e:

@@ -94,10 +94,17 @@ def _calibration_lines(calibration: dict) -> list[str]:
     weights = ", ".join(f"{k} {v:+.2f}" for k, v in gate["weights"].items())
     return lines + [
         f"- {calibration['validation_questions']} validation questions and "
-        f"{calibration.get('gold_absent_twins', 0)} gold-absent twins "
+        f"{calibration.get('gold_absent_twins', 0)} gold-absent twins, "
+        f"{calibration.get('twins_still_answered', 0)} of them left out because their "
+        "evidence still answered "
         f"({calibration['answerable']} answerable, {calibration['unanswerable']} unanswerable)",
         f"- P(answerable) = sigmoid({weights}, bias {gate['bias']:+.2f}); "
-        f"answer when >= {gate['threshold']:.3f}",
+        f"answer when >= {gate['threshold']:.3f}"
+        + (
+            f" (the highest cut refusing at most {budget:.0%} of answerable validation questions)"
+            if (budget := calibration.get("max_false_refusals")) is not None
+            else " (the cut of best balanced accuracy)"
+        ),
         *(
             [f"- left out (their sign on validation contradicted the prior): {', '.join(dropped)}"]
             if (dropped := calibration.get("dropped"))

@@ -451,6 +451,7 @@ class _Run:
             twin_answers,
             twins,
             lambda i, a: _correct(i, a, self.refusal),
+            self.domain.config.runtime.max_false_refusals,
         )
 
 

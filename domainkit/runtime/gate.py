@@ -150,7 +150,9 @@ MIN_PER_KIND = 10
 PRIOR_STRENGTH = 4.0
 
 
-def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gate, dict]:
+def calibrate(
+    features: list[GateFeatures], answerable: list[bool], max_false_refusals: float | None = None
+) -> tuple[Gate, dict]:
     """Fit the gate on validation questions with known answerability.
 
     Every weight keeps the prior's sign: validation questions are synthetic, and a signal
@@ -158,8 +160,11 @@ def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gat
     the model) is a quirk of that set that real questions do not share, so the feature is
     dropped (weight 0) and the rest refitted, rather than learnt backwards.
 
-    The threshold maximizes balanced accuracy (the mean of answerable questions answered
-    and unanswerable ones refused), so neither kind dominates because it is more common.
+    With ``max_false_refusals`` the threshold is the highest cut that still answers
+    ``1 - max_false_refusals`` of the answerable questions: as many refusals as that budget
+    of false refusals allows. Without it, the cut maximizes balanced accuracy (the mean of
+    answerable questions answered and unanswerable ones refused), so neither kind
+    dominates because it is more common.
 
     Returns:
         The gate and a report: counts, features dropped, balanced accuracy and the
@@ -185,13 +190,17 @@ def calibrate(features: list[GateFeatures], answerable: list[bool]) -> tuple[Gat
     gate = Gate(weights, bias, 0.5, True)
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)
-    best = max(curve, key=lambda c: (c["answered"] + c["refused"], -abs(c["threshold"] - 0.5)))
+    if max_false_refusals is None:
+        best = max(curve, key=lambda c: (c["answered"] + c["refused"], -abs(c["threshold"] - 0.5)))
+    else:  # the curve is ordered by threshold; the lowest cut answers everything
+        best = [c for c in curve if c["answered"] >= 1 - max_false_refusals - 1e-9][-1]
     gate.threshold = min(best["threshold"], 1.0)
     report = {
         "questions": len(features),
         "answerable": int(y.sum()),
         "unanswerable": int(len(y) - y.sum()),
         "dropped": [name for name in FEATURES if weights[name] == 0.0],
+        "max_false_refusals": max_false_refusals,
         "answered": best["answered"],
         "refused": best["refused"],
         "curve": curve,
