@@ -32,6 +32,7 @@ def one_request(client, question: str, max_tokens: int) -> dict:
         messages=[{"role": "user", "content": question}],
         max_tokens=max_tokens,
         stream=True,
+        stream_options={"include_usage": True},
         extra_body={"policy": "rag"},
     )
     for chunk in stream:

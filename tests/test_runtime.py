@@ -17,7 +17,7 @@ from domainkit.config import load_domain
 from domainkit.retrieval import build_index
 from domainkit.runtime import Assistant
 from domainkit.runtime.gate import Gate
-from domainkit.runtime.generation import GenResult, Scheduler
+from domainkit.runtime.generation import GenRequest, GenResult, Scheduler
 from domainkit.runtime.server import ServerLimits, create_app, serve_in_thread
 
 from .conftest import SUPPORT_DOCS, HashEmbedder, write_domain
@@ -379,15 +379,20 @@ def test_official_client_non_streaming_and_models(server_url):
 
 def test_official_client_streaming(server_url):
     stream = _openai(server_url).chat.completions.create(
-        model="kestrel-test", messages=_ask(WARRANTY_Q), max_tokens=10, stream=True
+        model="kestrel-test",
+        messages=_ask(WARRANTY_Q),
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    last = chunks[-1]
-    assert last.choices[0].finish_reason in ("stop", "length")
-    extra = last.model_extra["domainkit"]
+    finish, usage = chunks[-2], chunks[-1]
+    assert finish.choices[0].finish_reason in ("stop", "length")
+    extra = finish.model_extra["domainkit"]
     assert extra["route"] in ("answer", "refusal") and extra["evidence"]
-    assert last.usage.prompt_tokens > 0 and text.strip()
+    assert usage.choices == [] and usage.usage.prompt_tokens > 0 and text.strip()
+    assert all(c.usage is None for c in chunks[:-1]), "usage comes once, in the last chunk"
     # A closed-book answer is not checked, so it streams as it is generated.
     closed = _openai(server_url).chat.completions.create(
         model="kestrel-test",
@@ -797,3 +802,79 @@ def test_a_cancelled_row_of_the_local_backend_stops_at_the_next_step(assistant):
     staying = GenRequest(messages, max_new_tokens=40)
     gone, kept = generator.generate([leaving, staying])
     assert gone.completion_tokens <= 3 < kept.completion_tokens
+
+
+def test_stop_sequences_seed_and_usage_as_openai_defines_them(fake):
+    """``stop`` cuts the answer before the first stop sequence, also across streamed pieces
+    (the generation then stops); ``seed`` reaches the backend; usage comes in its own last
+    chunk only when ``stream_options.include_usage`` asks for it."""
+    assistant, generator = fake
+    seen = []
+    original = generator.generate
+    generator.generate = lambda requests: seen.extend(requests) or original(requests)
+    client = _client(assistant)
+    body = {"messages": _ask("hi"), "seed": 42}
+    plain = _post(client, body).json()
+    assert plain["choices"][0]["message"]["content"] == "Two years [1]."
+    assert seen[-1].seed == 42 and not seen[-1].cancelled.is_set()
+    cut = _post(client, body | {"stop": ["years", "[1]"]}).json()["choices"][0]
+    assert cut["message"]["content"] == "Two " and cut["finish_reason"] == "stop"
+    assert _post(client, body | {"stop": "nowhere"}).json()["choices"][0]["message"]["content"] == (
+        "Two years [1]."
+    )
+
+    def stream(extra):
+        response = _post(client, body | {"stream": True} | extra)
+        events = [e[6:] for e in response.text.split("\n\n") if e.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        return [json.loads(e) for e in events[:-1]]
+
+    # The generator sends "Two ", "years ", "[1]."; "ars [" spans the last two pieces.
+    chunks = stream({"stop": "ars ["})
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "Two ye" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert seen[-1].cancelled.is_set(), "the generation is stopped once a stop sequence shows"
+    assert all("usage" not in c for c in chunks)
+    chunks = stream({"stream_options": {"include_usage": True}})
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert _post(client, body | {"stop": []}).status_code == 200
+    for bad in (["a"] * 5, [""], "x" * 300, 5):
+        assert _error(_post(client, body | {"stop": bad}), 422)["param"].startswith("stop")
+    assert _error(_post(client, body | {"seed": 1 << 64}), 422)["param"] == "seed"
+
+
+def test_rows_sample_with_their_own_temperature_and_seed(assistant):
+    """One batch holds greedy and sampled rows; a seeded row gives the same reply whatever
+    its batch-mates, and other seeds give other replies."""
+    generator = assistant.scheduler.generator
+    messages = [{"role": "user", "content": "Tell me about the Perch."}]
+
+    def row(temperature, seed=None):
+        return GenRequest(messages, max_new_tokens=10, temperature=temperature, seed=seed)
+
+    greedy = generator.generate([row(0.0)])[0].text
+    first = generator.generate([row(1.0, seed=7), row(0.0)])
+    second = generator.generate([row(0.5, seed=3), row(0.0), row(1.0, seed=7)])
+    assert first[0].text == second[2].text, "the same seed, other batch-mates, the same reply"
+    assert first[1].text == second[1].text == greedy, "greedy rows are untouched by sampling"
+    replies = {generator.generate([row(1.0, seed=s)])[0].text for s in range(4)}
+    assert len(replies) > 1, "other seeds sample other replies"
+
+
+def test_the_scheduler_batches_requests_of_different_temperatures_together():
+    generator = FakeGenerator()
+    batches = []
+    original = generator.generate
+    generator.generate = lambda requests: batches.append(requests) or original(requests)
+    generator.gate.clear()
+    scheduler = Scheduler(generator, max_batch=8, max_queue=8)
+    first = scheduler.submit(GenRequest(_ask("a"), 4))  # holds the worker
+    deadline = time.time() + 10
+    while scheduler.running == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    rest = [scheduler.submit(GenRequest(_ask("b"), 4, temperature=t)) for t in (0.0, 0.9, 0.3)]
+    generator.gate.set()
+    for future in [first, *rest]:
+        future.result(timeout=10)
+    assert sorted(r.temperature for r in batches[-1]) == [0.0, 0.3, 0.9]

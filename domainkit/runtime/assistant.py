@@ -176,6 +176,14 @@ class PendingAnswer:
 
 
 @dataclass
+class _Sampling:
+    """A request's sampling settings: temperature (0 = greedy) and an optional seed."""
+
+    temperature: float
+    seed: int | None = None
+
+
+@dataclass
 class _Plan:
     """What to generate for one question and how to turn the reply into an answer."""
 
@@ -273,6 +281,7 @@ class Assistant:
         policy: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> PendingAnswer:
         """Plan the answer (retrieval, evidence, prompt) and queue its generation.
@@ -287,11 +296,13 @@ class Assistant:
             raise ConversationError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
         question, history = _split(messages)
         max_tokens = max_tokens or self.settings.max_new_tokens
-        temperature = self.settings.temperature if temperature is None else temperature
+        sampling = _Sampling(
+            self.settings.temperature if temperature is None else temperature, seed
+        )
         if self.retriever is None or policy == "closed":
-            return self._closed(question, history, max_tokens, temperature, on_text, started)
+            return self._closed(question, history, max_tokens, sampling, on_text, started)
         if policy == "naive":
-            return self._naive(question, history, max_tokens, temperature, on_text, started)
+            return self._naive(question, history, max_tokens, sampling, on_text, started)
         evidence = self._evidence(question, history)
         if policy == "evidence" or not evidence.sentences:
             return self._from_evidence(evidence, policy, on_text, started)
@@ -307,7 +318,9 @@ class Assistant:
         # The reply is one of the evidence lines or the refusal: scored as choices where the
         # backend can (always a valid quote), generated and checked where it cannot.
         choices = [quote_reply(s.text) for s in plan.evidence.sentences] + [self.config.refusal]
-        request = GenRequest(plan.prompt, max_tokens, temperature, None, choices)
+        request = GenRequest(
+            plan.prompt, max_tokens, sampling.temperature, None, choices, sampling.seed
+        )
         return PendingAnswer(finish, self.scheduler.submit(request), request)
 
     # -- the evidence route ----------------------------------------------------------------
@@ -426,19 +439,17 @@ class Assistant:
 
     # -- routes for comparison ---------------------------------------------------------------
 
-    def _naive(self, question, history, max_tokens, temperature, on_text, started) -> PendingAnswer:
+    def _naive(self, question, history, max_tokens, sampling, on_text, started) -> PendingAnswer:
         hits = self.retriever.search(question, k=self.config.retrieval.top_k)
         prompt = self._fit(
             history, lambda h: context_question(question, [x.chunk for x in h]), hits, max_tokens
         )
         sources = [_hit_source(i, h) for i, h in enumerate(prompt.hits, start=1)]
-        return self._generate(prompt, "rag", sources, max_tokens, temperature, on_text, started)
+        return self._generate(prompt, "rag", sources, max_tokens, sampling, on_text, started)
 
-    def _closed(
-        self, question, history, max_tokens, temperature, on_text, started
-    ) -> PendingAnswer:
+    def _closed(self, question, history, max_tokens, sampling, on_text, started) -> PendingAnswer:
         prompt = self._fit(history, lambda _: question, [], max_tokens)
-        return self._generate(prompt, "closed", [], max_tokens, temperature, on_text, started)
+        return self._generate(prompt, "closed", [], max_tokens, sampling, on_text, started)
 
     def _fit(self, history, user: Callable[[list], str], hits: list, max_tokens: int) -> _Plan:
         budget = self.context_tokens - max_tokens
@@ -457,7 +468,7 @@ class Assistant:
             else:
                 raise _too_long(self.context_tokens, max_tokens)
 
-    def _generate(self, plan, route, sources, max_tokens, temperature, on_text, started):
+    def _generate(self, plan, route, sources, max_tokens, sampling, on_text, started):
         def finish(result: GenResult) -> Answer:
             return Answer(
                 text=result.text,
@@ -471,7 +482,9 @@ class Assistant:
                 trimmed_turns=plan.trimmed,
             )
 
-        request = GenRequest(plan.prompt, max_tokens, temperature, on_text)
+        request = GenRequest(
+            plan.prompt, max_tokens, sampling.temperature, on_text, seed=sampling.seed
+        )
         return PendingAnswer(finish, self.scheduler.submit(request), request)
 
 

@@ -47,6 +47,8 @@ class GenRequest:
         choices: Replies to score instead of generating: the backend returns the
             log-probability of each as the whole reply (``GenResult.choice_logprobs``), when
             it can; a backend that cannot generates as usual.
+        seed: Makes a sampled reply repeatable (its row's own random generator), whatever
+            else shares its batch; None draws a fresh one.
     """
 
     messages: list[Message]
@@ -54,6 +56,7 @@ class GenRequest:
     temperature: float = 0.0
     on_text: Callable[[str], None] | None = None
     choices: list[str] | None = None
+    seed: int | None = None
     # Set when the client has gone: a queued request is skipped, a running row stops at
     # the next decoding step and frees its place in the batch.
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -111,8 +114,8 @@ class LocalGenerator:
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Complete ``requests`` together: replies with ``choices`` are scored, the others
-        generated in one left-padded batch, greedy or sampled by the first request's
-        temperature (the scheduler batches equal temperatures)."""
+        generated in one left-padded batch, each row greedy or sampled by its own
+        temperature and seed."""
         results: dict[int, GenResult] = {}
         generated = [i for i, r in enumerate(requests) if not r.choices]
         for i, request in enumerate(requests):
@@ -188,22 +191,21 @@ class LocalGenerator:
                     ids.device
                 )
 
-        temperature = requests[0].temperature
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_p": 0.95}
-            if temperature > 0
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
+        # generate() decodes greedily; rows that sample draw their token in _RowSampler
+        # (after _ChosenLogprobs has seen the model's own distribution), so every row keeps
+        # its own temperature and seed in one batch.
+        sampler = _RowSampler(requests, self.lm.device)
+        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         with torch.inference_mode():
             model.generate(
                 input_ids=input_ids.to(self.lm.device),
                 attention_mask=mask.to(self.lm.device),
                 max_new_tokens=int(limits.max()),
-                logits_processor=LogitsProcessorList([chosen]),
+                logits_processor=LogitsProcessorList([chosen, sampler]),
                 stopping_criteria=StoppingCriteriaList([_PerRowLimit()]),
                 streamer=streamer,
                 pad_token_id=pad,
-                **sampling,
+                **greedy,
             )
         streamer.end()
         results = []
@@ -247,6 +249,46 @@ class _ChosenLogprobs:
     def mean(self, row: int, steps: int) -> float:
         values = [float(step[row]) for step in self._kept[:steps]]
         return sum(values) / len(values) if values else 0.0
+
+
+class _RowSampler:
+    """Per-row sampling as a logits processor: each row with a temperature draws its token
+    (temperature, then nucleus top-p) with its own random generator and leaves only that
+    token possible, so the batch's greedy step takes it; greedy rows pass unchanged. Rows
+    need not share a temperature, and a seeded row gives the same reply whatever its
+    batch-mates."""
+
+    TOP_P = 0.95
+
+    def __init__(self, requests: list[GenRequest], device):
+        import torch
+
+        self.rows = [i for i, r in enumerate(requests) if r.temperature > 0]
+        self.temperatures = [requests[i].temperature for i in self.rows]
+        self.generators = []
+        for i in self.rows:
+            generator = torch.Generator(device=device)
+            seed = requests[i].seed
+            generator.manual_seed(seed if seed is not None else int(torch.seed()))
+            self.generators.append(generator)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if not self.rows:
+            return scores
+        out = scores.clone()
+        for row, temperature, generator in zip(
+            self.rows, self.temperatures, self.generators, strict=True
+        ):
+            probs = (scores[row].float() / temperature).softmax(-1)
+            ordered, order = probs.sort(descending=True)
+            beyond = ordered.cumsum(-1) - ordered > self.TOP_P  # keep the smallest head >= P
+            ordered[beyond] = 0.0
+            pick = order[torch.multinomial(ordered, 1, generator=generator)]
+            out[row] = float("-inf")
+            out[row, pick] = 0.0
+        return out
 
 
 # The prompt format's own block markers: a model that writes one has finished its answer and
@@ -425,6 +467,7 @@ class OpenAIGenerator:
             max_tokens=request.max_new_tokens,
             temperature=request.temperature,
             stream=True,
+            **({"seed": request.seed} if request.seed is not None else {}),
             stream_options={"include_usage": True},
             **({"logprobs": True} if self.logprobs else {}),
         )
@@ -438,11 +481,11 @@ class _Job:
 
 class Scheduler:
     """A bounded queue in front of a generator. One worker thread takes every waiting
-    request (up to the generator's batch size, equal temperatures together) and generates
-    them as one batch; when ``max_queue`` requests are already waiting, ``submit`` raises
-    ``BusyError`` at once instead of letting latency grow without bound. A request whose
-    caller has gone (``GenRequest.cancelled``) is dropped from the queue, or stops within one
-    decoding step when it is already generating.
+    request (up to the generator's batch size) and generates them as one batch, each row
+    with its own sampling settings; when ``max_queue`` requests are already waiting,
+    ``submit`` raises ``BusyError`` at once instead of letting latency grow without bound.
+    A request whose caller has gone (``GenRequest.cancelled``) is dropped from the queue, or
+    stops within one decoding step when it is already generating.
     """
 
     def __init__(self, generator, max_batch: int = 8, max_queue: int = 64):
@@ -485,11 +528,7 @@ class Scheduler:
                     jobs.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            groups: dict[float, list[_Job]] = {}
-            for job in jobs:
-                groups.setdefault(job.request.temperature, []).append(job)
-            for group in groups.values():
-                self._generate(group)
+            self._generate(jobs)
 
     def _generate(self, jobs: list[_Job]) -> None:
         live = []

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -92,6 +92,16 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
+MAX_STOPS = 4  # as OpenAI's API
+MAX_STOP_CHARS = 256
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
     """The fields of OpenAI's chat completion request that apply; others are ignored."""
 
@@ -104,7 +114,22 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 64)
+    stop: str | list[str] | None = None
+    stream_options: StreamOptions | None = None
     policy: str | None = None  # one of the recipe's runtime.client_policies
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_sequences(cls, stop: str | list[str] | None) -> list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if stops is None:
+            return None
+        if len(stops) > MAX_STOPS or not all(0 < len(x) <= MAX_STOP_CHARS for x in stops):
+            raise ValueError(
+                f"at most {MAX_STOPS} stop sequences of 1 to {MAX_STOP_CHARS} characters"
+            )
+        return stops or None
 
     @field_validator("messages")
     @classmethod
@@ -347,17 +372,25 @@ def create_app(
                 "policy": chat.policy,
                 "max_tokens": chat.max_completion_tokens or chat.max_tokens,
                 "temperature": chat.temperature,
+                "seed": chat.seed,
             }
             first_turn = not any(m["role"] == "assistant" for m in messages)
             disclaimer = assistant.config.disclaimer if first_turn else None
             if chat.stream:
-                response = await _stream(request, messages, options, disclaimer)
+                usage = chat.stream_options is not None and chat.stream_options.include_usage
+                response = await _stream(
+                    request, messages, options, disclaimer, chat.stop or [], usage
+                )
             else:
                 # Planning (retrieval, evidence) is short CPU work in a thread; the wait for
                 # generation holds none.
                 pending = await asyncio.to_thread(assistant.submit, messages, **options)
                 answer = await answer_of(request, pending)
                 metrics.answered(answer, started)
+                scanner = StopScanner(chat.stop or [])
+                text = scanner.feed(answer.text) + scanner.flush()
+                if scanner.stopped:
+                    answer = replace(answer, text=text, finish_reason="stop")
                 response = _completion(answer, model_name, disclaimer)
         except _ClientGone:
             metrics.failed(499)
@@ -376,7 +409,7 @@ def create_app(
             return error_response(APIError(502, str(e), "backend_error"))
         return response
 
-    async def _stream(request: Request, messages, options, disclaimer):
+    async def _stream(request: Request, messages, options, disclaimer, stops, include_usage):
         loop = asyncio.get_running_loop()
         loop_thread = threading.get_ident()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -413,12 +446,25 @@ def create_app(
             body.update(extra or {})
             return f"data: {json.dumps(body)}\n\n"
 
+        scanner = StopScanner(stops)
+
+        def content(text: str):
+            """The text up to a stop sequence; once one is seen the generation stops."""
+            if scanner.stopped:
+                return
+            shown = scanner.feed(text)
+            if scanner.stopped:
+                pending.cancel()  # the row stops at its next decoding step
+            if shown:
+                yield chunk({"content": shown})
+
         async def events():
             finished = False
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 while (text := await pieces.get()) is not None:
-                    yield chunk({"content": text})
+                    for event in content(text):
+                        yield event
                 try:
                     answer = pending.result()
                 except Exception as e:  # already streaming: report in-band, as OpenAI does
@@ -430,11 +476,24 @@ def create_app(
                     return
                 while not pieces.empty():  # text queued after the result was ready
                     if (text := pieces.get_nowait()) is not None:
-                        yield chunk({"content": text})
+                        for event in content(text):
+                            yield event
+                if rest := scanner.flush():
+                    yield chunk({"content": rest})
                 metrics.answered(answer, started, first_token[0] if first_token else None)
-                extra = {"usage": _usage(answer), "domainkit": _extra(answer, disclaimer)}
+                finish = "stop" if scanner.stopped else answer.finish_reason
                 finished = True
-                yield chunk({}, answer.finish_reason, extra)
+                yield chunk({}, finish, {"domainkit": _extra(answer, disclaimer)})
+                if include_usage:  # OpenAI's last chunk: no choices, the request's usage
+                    body = {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model_name,
+                        "choices": [],
+                        "usage": _usage(answer),
+                    }
+                    yield f"data: {json.dumps(body)}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
                 if not finished:  # the client went away mid-answer
@@ -481,6 +540,35 @@ def _too_large(message: str, param: str | None = None) -> APIError:
 
 def _ids() -> tuple[str, int]:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+
+class StopScanner:
+    """Cuts streamed text at the first of a client's stop sequences. Text that could be
+    the start of a stop sequence is held back until the next piece shows it is not."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """The part of ``text`` (with what was held back) that is safe to show now."""
+        if self.stopped:
+            return ""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            shown, self.pending, self.stopped = self.pending[: min(hits)], "", True
+            return shown
+        cut = max(0, len(self.pending) - self.hold)
+        shown, self.pending = self.pending[:cut], self.pending[cut:]
+        return shown
+
+    def flush(self) -> str:
+        """What was held back, once no more text comes."""
+        rest, self.pending = self.pending, ""
+        return rest
 
 
 def _usage(answer: Answer) -> dict:
