@@ -253,12 +253,13 @@ class _ChosenLogprobs:
 
 class _RowSampler:
     """Per-row sampling as a logits processor: each row with a temperature draws its token
-    (temperature, then nucleus top-p) with its own random generator and leaves only that
+    (temperature, then top-k and nucleus top-p, transformers' defaults for sampling) with
+    its own random generator and leaves only that
     token possible, so the batch's greedy step takes it; greedy rows pass unchanged. Rows
     need not share a temperature, and a seeded row gives the same reply whatever its
     batch-mates."""
 
-    TOP_P = 0.95
+    TOP_K, TOP_P = 50, 0.95
 
     def __init__(self, requests: list[GenRequest], device):
         import torch
@@ -282,7 +283,8 @@ class _RowSampler:
             self.rows, self.temperatures, self.generators, strict=True
         ):
             probs = (scores[row].float() / temperature).softmax(-1)
-            ordered, order = probs.sort(descending=True)
+            ordered, order = probs.topk(min(self.TOP_K, probs.shape[-1]))
+            ordered = ordered / ordered.sum()
             beyond = ordered.cumsum(-1) - ordered > self.TOP_P  # keep the smallest head >= P
             ordered[beyond] = 0.0
             pick = order[torch.multinomial(ordered, 1, generator=generator)]
