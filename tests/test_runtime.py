@@ -178,6 +178,30 @@ def test_history_is_trimmed_oldest_first_and_the_evidence_is_kept(assistant):
     assert generator.count_tokens(prompt) + 12 <= budget
 
 
+def test_a_long_history_is_trimmed_with_a_few_token_counts_not_one_per_turn(assistant):
+    """Trimming once re-tokenized the whole prompt for every turn it dropped, holding the
+    tokenizer the generator needs: 64 turns meant 64 counts of up to a megabyte."""
+    generator = assistant.scheduler.generator
+    history = []
+    for i in range(32):
+        history += [
+            {"role": "user", "content": f"Question {i}: " + "tell me about the speaker " * 8},
+            {"role": "assistant", "content": f"Reply {i}: " + "it plays music well " * 8},
+        ]
+    evidence = assistant._evidence(WARRANTY_Q, history)
+    newest = assistant._plan(WARRANTY_Q, history[-4:], evidence, 12).prompt
+    tight = _with(assistant, context_tokens=generator.count_tokens(newest) + 12)
+    counts = []
+    original = generator.count_tokens
+    generator.count_tokens = lambda messages: counts.append(1) or original(messages)
+    try:
+        plan = tight._plan(WARRANTY_Q, history, evidence, 12)
+    finally:
+        generator.count_tokens = original
+    assert plan.prompt == newest and plan.trimmed == 60
+    assert len(counts) <= 8, f"{len(counts)} token counts for 32 turns"
+
+
 def test_a_question_that_cannot_fit_is_an_error(assistant):
     from domainkit.runtime.assistant import ConversationError
 

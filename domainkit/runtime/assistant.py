@@ -338,22 +338,14 @@ class Assistant:
     def _plan(self, question: str, history: list[Message], evidence, max_tokens: int) -> _Plan:
         """The prompt within the context budget: the oldest earlier turns go first, then the
         lowest-ranked evidence sentences; the latest question is always kept."""
-        budget = self.context_tokens - max_tokens
-        count = self.scheduler.generator.count_tokens
-        trimmed = 0
-        while True:
-            user = evidence_question(question, evidence.block())
-            prompt = chat(self.system, *((m["role"], m["content"]) for m in history))
-            prompt.append({"role": "user", "content": user})
-            if count(prompt) <= budget:
-                return _Plan(prompt, evidence=evidence, trimmed=trimmed)
-            if history:
-                cut = 2 if len(history) > 1 and history[1]["role"] == "assistant" else 1
-                history, trimmed = history[cut:], trimmed + cut
-            elif len(evidence.ranked) > 1:
-                evidence = evidence.without(evidence.ranked[-1])
-            else:
-                raise _too_long(self.context_tokens, max_tokens)
+        prompt, evidence, trimmed = self._within_budget(
+            history,
+            evidence,
+            lambda e: evidence_question(question, e.block()),
+            lambda e: e.without(e.ranked[-1]) if len(e.ranked) > 1 else None,
+            max_tokens,
+        )
+        return _Plan(prompt, evidence=evidence, trimmed=trimmed)
 
     def _checked(self, plan: _Plan, result: GenResult, gated: bool) -> Answer:
         """The model's reply, verified against the evidence, through the gate when ``gated``."""
@@ -452,21 +444,50 @@ class Assistant:
         return self._generate(prompt, "closed", [], max_tokens, sampling, on_text, started)
 
     def _fit(self, history, user: Callable[[list], str], hits: list, max_tokens: int) -> _Plan:
+        """The prompt within the context budget: the oldest turns go first, then the last
+        passages."""
+        prompt, hits, trimmed = self._within_budget(
+            history, hits, user, lambda h: h[:-1] if len(h) > 1 else None, max_tokens
+        )
+        return _Plan(prompt, hits=hits, trimmed=trimmed)
+
+    def _within_budget(self, history, extra, user, shrink, max_tokens):
+        """The conversation with its last user turn ``user(extra)`` cut to the context
+        budget: the oldest turns are dropped first (a user turn with its reply), then
+        ``extra`` (passages or evidence) shrinks step by step (``shrink`` gives None when it
+        cannot). Fewer turns never need more tokens, so how many to drop is found by
+        bisection: a few token counts of the prompt, not one per dropped turn.
+
+        Returns:
+            (prompt, extra as kept, number of messages dropped)
+        """
         budget = self.context_tokens - max_tokens
         count = self.scheduler.generator.count_tokens
-        trimmed = 0
-        while True:
-            prompt = chat(self.system, *((m["role"], m["content"]) for m in history))
-            prompt.append({"role": "user", "content": user(hits)})
-            if count(prompt) <= budget:
-                return _Plan(prompt, hits=hits, trimmed=trimmed)
-            if history:
-                cut = 2 if len(history) > 1 and history[1]["role"] == "assistant" else 1
-                history, trimmed = history[cut:], trimmed + cut
-            elif len(hits) > 1:
-                hits = hits[:-1]
-            else:
-                raise _too_long(self.context_tokens, max_tokens)
+
+        def prompt(cut: int, extra) -> list[Message]:
+            messages = chat(self.system, *((m["role"], m["content"]) for m in history[cut:]))
+            return [*messages, {"role": "user", "content": user(extra)}]
+
+        cuts = [0]  # where the kept history may start: never between a turn and its reply
+        while cuts[-1] < len(history):
+            start = cuts[-1]
+            pair = start + 1 < len(history) and history[start + 1]["role"] == "assistant"
+            cuts.append(start + (2 if pair else 1))
+        if count(whole := prompt(0, extra)) <= budget:  # the usual case: nothing to drop
+            return whole, extra, 0
+        low, high = 1, len(cuts) - 1
+        if high >= low and count(prompt(cuts[high], extra)) <= budget:
+            while low < high:  # the smallest cut that fits lies in cuts[low..high]
+                middle = (low + high) // 2
+                if count(prompt(cuts[middle], extra)) <= budget:
+                    high = middle
+                else:
+                    low = middle + 1
+            return prompt(cuts[low], extra), extra, cuts[low]
+        while (extra := shrink(extra)) is not None:  # no history left to drop
+            if count(prompt(cuts[-1], extra)) <= budget:
+                return prompt(cuts[-1], extra), extra, cuts[-1]
+        raise _too_long(self.context_tokens, max_tokens)
 
     def _generate(self, plan, route, sources, max_tokens, sampling, on_text, started):
         def finish(result: GenResult) -> Answer:
