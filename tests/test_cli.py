@@ -14,13 +14,45 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def _commands() -> dict:
+    import typer.main
+
+    return typer.main.get_command(app).commands
+
+
 def test_help_explains_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("init", "recipes", "index", "search"):
-        assert command in result.output
-        sub = invoke(command, "--help")
-        assert sub.exit_code == 0 and "Usage" in sub.output
+    commands = _commands()
+    assert len(commands) >= 12
+    for name, command in commands.items():
+        assert name in result.output
+        sub = invoke(name, "--help")
+        assert sub.exit_code == 0 and "Usage" in sub.output, name
+        assert command.help and command.help.strip(), f"{name} has no description"
+        options = [p for p in command.params if p.param_type_name == "option"]
+        undocumented = [p.name for p in options if not p.help]
+        assert not undocumented, f"{name}: options without help: {undocumented}"
+
+
+def test_every_command_on_a_missing_or_unbuilt_domain_says_what_to_do(tmp_path):
+    """No traceback anywhere: a missing folder is named as such, and a command whose input
+    stage has not run says which command to run first."""
+    extra = {"search": ["a query"], "ask": ["a question"]}
+    for name, command in _commands().items():
+        arguments = [p.name for p in command.params if p.param_type_name == "argument"]
+        if "domain" not in arguments:
+            continue
+        result = invoke(name, tmp_path / "missing", *extra.get(name, []))
+        assert result.exit_code == 1, (name, result.output)
+        assert "not a folder" in result.output and "Traceback" not in result.output, name
+    domain = tmp_path / "unbuilt"
+    assert invoke("init", domain, "--recipe", "customer-support").exit_code == 0
+    for name in ("search", "eval", "train", "export"):
+        result = invoke(name, domain, *extra.get(name, []))
+        assert result.exit_code == 1, (name, result.output)
+        assert "run `domainkit" in " ".join(result.output.split()), (name, result.output)
+        assert "Traceback" not in result.output
 
 
 def test_index_then_search_json(support_domain):

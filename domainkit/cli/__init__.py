@@ -32,7 +32,8 @@ app = typer.Typer(
     name="domainkit",
     help="Turn a folder of domain documents into a vertical assistant.\n\n"
     "Typical use: `domainkit init mydomain --recipe customer-support`, put documents in "
-    "mydomain/docs/, then `domainkit index mydomain` and `domainkit search mydomain QUERY`.",
+    "mydomain/docs/, then `domainkit build mydomain` (index, training data, fine-tune, "
+    "evaluation), and `domainkit chat mydomain`, `ask` or `serve` to use the assistant.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode="markdown",
