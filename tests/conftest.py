@@ -146,3 +146,13 @@ def indexed_support(support_domain):
     (support_domain / "domain.yaml").write_text(yaml.safe_dump(config))
     build_index(load_domain(support_domain), HashEmbedder(), progress=False)
     return support_domain
+
+
+def kill_after(steps: int):
+    """An ``on_step`` hook that stops a run after ``steps`` steps, as a kill would."""
+
+    def on_step(state):
+        if state.step >= steps:
+            raise KeyboardInterrupt(f"killed after step {state.step}")
+
+    return on_step

@@ -16,7 +16,7 @@ from domainkit.eval import metrics as m
 from domainkit.eval.runner import Item, score
 from domainkit.runtime.assistant import Answer, Source
 
-from .conftest import SUPPORT_DOCS, write_domain
+from .conftest import SUPPORT_DOCS, kill_after, write_domain
 from .tiny_lm import save_tiny_chat_model
 
 REFUSAL = "I'm sorry, the documents I have do not cover that."
@@ -284,7 +284,7 @@ def test_build_after_a_kill_in_training_continues_from_the_checkpoint(
     real = pipeline.run_train
 
     def killed(domain, **kwargs):
-        return real(domain, stop_after=3, **kwargs)  # a kill after step 3 (checkpoint at 2)
+        return real(domain, on_step=kill_after(3), **kwargs)  # checkpoint at 2, kill at 3
 
     monkeypatch.setattr(pipeline, "run_train", killed)
     monkeypatch.setattr("domainkit.train.run_train", killed)

@@ -29,6 +29,7 @@ from domainkit.train.loop import Phase, TrainingRun
 from domainkit.train.model import load_student, make_accelerator
 from domainkit.train.objective import LabelledTokenLoss
 
+from .conftest import kill_after
 from .tiny_lm import CHATML, CONVERSATION, save_tiny_chat_model, tiny_tokenizer
 
 ZEPHYR = (
@@ -165,7 +166,12 @@ def _run(student, settings, out_dir, stop_after=None, resume=False):
     rows = _rows(student)
     phase = Phase("sft", rows, rows[:2], settings.learning_rate, 1.0, out_dir, packed=True)
     run = TrainingRun(
-        student.model, student.tokenizer, settings, phase, _Accel(), stop_after=stop_after
+        student.model,
+        student.tokenizer,
+        settings,
+        phase,
+        _Accel(),
+        on_step=kill_after(stop_after) if stop_after else None,
     )
     return run, run.run(resume=resume)
 
@@ -328,7 +334,7 @@ def test_cli_train_resume_after_kill(trained_domain):
 
     domain = load_domain(trained_domain)
     with pytest.raises(KeyboardInterrupt):
-        run_train(domain, stop_after=3)
+        run_train(domain, on_step=kill_after(3))
     report = run_train(domain, resume=True)
     assert report.steps == 4
 

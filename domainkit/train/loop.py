@@ -80,7 +80,9 @@ class TrainingRun:
         settings: Training settings.
         phase: Data, learning rate, epochs and output folder.
         accelerator: An ``accelerate.Accelerator`` (one process or many).
-        stop_after: Testing aid: raise ``KeyboardInterrupt`` after this many steps, as a kill.
+        on_step: Called with the run's state after each optimizer step (and its checkpoint,
+            when one is due): progress for an embedding program; an exception it raises
+            stops the run there, as a kill would.
     """
 
     def __init__(
@@ -90,12 +92,12 @@ class TrainingRun:
         settings: TrainConfig,
         phase: Phase,
         accelerator,
-        stop_after: int | None = None,
+        on_step: Callable[[TrainState], None] | None = None,
     ):
         self.settings, self.phase, self.accelerator = settings, phase, accelerator
         self.tokenizer = tokenizer
         self.unwrapped = model
-        self.stop_after = stop_after
+        self.on_step = on_step
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, settings, accelerator.device.type, phase.learning_rate)
         self.model, self.optimizer = accelerator.prepare(LabelledTokenLoss(model), optimizer)
@@ -169,8 +171,8 @@ class TrainingRun:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}", refresh=False)
                 self._maybe_evaluate_and_save()
-                if self.stop_after is not None and self.state.step >= self.stop_after:
-                    raise KeyboardInterrupt(f"stopped after step {self.state.step} (test)")
+                if self.on_step is not None:
+                    self.on_step(self.state)
         if self.state.best_step is None:
             self._save_adapter(self.phase.out_dir / "best")
         return self.state

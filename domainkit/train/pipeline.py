@@ -22,7 +22,7 @@ from domainkit.train.data import (
     tokenize_chat,
     tokenize_text,
 )
-from domainkit.train.loop import Phase, TrainingRun
+from domainkit.train.loop import Phase, TrainingRun, TrainState
 from domainkit.train.memory import MemoryPlan, plan_for
 from domainkit.train.memory import check as check_memory
 from domainkit.train.metrics import external_loggers, plot_loss, write_jsonl
@@ -107,7 +107,7 @@ def run_train(
     *,
     resume: bool = False,
     max_steps: int | None = None,
-    stop_after: int | None = None,
+    on_step: Callable[[TrainState], None] | None = None,
     on_plan: Callable[[MemoryPlan], None] | None = None,
 ) -> TrainReport:
     """Fine-tune the student on the domain's synth dataset.
@@ -116,7 +116,7 @@ def run_train(
         domain: A domain with a synth dataset.
         resume: Continue from the last checkpoint of an interrupted run.
         max_steps: Override the number of optimizer steps.
-        stop_after: Testing aid: simulate a kill after this many steps.
+        on_step: Called with the run's state after each optimizer step (``Trainer``).
         on_plan: Called with the memory plan before the first step.
 
     Raises:
@@ -185,7 +185,7 @@ def run_train(
         if resume and done.is_file():
             continue
         run = TrainingRun(
-            student.model, student.tokenizer, settings, phase, accelerator, stop_after=stop_after
+            student.model, student.tokenizer, settings, phase, accelerator, on_step=on_step
         )
         run.loggers = loggers
         state = run.run(resume=resume)
