@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,8 @@ class ScriptedTeacher:
 
     def generate(self, conversations, sampling):
         self.conversations.extend(conversations)
+        # A subprocess test slows the teacher down to kill the run halfway.
+        time.sleep(float(os.environ.get("DOMAINKIT_TEST_TEACHER_DELAY", "0")))
         return [self.reply(c) for c in conversations]
 
     @staticmethod

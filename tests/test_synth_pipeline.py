@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -273,3 +274,75 @@ def test_an_empty_split_is_saved_and_loads_as_empty(tmp_path):
     loaded = dataset.load_samples(tmp_path)
     assert [s.messages for s in loaded["train"]] == [sample.messages]
     assert loaded["validation"] == []
+
+
+def test_a_synth_run_killed_with_sigkill_resumes_from_its_saved_teacher_calls(
+    indexed_support, tmp_path
+):
+    """SIGKILL mid-run (no cleanup at all): the rerun serves the finished teacher calls from
+    the cache, makes only the rest, and writes the same dataset an unbroken run writes."""
+    import shutil
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    unbroken = tmp_path / "unbroken"
+    shutil.copytree(indexed_support, unbroken)
+    # The CLI in a fresh process, with the tests' embedder and scripted teacher registered.
+    cli = [sys.executable, "-c", "import tests.conftest; from domainkit.cli import app; app()"]
+
+    def synth(domain, delay="0", **kwargs):
+        env = {**os.environ, "DOMAINKIT_TEST_TEACHER_DELAY": delay}
+        command = [*cli, "synth", str(domain), "--limit", "40", "--json"]
+        return subprocess.Popen(command, cwd=root, env=env, text=True, **kwargs)
+
+    calls = indexed_support / ".domainkit" / "synth" / "calls.sqlite"
+
+    def saved() -> int:
+        if not calls.is_file():
+            return 0
+        try:
+            with sqlite3.connect(f"file:{calls}?mode=ro", uri=True, timeout=1) as db:
+                return db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        except sqlite3.OperationalError:  # the table is not created yet
+            return 0
+
+    process = synth(indexed_support, delay="0.3", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while saved() < 8:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    at_kill = saved()
+    assert not (indexed_support / ".domainkit" / "synth" / "CURRENT").exists(), "killed early"
+
+    outputs = {}
+    for name, domain in (("resumed", indexed_support), ("unbroken", unbroken)):
+        run = synth(domain, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+        outputs[name] = json.loads(out)
+    resumed, whole = outputs["resumed"], outputs["unbroken"]
+    assert resumed["teacher_calls"]["cached"] >= at_kill >= 8
+    assert sum(resumed["teacher_calls"].values()) == sum(whole["teacher_calls"].values())
+    assert resumed["teacher_calls"]["made"] < whole["teacher_calls"]["made"], (
+        "finished calls were not made again",
+        resumed,
+        whole,
+    )
+
+    def rows(domain):
+        samples = dataset.load_samples(synth_dir(load_domain(domain)))
+        return {
+            split: sorted(json.dumps(s.to_row(), sort_keys=True) for s in split_samples)
+            for split, split_samples in samples.items()
+        }
+
+    assert rows(indexed_support) == rows(unbroken), "the same dataset as an unbroken run"
+    assert not list((indexed_support / ".domainkit").glob("**/*.tmp")), "no half-written file"
