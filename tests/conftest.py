@@ -35,6 +35,11 @@ class HashEmbedder:
 
     def embed(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
         self.embedded_texts.extend(texts)
+        # A subprocess test slows embedding down to kill the run halfway, and is told when
+        # it has started.
+        if marker := os.environ.get("DOMAINKIT_TEST_EMBED_MARKER"):
+            Path(marker).touch()
+        time.sleep(float(os.environ.get("DOMAINKIT_TEST_EMBED_DELAY", "0")))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in _WORD.findall(text.lower()):

@@ -192,3 +192,45 @@ def test_a_second_run_on_the_same_domain_fails_at_once_naming_the_first(indexed_
     assert (domain.index_dir / "CURRENT").read_text() == live, "the live index is untouched"
     again = CliRunner().invoke(app, ["index", str(indexed_support)])
     assert again.exit_code == 0, again.output
+
+
+def test_an_index_run_killed_with_sigkill_leaves_the_previous_index_to_search(support_domain):
+    """SIGKILL while re-indexing changed documents (no cleanup at all): the previous index
+    still loads and searches, and the next run replaces it and removes the leftovers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    domain = load_domain(support_domain)
+    build_index(domain, HashEmbedder(), progress=False)
+    before = [c.id for c in load_index(domain.index_dir).chunks]
+    (support_domain / "docs" / "returns.md").write_text("# Returns\n\nNo returns at all.")
+    root = Path(__file__).resolve().parents[1]
+    cli = [sys.executable, "-c", "import tests.conftest; from domainkit.cli import app; app()"]
+    command = [*cli, "index", str(support_domain), "--force"]
+    embedding = support_domain.parent / "embedding-started"
+    env = {
+        **os.environ,
+        "DOMAINKIT_TEST_EMBED_DELAY": "30",
+        "DOMAINKIT_TEST_EMBED_MARKER": str(embedding),
+    }
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 60
+    while not embedding.exists():  # the run has read and chunked the documents
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+
+    after = load_index(domain.index_dir)
+    assert [c.id for c in after.chunks] == before, "the previous index is untouched"
+    rerun = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert any("No returns" in c.text for c in load_index(domain.index_dir).chunks)
+    assert not list(domain.index_dir.glob(".tmp-*")), "leftovers of the killed run are gone"
