@@ -7,6 +7,7 @@ from fpdf import FPDF
 from domainkit.config.schema import IngestConfig
 from domainkit.errors import IngestError
 from domainkit.ingest import LOADERS, LoadError, load_documents
+from domainkit.ingest.document import Document
 from domainkit.ingest.normalize import normalize_text
 
 
@@ -202,3 +203,52 @@ def test_include_exclude_and_hidden_files(tmp_path):
     (docs / "~$lock.docx").write_bytes(b"x")
     result = load_documents(docs, IngestConfig(exclude=["drafts/*"]))
     assert [d.source for d in result.documents] == ["a.md"] and not result.skipped
+
+
+class _EntryPoint:
+    """What ``importlib.metadata.entry_points`` yields for an installed plug-in."""
+
+    def __init__(self, name: str, value: str, loaded=None, error: Exception | None = None):
+        self.name, self.value, self._loaded, self._error = name, value, loaded, error
+
+    def load(self):
+        if self._error is not None:
+            raise self._error
+        return self._loaded
+
+
+def test_an_installed_plug_in_joins_its_registry_through_its_entry_point(tmp_path, monkeypatch):
+    """A package offering a loader in the ``domainkit.loaders`` group is used without being
+    imported by the user; a plug-in that fails to import stops nothing else, and asking for
+    it by name gives its error."""
+    from domainkit import registry
+    from domainkit.errors import UnknownNameError
+    from domainkit.registry import Registry
+
+    def load_memo(path, source):
+        return [Document(path.read_text().upper(), source, "Memo", "memo")]
+
+    groups = {
+        "domainkit.loaders": [
+            _EntryPoint(".memo", "memo_plugin:load_memo", load_memo),
+            _EntryPoint(".broken", "broken_plugin:load", error=ImportError("no module named x")),
+            _EntryPoint(".md", "other_plugin:load_md", load_memo),  # a built-in name: ignored
+        ]
+    }
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: groups.get(group, []))
+    loaders = Registry("loader", "domainkit.loaders")
+    loaders._items = dict(LOADERS._items)  # the built-ins, as registered at import
+    monkeypatch.setattr("domainkit.ingest.corpus.LOADERS", loaders)
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.memo").write_text("the memo text")
+    (docs / "good.md").write_text("# Good\n\nText.\n")
+    result = load_documents(docs)
+    texts = {d.source: d.text for d in result.documents}
+    assert texts["note.memo"] == "THE MEMO TEXT" and "Text." in texts["good.md"]
+    assert ".memo" in loaders.names() and loaders.get(".md") is LOADERS.get(".md")
+    with pytest.raises(UnknownNameError, match="'.broken' failed to load.*no module named x"):
+        loaders.get(".broken")
+    with pytest.raises(UnknownNameError, match="unknown loader '.nope'; available: .*.memo"):
+        loaders.get(".nope")

@@ -346,3 +346,17 @@ def test_a_synth_run_killed_with_sigkill_resumes_from_its_saved_teacher_calls(
 
     assert rows(indexed_support) == rows(unbroken), "the same dataset as an unbroken run"
     assert not list((indexed_support / ".domainkit").glob("**/*.tmp")), "no half-written file"
+
+
+def test_an_unknown_generator_in_the_mix_fails_before_any_teacher_call(indexed_support):
+    """Generator names are open to plug-ins, so a typo is caught when synth starts, with the
+    names that exist, not halfway through."""
+    from domainkit.errors import UnknownNameError
+
+    config = yaml.safe_load((indexed_support / "domain.yaml").read_text())
+    config["synth"]["mix"] = {"raft": 1.0, "quizz": 0.5}
+    (indexed_support / "domain.yaml").write_text(yaml.safe_dump(config))
+    teacher = ScriptedTeacher()
+    with pytest.raises(UnknownNameError, match="unknown generator 'quizz'; available: .*raft"):
+        run_synth(load_domain(indexed_support), teacher=teacher, limit=10, progress=False)
+    assert teacher.conversations == []

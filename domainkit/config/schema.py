@@ -180,11 +180,12 @@ class SynthConfig(_Section):
     """
 
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    mix: dict[Literal["raft", "near_miss", "refusal", "self_chat"], float] = Field(
+    mix: dict[str, float] = Field(
         {"raft": 0.6, "near_miss": 0.15, "refusal": 0.1, "self_chat": 0.15},
         description="Share of samples per generator: raft (quote the gold line among hard "
         "negatives, or refuse when it is absent), near_miss (a name swapped: refuse), refusal "
-        "(questions the documents never touch), self_chat (multi-turn dialogs).",
+        "(questions the documents never touch), self_chat (multi-turn dialogs), or a "
+        "plug-in generator's name (entry-point group domainkit.generators).",
     )
     samples_per_chunk: float = Field(
         3.0, gt=0, description="Samples aimed for per chunk when no --limit is given."

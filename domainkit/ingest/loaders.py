@@ -16,7 +16,7 @@ from domainkit.ingest.normalize import atx_heading, normalize_text
 from domainkit.registry import Registry
 
 Loader = Callable[[Path, str], list[Document]]
-LOADERS: Registry[Loader] = Registry("loader")
+LOADERS: Registry[Loader] = Registry("loader", "domainkit.loaders")
 
 
 class LoadError(Exception):

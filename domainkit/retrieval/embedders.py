@@ -28,7 +28,9 @@ class Embedder(Protocol):
     def embed(self, texts: list[str], *, progress: bool = False) -> np.ndarray: ...
 
 
-EMBEDDERS: Registry[Callable[[RetrievalConfig], Embedder]] = Registry("embedder")
+EMBEDDERS: Registry[Callable[[RetrievalConfig], Embedder]] = Registry(
+    "embedder", "domainkit.embedders"
+)
 
 
 def make_embedder(settings: RetrievalConfig) -> Embedder:

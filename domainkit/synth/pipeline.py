@@ -62,6 +62,8 @@ def synth_dir(domain: Domain) -> Path:
 def plan(ctx: SynthContext, target: int) -> list[Plan]:
     """How many samples each generator aims for, and its shuffled pool of seed chunks."""
     mix = {name: share for name, share in ctx.synth.mix.items() if share > 0}
+    for name in mix:  # an unknown name (a typo, a plug-in not installed) fails before any call
+        GENERATORS.get(name)
     eligible = [c for c in ctx.chunks if facts_of(c, 1)]
     if not eligible:
         raise DomainkitError("no chunk has a full sentence to generate questions from")

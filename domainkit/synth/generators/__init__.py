@@ -31,6 +31,6 @@ class GeneratorSpec:
     calls_per_seed: Callable[[SynthConfig], float]
 
 
-GENERATORS: Registry[GeneratorSpec] = Registry("generator")
+GENERATORS: Registry[GeneratorSpec] = Registry("generator", "domainkit.generators")
 
 from domainkit.synth.generators import near_miss, raft, refusal, self_chat  # noqa: E402,F401

@@ -41,7 +41,7 @@ class Teacher(Protocol):
     def generate(self, conversations: list[Conversation], sampling: Sampling) -> list[str]: ...
 
 
-TEACHERS: Registry[Callable[[TeacherConfig], Teacher]] = Registry("teacher")
+TEACHERS: Registry[Callable[[TeacherConfig], Teacher]] = Registry("teacher", "domainkit.teachers")
 
 
 def make_teacher(settings: TeacherConfig) -> Teacher:
