@@ -100,9 +100,9 @@ def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
         prints["ingest"], config.chunking, config.retrieval, code_hash("retrieval")
     )
     persona = (config.render_system_prompt(), config.refusal, config.persona)
-    # prompting.py is the format synth trains on and the runtime sends; llm.py and models.py
-    # load the teacher, student and runtime models.
-    shared = ("prompting", "llm", "models")
+    # Each stage's code is its package and every domainkit module it imports (code_hash):
+    # prompting.py, the format synth trains on and the runtime sends, is in synth's, train's
+    # and eval's.
     prints["synth"] = _hash(
         prints["index"],
         config.synth,
@@ -110,9 +110,9 @@ def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
         config.runtime.answer_words,
         persona,
         limits.samples,
-        code_hash("synth", "retrieval", *shared),
+        code_hash("synth"),
     )
-    prints["train"] = _hash(prints["synth"], config.train, code_hash("train", *shared))
+    prints["train"] = _hash(prints["synth"], config.train, code_hash("train"))
     questions = [
         path.read_bytes().hex() if path.is_file() else ""
         for path in (domain.eval_path, domain.validation_path)
@@ -124,7 +124,7 @@ def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
         config.evidence,
         config.eval,
         limits.questions,
-        code_hash("eval", "runtime", "retrieval", *shared),
+        code_hash("eval", "runtime"),
     )
     prints["bundle"] = _hash(prints["eval"], code_hash("build"))
     return prints

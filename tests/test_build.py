@@ -310,3 +310,34 @@ def test_build_after_a_kill_in_training_continues_from_the_checkpoint(
     assert "resumed from" not in caplog.text and forced.stages[3]["summary"]["steps"] == 4, (
         "a finished run is trained again, not republished"
     )
+
+
+def test_a_stage_fingerprint_covers_the_code_it_imports_and_nothing_else(buildable, monkeypatch):
+    """Editing prompting.py (the format synth trains on and the runtime sends) must rebuild
+    synth, train and eval even though it lives outside their packages (and the index, whose
+    package reaches it through the evidence selector); editing the CLI must rebuild
+    nothing."""
+    from domainkit import build
+    from domainkit.utils import hashing
+
+    domain = load_domain(buildable)
+    limits = build.Limits.of(12)
+    before = build.fingerprints(domain, limits)
+    real = hashing.file_hash
+
+    def edited(name):
+        def file_hash(path, length=16):
+            return "edited" if path.as_posix().endswith(name) else real(path, length)
+
+        return file_hash
+
+    for name, changed in (
+        ("domainkit/prompting.py", {"index", "synth", "train", "eval", "bundle"}),
+        ("domainkit/runtime/verify.py", {"eval", "bundle"}),
+        ("domainkit/ingest/normalize.py", set(build.fingerprints(domain, limits))),
+        ("domainkit/cli/__init__.py", set()),
+    ):
+        monkeypatch.setattr(hashing, "file_hash", edited(name))
+        monkeypatch.setattr(hashing, "_HASHES", {})
+        after = build.fingerprints(domain, limits)
+        assert {s for s in before if before[s] != after[s]} == changed, name
