@@ -463,3 +463,47 @@ def test_sigkill_at_any_moment_then_the_rerun_finishes_consistently(
     steps = [row["step"] for row in rows if "loss" in row]
     assert steps == list(range(1, 11)), "every step once, none lost or repeated"
     assert not list(out.glob("**/.*.tmp")), "no half-written folder is left"
+
+
+@pytest.mark.parametrize("peft_type", ["IA3", "LOHA"])
+def test_any_weight_adapter_peft_offers_trains_by_name_and_merges(tiny_model, tmp_path, peft_type):
+    """``train.peft`` names a peft method and its settings as peft writes them: the adapter
+    trains (its weights move, the base stays), is saved with its own config, and merges
+    into a model that computes what base + adapter does."""
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    peft = {"peft_type": peft_type} | (
+        {"r": 4, "target_modules": "all-linear"} if peft_type == "LOHA" else {}
+    )
+    settings = _settings(tiny_model, max_steps=3, peft=peft)
+    student = load_student(settings)
+    trainable = {n: p.clone() for n, p in student.model.named_parameters() if p.requires_grad}
+    frozen = {n: p.clone() for n, p in student.model.named_parameters() if not p.requires_grad}
+    assert trainable and not any("lora_" in n for n in trainable)
+    _run(student, settings, tmp_path / "run")
+    after = dict(student.model.named_parameters())
+    assert any(not torch.equal(after[n], p) for n, p in trainable.items()), "the adapter learnt"
+    assert all(torch.equal(after[n], p) for n, p in frozen.items()), "the base is untouched"
+    saved = tmp_path / "run" / "best"
+    assert PeftConfig.from_pretrained(saved).peft_type == peft_type
+    merged_dir = merge_adapter(str(tiny_model), saved, tmp_path / "merged")
+    inputs = student.tokenizer("What is the warranty on the speaker?", return_tensors="pt")
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir)(**inputs).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        expected = PeftModel.from_pretrained(base, saved).eval()(**inputs).logits
+    torch.testing.assert_close(merged, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_peft_method_the_runtime_cannot_merge_or_does_not_know_is_a_clear_error(tiny_model):
+    from domainkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="PROMPT_TUNING adds virtual tokens"):
+        load_student(_settings(tiny_model, peft={"peft_type": "PROMPT_TUNING"}))
+    with pytest.raises(ConfigError, match="unknown peft_type 'LORAX'.*IA3"):
+        load_student(_settings(tiny_model, peft={"peft_type": "LORAX"}))
+    with pytest.raises(ValueError, match="train.peft needs method lora or qlora"):
+        _settings(tiny_model, method="full", peft={"peft_type": "IA3"})
+    with pytest.raises(ValueError, match="peft_type"):
+        _settings(tiny_model, peft={"r": 4})

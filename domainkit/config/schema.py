@@ -7,7 +7,7 @@ a bad value fails early with the file, the field and what was expected.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -254,6 +254,16 @@ class PreferenceConfig(_Section):
 class TrainConfig(_Section):
     """Fine-tuning of the student model."""
 
+    @model_validator(mode="after")
+    def _peft_names_its_method(self) -> TrainConfig:
+        if self.peft is None:
+            return self
+        if self.method == "full":
+            raise ValueError("train.peft needs method lora or qlora (full trains every weight)")
+        if not isinstance(self.peft.get("peft_type"), str):
+            raise ValueError("train.peft needs a peft_type, e.g. {peft_type: IA3}")
+        return self
+
     student_model: str = Field(
         "SmolLM2-135M-Instruct", description="Student model name, hub id or path."
     )
@@ -270,6 +280,15 @@ class TrainConfig(_Section):
     use_rslora: bool = Field(False, description="Rank-stabilized scaling alpha/sqrt(r).")
     init_lora_weights: Literal["default", "gaussian", "olora", "pissa"] = Field(
         "default", description="Adapter initialisation (peft): default, gaussian, olora, pissa."
+    )
+    peft: dict[str, Any] | None = Field(
+        None,
+        description="Another peft method by name instead of LoRA, with its settings as peft "
+        "writes them, e.g. {peft_type: IA3} or {peft_type: LOHA, r: 8, target_modules: "
+        "all-linear} (peft.get_peft_config; task_type CAUSAL_LM). The lora_* settings then do "
+        "not apply. Methods that add virtual tokens (prompt, prefix, p-tuning) are refused: "
+        "the runtime merges the adapter into the model. method qlora still loads the base in "
+        "4 bits.",
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",

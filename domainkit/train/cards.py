@@ -96,7 +96,12 @@ def _training_section(config, summary: dict | None) -> str:
     train = config.train
     rows = [
         ("student", train.student_model),
-        ("method", f"{train.method}, r={train.lora_r}, alpha={train.lora_alpha}"),
+        (
+            "method",
+            f"{train.method} base, peft {train.peft}"
+            if train.peft
+            else f"{train.method}, r={train.lora_r}, alpha={train.lora_alpha}",
+        ),
         ("learning rate", f"{train.learning_rate:g} ({train.lr_scheduler})"),
         (
             "batch",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from domainkit.config.schema import TrainConfig
+from domainkit.errors import ConfigError
 from domainkit.models import resolve_causal_lm
 from domainkit.utils.device import best_device
 
@@ -72,6 +73,41 @@ def load_base(settings: TrainConfig, device: str, quantize: bool):
     return model, path
 
 
+def adapter_config(settings: TrainConfig):
+    """The peft config of the adapter to train: ``train.peft`` when set (any weight-adapter
+    method peft offers, by name), else LoRA from the lora_* settings."""
+    if settings.peft is None:
+        return lora_config(settings)
+    from peft import get_peft_config
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    known = sorted(str(getattr(t, "value", t)) for t in PEFT_TYPE_TO_CONFIG_MAPPING)
+    values = {"task_type": "CAUSAL_LM", **settings.peft}
+    values["peft_type"] = str(values["peft_type"]).upper()
+    if values["peft_type"] not in known:
+        raise ConfigError(
+            f"train.peft: unknown peft_type {settings.peft['peft_type']!r}; peft "
+            f"{_peft_version()} offers {', '.join(known)}"
+        )
+    try:
+        config = get_peft_config(values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"train.peft: {e}") from None
+    if config.is_prompt_learning:
+        raise ConfigError(
+            f"train.peft: {values['peft_type']} adds virtual tokens to the prompt; the runtime "
+            "merges the adapter into the model, so use a method that adapts weights (LORA, "
+            "IA3, LOHA, LOKR, ADALORA, ...)"
+        )
+    return config
+
+
+def _peft_version() -> str:
+    import peft
+
+    return peft.__version__
+
+
 def lora_config(settings: TrainConfig):
     from peft import LoraConfig
 
@@ -102,7 +138,7 @@ def load_student(settings: TrainConfig) -> Student:
 
         if quantize:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = get_peft_model(model, lora_config(settings))
+        model = get_peft_model(model, adapter_config(settings))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("%s on %s: %d of %d parameters trainable", settings.method, device, trainable, total)
