@@ -190,109 +190,24 @@ def create_app(
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     page = resources.files("domainkit.runtime").joinpath("static/index.html").read_text("utf-8")
 
-    def error_response(e: APIError) -> JSONResponse:
-        body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
-        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
-        return JSONResponse({"error": body}, status_code=e.status, headers=headers)
+    chat = _ChatEndpoint(assistant, model_name, keys, limits, metrics)
 
-    active = [0]  # requests being answered; the event loop is the only writer
-
-    def busy(message: str) -> APIError:
-        # A rough wait: the batches ahead of this request, a second or two each.
-        batches = 1 + assistant.scheduler.waiting // max(1, assistant.scheduler.max_batch)
-        return APIError(503, message, "server_busy", code="busy", retry_after=min(60, batches))
-
-    async def answer_of(request: Request, pending) -> Answer:
-        """Wait for a pending answer without holding a thread; give it up if the client
-        goes away."""
-        if pending.future is not None:
-            waiting = asyncio.wrap_future(pending.future)
-            while True:
-                done, _ = await asyncio.wait({waiting}, timeout=0.25)
-                if done:
-                    break
-                if await request.is_disconnected():
-                    pending.cancel()
-                    raise _ClientGone
-        return pending.result()
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await chat(request)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
-        return error_response(e)
+        return _error_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
-        return error_response(APIError(e.status_code, str(e.detail), "invalid_request_error"))
+        return _error_response(APIError(e.status_code, str(e.detail), "invalid_request_error"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):
         log.exception("unexpected error on %s", request.url.path)
-        return error_response(APIError(500, "internal server error", "server_error"))
-
-    def authorize(request: Request) -> None:
-        if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        # Compare against every key, in constant time, so timing reveals nothing.
-        valid = False
-        for key in keys:
-            valid |= hmac.compare_digest(given.encode(), key.encode())
-        if not valid:
-            raise APIError(
-                401,
-                "invalid or missing API key (send 'Authorization: Bearer KEY')",
-                "invalid_request_error",
-                code="invalid_api_key",
-            )
-
-    async def read_request(request: Request) -> ChatRequest:
-        # A web page can POST text/plain or a form to localhost without asking; JSON needs a
-        # CORS preflight this server never grants.
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise APIError(415, "send the body as application/json", "invalid_request_error")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise _too_large(f"request body over {limits.max_body_bytes} bytes")
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limits.max_body_bytes:
-                raise _too_large(f"request body over {limits.max_body_bytes} bytes")
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError) as e:  # bad JSON, a 5,000-digit number, deep nesting
-            raise APIError(
-                400, f"the body is not valid JSON: {str(e)[:200]}", "invalid_request_error"
-            ) from None
-        if not isinstance(data, dict):
-            raise APIError(400, "the body must be a JSON object", "invalid_request_error")
-        try:
-            chat = ChatRequest.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            param = ".".join(str(x) for x in first["loc"])
-            raise APIError(
-                422, f"{param}: {first['msg']}", "invalid_request_error", param=param
-            ) from None
-        if len(chat.messages) > limits.max_messages:
-            raise _too_large(f"more than {limits.max_messages} messages", "messages")
-        for i, message in enumerate(chat.messages):
-            if len(message.text) > limits.max_message_chars:
-                raise _too_large(
-                    f"message {i} is longer than {limits.max_message_chars} characters",
-                    f"messages.{i}.content",
-                )
-        wanted = chat.max_completion_tokens or chat.max_tokens
-        if wanted is not None and wanted > limits.max_tokens:
-            raise APIError(
-                422,
-                f"max_tokens may be at most {limits.max_tokens}",
-                "invalid_request_error",
-                param="max_tokens",
-            )
-        return chat
+        return _error_response(APIError(500, "internal server error", "server_error"))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -314,11 +229,11 @@ def create_app(
         scheduler = assistant.scheduler
         return {
             "status": "ok",
-            "ready": active[0] < limits.max_active,
+            "ready": chat.active < limits.max_active,
             "model": model_name,
             "tuned": assistant.tuned,
             "policy": assistant.settings.policy,
-            "active": active[0],
+            "active": chat.active,
             "max_active": limits.max_active,
             "waiting": scheduler.waiting,
             "generating": scheduler.running,
@@ -326,42 +241,152 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
-        authorize(request)
+        _authorize(request, keys)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
-        authorize(request)
+        _authorize(request, keys)
         return {
             "object": "list",
             "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "domainkit"}],
         }
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        if active[0] >= limits.max_active:
-            metrics.failed(503)
-            return error_response(
-                busy(f"the server is busy ({limits.max_active} requests in progress)")
+    return app
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+    return JSONResponse({"error": body}, status_code=e.status, headers=headers)
+
+
+def _busy(assistant: Assistant, message: str) -> APIError:
+    # A rough wait: the batches ahead of this request, a second or two each.
+    batches = 1 + assistant.scheduler.waiting // max(1, assistant.scheduler.max_batch)
+    return APIError(503, message, "server_busy", code="busy", retry_after=min(60, batches))
+
+
+async def _answer_of(request: Request, pending) -> Answer:
+    """Wait for a pending answer without holding a thread; give it up if the client
+    goes away."""
+    if pending.future is not None:
+        waiting = asyncio.wrap_future(pending.future)
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=0.25)
+            if done:
+                break
+            if await request.is_disconnected():
+                pending.cancel()
+                raise _ClientGone
+    return pending.result()
+
+
+def _authorize(request: Request, keys: list[str]) -> None:
+    """401 unless the request carries one of ``keys`` (none: the API is open)."""
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    # Compare against every key, in constant time, so timing reveals nothing.
+    valid = False
+    for key in keys:
+        valid |= hmac.compare_digest(given.encode(), key.encode())
+    if not valid:
+        raise APIError(
+            401,
+            "invalid or missing API key (send 'Authorization: Bearer KEY')",
+            "invalid_request_error",
+            code="invalid_api_key",
+        )
+
+
+async def _read_chat(request: Request, limits: ServerLimits) -> ChatRequest:
+    """The request's body as a checked ``ChatRequest``, or the ``APIError`` saying why not."""
+    # A web page can POST text/plain or a form to localhost without asking; JSON needs a
+    # CORS preflight this server never grants.
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise APIError(415, "send the body as application/json", "invalid_request_error")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise _too_large(f"request body over {limits.max_body_bytes} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limits.max_body_bytes:
+            raise _too_large(f"request body over {limits.max_body_bytes} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # bad JSON, a 5,000-digit number, deep nesting
+        raise APIError(
+            400, f"the body is not valid JSON: {str(e)[:200]}", "invalid_request_error"
+        ) from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the body must be a JSON object", "invalid_request_error")
+    try:
+        chat = ChatRequest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(x) for x in first["loc"])
+        raise APIError(
+            422, f"{param}: {first['msg']}", "invalid_request_error", param=param
+        ) from None
+    if len(chat.messages) > limits.max_messages:
+        raise _too_large(f"more than {limits.max_messages} messages", "messages")
+    for i, message in enumerate(chat.messages):
+        if len(message.text) > limits.max_message_chars:
+            raise _too_large(
+                f"message {i} is longer than {limits.max_message_chars} characters",
+                f"messages.{i}.content",
             )
-        active[0] += 1
+    wanted = chat.max_completion_tokens or chat.max_tokens
+    if wanted is not None and wanted > limits.max_tokens:
+        raise APIError(
+            422,
+            f"max_tokens may be at most {limits.max_tokens}",
+            "invalid_request_error",
+            param="max_tokens",
+        )
+    return chat
+
+
+class _ChatEndpoint:
+    """``POST /v1/chat/completions``: admission (at most ``limits.max_active`` requests in
+    progress, 503 beyond), the answer, streamed (SSE) or whole, and its metrics."""
+
+    def __init__(self, assistant: Assistant, model_name: str, keys, limits, metrics):
+        self.assistant, self.model_name, self.keys = assistant, model_name, keys
+        self.limits, self.metrics = limits, metrics
+        self.active = 0  # requests being answered; the event loop is the only writer
+
+    async def __call__(self, request: Request):
+        if self.active >= self.limits.max_active:
+            self.metrics.failed(503)
+            return _error_response(
+                _busy(
+                    self.assistant,
+                    f"the server is busy ({self.limits.max_active} requests in progress)",
+                )
+            )
+        self.active += 1
         streaming = False
         try:
-            response = await _chat(request)
+            response = await self._chat(request)
             streaming = isinstance(response, StreamingResponse)
             return response
         finally:
             if not streaming:  # a stream releases its place when it ends
-                active[0] -= 1
+                self.active -= 1
 
-    async def _chat(request: Request):
+    async def _chat(self, request: Request):
         started = time.perf_counter()
         try:
-            authorize(request)
-            chat = await read_request(request)
+            _authorize(request, self.keys)
+            chat = await _read_chat(request, self.limits)
             messages = [{"role": m.role, "content": m.text} for m in chat.messages]
-            if chat.policy and chat.policy not in assistant.settings.client_policies:
-                allowed = ", ".join(assistant.settings.client_policies)
+            if chat.policy and chat.policy not in self.assistant.settings.client_policies:
+                allowed = ", ".join(self.assistant.settings.client_policies)
                 raise APIError(
                     422,
                     f"policy {chat.policy!r} is not available to clients (allowed: {allowed})",
@@ -375,41 +400,41 @@ def create_app(
                 "seed": chat.seed,
             }
             first_turn = not any(m["role"] == "assistant" for m in messages)
-            disclaimer = assistant.config.disclaimer if first_turn else None
+            disclaimer = self.assistant.config.disclaimer if first_turn else None
             if chat.stream:
                 usage = chat.stream_options is not None and chat.stream_options.include_usage
-                response = await _stream(
+                response = await self._stream(
                     request, messages, options, disclaimer, chat.stop or [], usage
                 )
             else:
                 # Planning (retrieval, evidence) is short CPU work in a thread; the wait for
                 # generation holds none.
-                pending = await asyncio.to_thread(assistant.submit, messages, **options)
-                answer = await answer_of(request, pending)
-                metrics.answered(answer, started)
+                pending = await asyncio.to_thread(self.assistant.submit, messages, **options)
+                answer = await _answer_of(request, pending)
+                self.metrics.answered(answer, started)
                 scanner = StopScanner(chat.stop or [])
                 text = scanner.feed(answer.text) + scanner.flush()
                 if scanner.stopped:
                     answer = replace(answer, text=text, finish_reason="stop")
-                response = _completion(answer, model_name, disclaimer)
+                response = _completion(answer, self.model_name, disclaimer)
         except _ClientGone:
-            metrics.failed(499)
+            self.metrics.failed(499)
             return Response(status_code=499)
         except APIError as e:
-            metrics.failed(e.status)
-            return error_response(e)
+            self.metrics.failed(e.status)
+            return _error_response(e)
         except BusyError as e:
-            metrics.failed(503)
-            return error_response(busy(str(e)))
+            self.metrics.failed(503)
+            return _error_response(_busy(self.assistant, str(e)))
         except ConversationError as e:
-            metrics.failed(400)
-            return error_response(APIError(400, str(e), "invalid_request_error"))
+            self.metrics.failed(400)
+            return _error_response(APIError(400, str(e), "invalid_request_error"))
         except BackendError as e:
-            metrics.failed(502)
-            return error_response(APIError(502, str(e), "backend_error"))
+            self.metrics.failed(502)
+            return _error_response(APIError(502, str(e), "backend_error"))
         return response
 
-    async def _stream(request: Request, messages, options, disclaimer, stops, include_usage):
+    async def _stream(self, request: Request, messages, options, disclaimer, stops, include_usage):
         loop = asyncio.get_running_loop()
         loop_thread = threading.get_ident()
         pieces: asyncio.Queue = asyncio.Queue()
@@ -426,7 +451,9 @@ def create_app(
 
         # Planning and queueing happen before the response starts, so "busy" and bad
         # conversations still get their status codes.
-        pending = await asyncio.to_thread(assistant.submit, messages, on_text=on_text, **options)
+        pending = await asyncio.to_thread(
+            self.assistant.submit, messages, on_text=on_text, **options
+        )
         if pending.future is not None:
             generated = asyncio.wrap_future(pending.future)
         else:
@@ -440,7 +467,7 @@ def create_app(
                 "id": ident,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": model_name,
+                "model": self.model_name,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
             body.update(extra or {})
@@ -470,7 +497,7 @@ def create_app(
                 except Exception as e:  # already streaming: report in-band, as OpenAI does
                     log.error("generation failed while streaming: %s", e)
                     error = {"message": _public(e), "type": "server_error"}
-                    metrics.failed(500)
+                    self.metrics.failed(500)
                     finished = True
                     yield f"data: {json.dumps({'error': error})}\n\n"
                     return
@@ -480,7 +507,7 @@ def create_app(
                             yield event
                 if rest := scanner.flush():
                     yield chunk({"content": rest})
-                metrics.answered(answer, started, first_token[0] if first_token else None)
+                self.metrics.answered(answer, started, first_token[0] if first_token else None)
                 finish = "stop" if scanner.stopped else answer.finish_reason
                 finished = True
                 yield chunk({}, finish, {"domainkit": _extra(answer, disclaimer)})
@@ -489,7 +516,7 @@ def create_app(
                         "id": ident,
                         "object": "chat.completion.chunk",
                         "created": created,
-                        "model": model_name,
+                        "model": self.model_name,
                         "choices": [],
                         "usage": _usage(answer),
                     }
@@ -498,16 +525,14 @@ def create_app(
             finally:
                 if not finished:  # the client went away mid-answer
                     pending.cancel()
-                    metrics.failed(499)
-                active[0] -= 1
+                    self.metrics.failed(499)
+                self.active -= 1
 
         return StreamingResponse(
             events(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-
-    return app
 
 
 @contextlib.contextmanager
