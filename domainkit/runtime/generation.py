@@ -254,10 +254,9 @@ class _ChosenLogprobs:
 class _RowSampler:
     """Per-row sampling as a logits processor: each row with a temperature draws its token
     (temperature, then top-k and nucleus top-p, transformers' defaults for sampling) with
-    its own random generator and leaves only that
-    token possible, so the batch's greedy step takes it; greedy rows pass unchanged. Rows
-    need not share a temperature, and a seeded row gives the same reply whatever its
-    batch-mates."""
+    its own random generator and leaves only that token possible, so the batch's greedy
+    step takes it; greedy rows pass unchanged. Rows need not share a temperature, and a
+    seeded row gives the same reply whatever its batch-mates."""
 
     TOP_K, TOP_P = 50, 0.95
 
@@ -269,8 +268,10 @@ class _RowSampler:
         self.generators = []
         for i in self.rows:
             generator = torch.Generator(device=device)
-            seed = requests[i].seed
-            generator.manual_seed(seed if seed is not None else int(torch.seed()))
+            if requests[i].seed is None:
+                generator.seed()  # a fresh, non-deterministic seed; the global RNG is untouched
+            else:
+                generator.manual_seed(requests[i].seed)
             self.generators.append(generator)
 
     def __call__(self, input_ids, scores):
