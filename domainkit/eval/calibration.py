@@ -85,15 +85,17 @@ def calibrate_assistant(
             f"questions, {MIN_READER_QUESTIONS} needed); {assistant.reader_weight} is used"
         )
     # A twin answered right anyway is answerable: its fact is restated elsewhere.
+    # Each answer made once with the calibrated reader weight, ungated.
+    answers = [assistant.recheck(a, gated=False) for a in answers]
+    twin_answers = [assistant.recheck(a, gated=False) for a in twin_answers]
     originals = {i.question: i for i in items if i.answerable}
     unanswered = [
         (t, a)
         for t, a in zip(twins, twin_answers, strict=True)
-        if not is_correct(originals[t.question], assistant.recheck(a, gated=False))
+        if not is_correct(originals[t.question], a)
     ]
     pairs = list(zip(items, answers, strict=True)) + unanswered
     # An answer without evidence has no features: the runtime refuses it anyway.
-    pairs = [(i, assistant.recheck(a, gated=False)) for i, a in pairs]
     pairs = [(i, a) for i, a in pairs if a.gate is not None]
     features = [_features(a) for _, a in pairs]
     out = {
