@@ -123,6 +123,21 @@ def test_normalize_rejoins_pdf_layout_lines_only_when_asked():
     assert normalize_text(raw) == raw
 
 
+def test_a_pdf_line_wrapped_before_a_figure_rejoins_its_sentence():
+    # pypdf keeps the page's line breaks; a break before "10 seconds." cut that sentence in
+    # two, and a passage could then start (and an answer be quoted) with "10 seconds.".
+    raw = (
+        "The light turns solid white when Perch is connected, then dims after\n"
+        "10 seconds.\nSteps to follow\n1. Open the app.\nPrices from\n2 pounds,\n"
+        "3 pounds or less.\nStep 4: Install the latest firmware"
+    )
+    assert normalize_text(raw, layout=True) == (
+        "The light turns solid white when Perch is connected, then dims after 10 seconds.\n"
+        "Steps to follow\n1. Open the app.\nPrices from 2 pounds, 3 pounds or less.\n"
+        "Step 4: Install the latest firmware"
+    )
+
+
 BROKEN = {
     "corrupt.pdf": (b"%PDF-1.4\n garbage that is not a pdf", "unreadable PDF"),
     "binary.txt": (b"\x00\x01\x02ELF\x00\x00" * 50, "binary content"),

@@ -13,6 +13,9 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 _LINE_BREAK_HYPHEN = re.compile(r"(?<=[a-z])-\n(?=[a-z])")
 # A wrapped line: the next line continues the sentence in lowercase.
 _WRAPPED_LINE = re.compile(r"(?<=[^\s.:;!?])\n(?=[a-z(])")
+# A line wrapped before a figure: "...then dims after" / "10 seconds." (a numbered step,
+# "1. Open the app", starts a line of its own).
+_WRAPPED_BEFORE_FIGURE = re.compile(r"(?<=[a-z,])\n(?=\d+(?:[.,:]\d+)*\s*[a-z%£$€])")
 
 
 def normalize_text(text: str, *, layout: bool = False) -> str:
@@ -31,6 +34,7 @@ def normalize_text(text: str, *, layout: bool = False) -> str:
     if layout:
         text = _LINE_BREAK_HYPHEN.sub("", text)
         text = _WRAPPED_LINE.sub(" ", text)
+        text = _WRAPPED_BEFORE_FIGURE.sub(" ", text)
     text = _SPACES.sub(" ", text)
     text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
