@@ -96,6 +96,17 @@ def test_the_answer_is_a_checked_quote_from_the_evidence_with_its_citation(assis
     assert set(answer.gate) >= {"dense", "unknown", "model_refusal", "p_answerable"}
 
 
+def test_usage_counts_the_tokens_of_the_answer_a_client_receives(assistant):
+    """A scored reply generates no tokens, but the client receives the composed answer (or
+    the refusal): usage counts its tokens, as the billing of any OpenAI client expects."""
+    tokenizer = assistant.scheduler.generator.tokenizer
+    for gate in (NAMES_ONLY, Gate(weights=NAMES_ONLY.weights, bias=-50.0)):
+        answer = _with(assistant, gate=gate).answer(_ask(WARRANTY_Q), policy="auto")
+        expected = len(tokenizer(answer.text, add_special_tokens=False)["input_ids"])
+        assert answer.prompt_tokens > 0 and answer.completion_tokens == expected > 0
+    assert answer.route == "refusal"
+
+
 def test_the_gate_refuses_a_near_miss_with_an_unknown_name(assistant):
     gated = _with(assistant, gate=NAMES_ONLY)
     miss = gated.answer(_ask("How long is the warranty on a Falcon speaker?"))

@@ -373,10 +373,11 @@ class Assistant:
         answer.gate = {**features.to_dict(), "p_answerable": round(probability, 4)}
         if gated and (refused or probability < self.gate.threshold):
             answer.text, answer.route, answer.sources = self.config.refusal, "refusal", []
-            return answer
-        if sentence is not None:
+        elif sentence is not None:
             answer.text = evidence.answer_from(sentence, self.settings.answer_words)
             answer.route = "answer"
+        if result.choice_logprobs:  # scored, not generated: the client receives this text
+            answer.completion_tokens = self.scheduler.generator.count_text(answer.text)
         return answer
 
     def _reading(self, evidence, result: GenResult):

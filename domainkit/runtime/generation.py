@@ -105,6 +105,11 @@ class LocalGenerator:
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self._ids(messages))
 
+    def count_text(self, text: str) -> int:
+        """Tokens of a reply's text (usage of a reply that was scored, not generated)."""
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _ids(self, messages: list[Message]) -> list[int]:
         # Request threads count tokens while the worker generates; a fast tokenizer may not
         # be entered by two threads at once when one changes its padding state.
@@ -409,6 +414,11 @@ class OpenAIGenerator:
         if self._tokenizer is None:
             return sum(len(m["content"]) for m in messages) // 3 + 8 * len(messages)
         return len(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+    def count_text(self, text: str) -> int:
+        if self._tokenizer is None:
+            return len(text) // 3
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
         """Each request on its own connection; a request's error (its context is too long,
