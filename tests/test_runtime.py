@@ -913,3 +913,70 @@ def test_the_scheduler_batches_requests_of_different_temperatures_together():
     for future in [first, *rest]:
         future.result(timeout=10)
     assert sorted(r.temperature for r in batches[-1]) == [0.0, 0.3, 0.9]
+
+
+def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkeypatch, tmp_path):
+    """A package offering a backend in the ``domainkit.backends`` group is chosen by
+    ``runtime.backend`` alone; it is built from the runtime settings (student, adapter,
+    device), and the runtime checks its replies like any other. An unknown name is a clear
+    error naming the backends there are."""
+    from domainkit import registry
+    from domainkit.errors import UnknownNameError
+    from domainkit.prompting import quote_reply
+    from domainkit.registry import Registry
+    from domainkit.runtime import generation
+
+    class QuotingBackend:
+        """Replies with the first line of the evidence block, as a quote."""
+
+        context_limit = 4096
+        built: dict = {}
+
+        @classmethod
+        def from_runtime(cls, settings, *, student, adapter, device, name):
+            cls.built = {"student": student, "adapter": adapter, "device": device, "name": name}
+            return cls()
+
+        def count_tokens(self, messages):
+            return sum(len(m["content"].split()) for m in messages)
+
+        def count_text(self, text):
+            return len(text.split())
+
+        def generate(self, requests):
+            replies = []
+            for r in requests:
+                evidence = r.messages[-1]["content"].split("\n")
+                line = next(x for x in evidence[1:] if x and not x.startswith("["))
+                text = quote_reply(line)
+                replies.append(GenResult(text, 7, len(text.split()), "stop", None))
+            return replies
+
+    class _EntryPoint:
+        name, value = "quoting", "quoting_plugin:QuotingBackend"
+
+        def load(self):
+            return QuotingBackend
+
+    groups = {"domainkit.backends": [_EntryPoint()]}
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: groups.get(group, []))
+    backends = Registry("runtime backend", "domainkit.backends")
+    backends._items = dict(generation.GENERATORS._items)
+    monkeypatch.setattr(generation, "GENERATORS", backends)
+    monkeypatch.setattr("domainkit.runtime.assistant.GENERATORS", backends)
+
+    settings = runtime_domain.config.runtime.model_copy(update={"backend": "quoting"})
+    assistant = Assistant.from_domain(runtime_domain, settings=settings, tuned=False)
+    assert QuotingBackend.built == {
+        "student": runtime_domain.config.train.student_model,
+        "adapter": None,
+        "device": runtime_domain.config.train.device,
+        "name": runtime_domain.config.name,
+    }
+    answer = assistant.answer(_ask(WARRANTY_Q), policy="rag")
+    assert answer.route == "answer" and answer.quote and answer.completion_tokens > 0
+    assert any(answer.quote.removeprefix("Quote: ") in e.text for e in answer.evidence)
+
+    unknown = runtime_domain.config.runtime.model_copy(update={"backend": "vllm-typo"})
+    with pytest.raises(UnknownNameError, match="local, openai, quoting"):
+        Assistant.from_domain(runtime_domain, settings=unknown)

@@ -382,10 +382,11 @@ class RuntimeConfig(_Section):
         description="Prompt + answer budget; the oldest turns are trimmed to fit "
         "(capped by the model's own context length).",
     )
-    backend: Literal["local", "openai"] = Field(
+    backend: str = Field(
         "local",
-        description="local: transformers + peft in this process; openai: an OpenAI-compatible "
-        "endpoint (e.g. vLLM serving the merged model or the adapter).",
+        description="Backend by name. local: transformers + peft in this process; openai: an "
+        "OpenAI-compatible endpoint (e.g. vLLM serving the merged model or the adapter); or "
+        "the name of an installed plug-in (entry-point group domainkit.backends).",
     )
     base_url: str | None = Field(None, description="Endpoint URL for the openai backend.")
     model: str | None = Field(

@@ -250,16 +250,13 @@ class Assistant:
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             log.warning("no trained adapter in %s; answering with the base model", adapter)
             adapter = None
-        student = domain.config.train.student_model
-        if settings.backend == "openai":
-            generator = GENERATORS.get("openai")(
-                model=settings.model or domain.config.name,
-                base_url=settings.base_url,
-                api_key_env=settings.api_key_env,
-                tokenizer_model=student,
-            )
-        else:
-            generator = GENERATORS.get("local")(student, adapter, domain.config.train.device)
+        generator = GENERATORS.get(settings.backend).from_runtime(
+            settings,
+            student=domain.config.train.student_model,
+            adapter=adapter,
+            device=domain.config.train.device,
+            name=domain.config.name,
+        )
         if retrieval and retriever is None:
             from domainkit.retrieval import open_retriever
 

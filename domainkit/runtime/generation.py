@@ -18,11 +18,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from domainkit.errors import DomainkitError
 from domainkit.prompting import Message
 from domainkit.registry import Registry
 from domainkit.utils.endpoints import check_endpoint
+
+if TYPE_CHECKING:
+    from domainkit.config.schema import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +81,43 @@ class GenResult:
         return None if self.mean_logprob is None else math.exp(self.mean_logprob)
 
 
-GENERATORS: Registry = Registry("generation backend")
+class ChatBackend(Protocol):
+    """What the runtime needs of a backend that answers: the built-ins ``local`` and
+    ``openai``, or a plug-in registered in the ``domainkit.backends`` entry-point group
+    (chosen by ``runtime.backend``)."""
+
+    context_limit: int  # tokens of prompt + reply the model accepts
+
+    @classmethod
+    def from_runtime(
+        cls, settings: RuntimeConfig, *, student: str, adapter: Path | None, device: str, name: str
+    ) -> ChatBackend:
+        """The backend for a domain: its runtime settings, its student model, the trained
+        adapter (None: the base model), the device setting and the domain's name."""
+        ...
+
+    def count_tokens(self, messages: list[Message]) -> int: ...
+
+    def count_text(self, text: str) -> int: ...
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
+        """One result per request, in order (an exception in a request's place fails that
+        request only). A backend that can score ``choices`` returns their
+        ``choice_logprobs``; one that cannot generates a reply, which the runtime checks."""
+        ...
+
+
+GENERATORS: Registry[type[ChatBackend]] = Registry("runtime backend", "domainkit.backends")
 
 
 @GENERATORS.register("local")
 class LocalGenerator:
     """transformers in this process; the adapter (when given) is merged into a
     full-precision copy of the base at load, so answering costs no LoRA overhead."""
+
+    @classmethod
+    def from_runtime(cls, settings, *, student, adapter, device, name) -> LocalGenerator:
+        return cls(student, adapter, device)
 
     def __init__(self, model: str, adapter: Path | None = None, device: str = "auto", **_):
         from domainkit.llm import load_causal_lm
@@ -377,6 +411,15 @@ def _marker_prefix(text: str) -> int:
 @GENERATORS.register("openai")
 class OpenAIGenerator:
     """Any OpenAI-compatible chat endpoint; ``max_batch`` requests in flight at once."""
+
+    @classmethod
+    def from_runtime(cls, settings, *, student, adapter, device, name) -> OpenAIGenerator:
+        return cls(
+            model=settings.model or name,
+            base_url=settings.base_url,
+            api_key_env=settings.api_key_env,
+            tokenizer_model=student,
+        )
 
     def __init__(
         self,
