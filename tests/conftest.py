@@ -118,7 +118,10 @@ class ScriptedTeacher:
 
     def generate(self, conversations, sampling):
         self.conversations.extend(conversations)
-        # A subprocess test slows the teacher down to kill the run halfway.
+        # A subprocess test slows the teacher down to kill the run halfway, and is told when
+        # it has been called.
+        if marker := os.environ.get("DOMAINKIT_TEST_TEACHER_MARKER"):
+            Path(marker).touch()
         time.sleep(float(os.environ.get("DOMAINKIT_TEST_TEACHER_DELAY", "0")))
         return [self.reply(c) for c in conversations]
 

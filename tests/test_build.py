@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -341,3 +343,83 @@ def test_a_stage_fingerprint_covers_the_code_it_imports_and_nothing_else(buildab
         monkeypatch.setattr(hashing, "_HASHES", {})
         after = build.fingerprints(domain, limits)
         assert {s for s in before if before[s] != after[s]} == changed, name
+
+
+def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_same_numbers(
+    buildable, tmp_path
+):
+    """SIGKILL during ``eval`` (its judge is slowed down and killed at its first call, after
+    answers were generated): the previous report stays whole, the report files never mix two
+    runs, and the next ``eval`` writes the numbers an unbroken run writes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
+    assert built.exit_code == 0, built.output
+    assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
+    folder = buildable / ".domainkit" / "eval"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    root = Path(__file__).resolve().parents[1]
+    marker = tmp_path / "judging"
+    env = {
+        **os.environ,
+        "DOMAINKIT_TEST_TEACHER_DELAY": "30",
+        "DOMAINKIT_TEST_TEACHER_MARKER": str(marker),
+    }
+    cli = [sys.executable, "-c", "import tests.conftest; from domainkit.cli import app; app()"]
+    process = subprocess.Popen(
+        [*cli, "eval", str(buildable)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert after == before, "the last complete report is left as it was"
+
+    def numbers(report: dict) -> dict:
+        return {
+            name: {k: v for k, v in metrics.items() if k != "seconds_per_answer"}
+            for name, metrics in report["conditions"]["eval.yaml"].items()
+        }
+
+    first = json.loads(before["report.json"])
+    assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
+    again = json.loads((folder / "report.json").read_text())
+    assert numbers(again) == numbers(first) and again["headline"] == first["headline"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".eval")], "no leftovers"
+
+
+def test_a_crash_while_the_report_is_written_leaves_the_previous_report_whole(
+    buildable, monkeypatch
+):
+    """The report's files (answers, tables, plots) are published together: a run that dies
+    after writing some of them leaves the previous report as it was, not a mix of two runs."""
+    from domainkit.eval import report as report_module
+
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
+    assert built.exit_code == 0, built.output
+    assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
+    folder = buildable / ".domainkit" / "eval"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (buildable / "eval.yaml").write_text(yaml.safe_dump({"questions": EVAL["questions"][:2]}))
+
+    def dies(path, obj):
+        raise KeyboardInterrupt("killed while writing report.json")
+
+    monkeypatch.setattr(report_module, "atomic_write_json", dies)
+    assert runner.invoke(app, ["eval", str(buildable)]).exit_code != 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

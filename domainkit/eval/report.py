@@ -8,7 +8,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from domainkit.utils.atomic import atomic_write_json, atomic_write_text
+from domainkit.utils.atomic import atomic_write_json, atomic_write_text, replace_dir
 
 COLUMNS = [
     ("accuracy", "accuracy"),
@@ -186,17 +186,20 @@ def report_dict(report) -> dict:
 
 
 def write_report(domain, report, rows: list[dict]) -> None:
-    out = report.path
-    out.mkdir(parents=True, exist_ok=True)
-    loss = domain.layout.loss_plot
-    if loss.is_file():
-        shutil.copyfile(loss, out / "loss.png")
-    first = next(iter(report.conditions.values()))
-    plot_accuracy(first, out / "accuracy.png")
-    if report.calibration.get("curve"):
-        plot_gate(
-            report.calibration["curve"], report.calibration["gate"]["threshold"], out / "gate.png"
-        )
-    atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(out / "report.md", markdown(report))
-    atomic_write_json(out / "report.json", report_dict(report))
+    """Write the report's files (tables, answers, plots) into a new folder and swap it in
+    for the previous report: a killed run leaves one whole report, never a mix of two."""
+
+    def write(out: Path) -> None:
+        loss = domain.layout.loss_plot
+        if loss.is_file():
+            shutil.copyfile(loss, out / "loss.png")
+        first = next(iter(report.conditions.values()))
+        plot_accuracy(first, out / "accuracy.png")
+        if report.calibration.get("curve"):
+            threshold = report.calibration["gate"]["threshold"]
+            plot_gate(report.calibration["curve"], threshold, out / "gate.png")
+        atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(out / "report.md", markdown(report))
+        atomic_write_json(out / "report.json", report_dict(report))
+
+    replace_dir(report.path, write)
