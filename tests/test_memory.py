@@ -132,6 +132,25 @@ def test_adapter_weights_and_optimizer_state_are_counted_exactly(tiny_model):
     )
 
 
+@pytest.mark.parametrize(
+    "peft",
+    [
+        {"peft_type": "IA3"},
+        {"peft_type": "LOHA", "r": 4, "target_modules": "all-linear"},
+        {"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]},
+    ],
+)
+def test_a_peft_method_by_name_is_planned_with_its_own_parameter_count(tiny_model, peft):
+    """``train.peft`` adapters are counted as peft builds them (an IA3 vector per layer is
+    not a rank-r LoRA pair), for the adapter weights, gradients and optimizer state."""
+    settings = _settings(tiny_model, peft=peft)
+    student = load_student(settings)
+    trainable = sum(p.numel() for p in student.model.parameters() if p.requires_grad)
+    plan = memory.plan_for(settings)
+    assert plan.parts["adapter weights (fp32)"] == 4 * trainable
+    assert plan.parts["gradients (fp32)"] == 4 * trainable
+
+
 def test_auto_turns_checkpointing_on_only_when_needed(tiny_model):
     settings = _settings(tiny_model, batch_tokens=4096, max_seq_len=1024)
     shapes = memory.model_shapes(str(tiny_model), settings.target_modules)

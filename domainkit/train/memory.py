@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -54,6 +54,23 @@ class Shapes:
     layer_linear: int  # parameters of the decoder layers' linear weights (4-bit under QLoRA)
     adapter_sides: int  # sum of (in + out) over the adapted layers: LoRA has r times that
     layer_adapters: list[tuple[int, int]] = field(default_factory=list)  # (in, out), one layer
+    # Trainable parameters of a ``train.peft`` adapter, as peft builds it; None: the LoRA of
+    # the lora_* settings (lora_r x adapter_sides).
+    adapter_parameters: int | None = None
+
+
+def peft_parameters(path: str, settings: TrainConfig) -> int:
+    """Trainable parameters of ``train.peft``'s adapter on ``path``'s model, counted on a
+    copy of the model on the meta device (peft builds the adapter; no memory is used)."""
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from domainkit.train.model import adapter_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    wrapped = get_peft_model(model, adapter_config(settings))
+    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
 def model_shapes(path: str, targets: str | list[str]) -> Shapes:
@@ -118,8 +135,11 @@ def layer_activation_bytes(shapes: Shapes, settings: TrainConfig, compute_bytes:
     h, i = shapes.hidden, shapes.intermediate
     kept = 4 * h + 2 * shapes.kv_dim + 4 * i
     if settings.method != "full":
-        kept += settings.lora_r * len(shapes.layer_adapters)
-        if settings.lora_dropout > 0:
+        peft = settings.peft or {}
+        rank = peft.get("r", 0) if settings.peft else settings.lora_r  # IA3 has no rank
+        dropout = peft.get("lora_dropout", 0.0) if settings.peft else settings.lora_dropout
+        kept += rank * len(shapes.layer_adapters)
+        if dropout > 0:
             kept += int(1.3 * sum(d_in for d_in, _ in shapes.layer_adapters))
     return compute_bytes * kept + 2 * (4 * h + 4) + 4 * shapes.heads
 
@@ -198,7 +218,12 @@ def estimate(
     """The plan for given choices; see the module docstring for what each part counts."""
     tokens = micro_tokens(settings)
     full = settings.method == "full"
-    trainable = shapes.parameters if full else settings.lora_r * shapes.adapter_sides
+    if full:
+        trainable = shapes.parameters
+    elif shapes.adapter_parameters is not None:
+        trainable = shapes.adapter_parameters
+    else:
+        trainable = settings.lora_r * shapes.adapter_sides
     if full:
         weights = 4 * shapes.parameters
     else:
@@ -277,8 +302,11 @@ def plan_for(settings: TrainConfig, label_share: float = DEFAULT_LABEL_SHARE) ->
     from domainkit.utils.device import best_device
 
     device = best_device(settings.device)
+    path = resolve_causal_lm(settings.student_model)
     try:
-        shapes = model_shapes(resolve_causal_lm(settings.student_model), settings.target_modules)
+        shapes = model_shapes(path, settings.target_modules)
+        if settings.peft is not None and settings.method != "full":
+            shapes = replace(shapes, adapter_parameters=peft_parameters(path, settings))
     except (ValueError, AttributeError, TypeError) as e:
         log.warning("no memory plan for %s (%s)", settings.student_model, e)
         return None
