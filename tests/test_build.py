@@ -396,10 +396,14 @@ def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_sam
         }
 
     first = json.loads(before["report.json"])
+    replies = buildable / ".domainkit" / "eval-replies.sqlite"
+    assert replies.is_file(), "the replies generated before the kill are kept"
     assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
     again = json.loads((folder / "report.json").read_text())
     assert numbers(again) == numbers(first) and again["headline"] == first["headline"]
+    assert any("resumed an interrupted run" in note for note in again["notes"]), again["notes"]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".eval")], "no leftovers"
+    assert not list(replies.parent.glob("eval-replies*")), "a finished run leaves no store"
 
 
 def test_a_crash_while_the_report_is_written_leaves_the_previous_report_whole(
@@ -423,3 +427,42 @@ def test_a_crash_while_the_report_is_written_leaves_the_previous_report_whole(
     monkeypatch.setattr(report_module, "atomic_write_json", dies)
     assert runner.invoke(app, ["eval", str(buildable)]).exit_code != 0
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies(
+    buildable, monkeypatch
+):
+    from domainkit.eval.runner import run_eval
+    from domainkit.runtime.generation import LocalGenerator
+
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
+    assert built.exit_code == 0, built.output
+    real = LocalGenerator.generate
+    asked: list[int] = []
+
+    def counting(self, requests):
+        if kill_at is not None and len(asked) >= kill_at:
+            raise RuntimeError("the machine went down")
+        asked.append(len(requests))
+        return real(self, requests)
+
+    monkeypatch.setattr(LocalGenerator, "generate", counting)
+    kill_at = None
+    whole = run_eval(load_domain(buildable), progress=False)
+    unbroken = sum(asked)
+    asked.clear()
+    kill_at = 3
+    with pytest.raises(RuntimeError, match="went down"):
+        run_eval(load_domain(buildable), progress=False)
+    before_kill = sum(asked)
+    asked.clear()
+    kill_at = None
+    resumed = run_eval(load_domain(buildable), progress=False)
+    assert before_kill > 0 and sum(asked) == unbroken - before_kill
+    assert resumed.conditions["eval.yaml"].keys() == whole.conditions["eval.yaml"].keys()
+    for name, metrics in whole.conditions["eval.yaml"].items():
+        again = resumed.conditions["eval.yaml"][name]
+        assert {k: v for k, v in again.items() if k != "seconds_per_answer"} == {
+            k: v for k, v in metrics.items() if k != "seconds_per_answer"
+        }

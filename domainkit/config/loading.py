@@ -188,6 +188,11 @@ class Layout:
         return self.eval / "report.md"
 
     @property
+    def eval_resume(self) -> Path:
+        """Model replies of an evaluation in progress (deleted when its report is written)."""
+        return self.root / "eval-replies.sqlite"
+
+    @property
     def bundle(self) -> Path:
         return self.root / "bundle"
 

@@ -33,8 +33,11 @@ from domainkit.config.evalset import load_eval_set
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.eval import metrics as m
+from domainkit.eval.resume import ResumingBackend, model_id
 from domainkit.runtime.assistant import Answer, Assistant, adapter_path, calibration_path
+from domainkit.synth.teachers.base import CallCache
 from domainkit.utils.atomic import atomic_write_json
+from domainkit.utils.hashing import code_hash
 
 log = logging.getLogger(__name__)
 
@@ -352,10 +355,13 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     rows: list[dict] = []
     general_scores: dict = {}
     calibration: dict = {}
+    replies = CallCache(domain.layout.eval_resume)
+    backends = []
     for tuned in (False, True) if tuned_available else (False,):
         assistant = Assistant.from_domain(
             domain, tuned=tuned, settings=settings, max_queue=1 << 16, retriever=retriever
         )
+        backends.append(_resuming(domain, assistant, replies))
         model = "tuned" if tuned else "base"
         if general:
             answers, _ = _answer_all(assistant, general, "closed", run.max_tokens, bar)
@@ -376,6 +382,11 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
                     for i, a in zip(items, answers, strict=True)
                 ]
     bar.close()
+    if reused := sum(b.reused for b in backends):
+        notes.append(
+            f"resumed an interrupted run: {reused} model replies were kept from it, so "
+            "s/answer counts only the rest"
+        )
     if "reader_weight" in calibration:
         calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(calibration_path(domain), calibration)
@@ -399,7 +410,20 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
         notes=notes,
     )
     write_report(domain, report, rows)
+    replies.close()
+    for path in domain.layout.eval_resume.parent.glob(f"{domain.layout.eval_resume.name}*"):
+        path.unlink(missing_ok=True)  # the store and its write-ahead log
     return report
+
+
+def _resuming(domain: Domain, assistant: Assistant, replies: CallCache) -> ResumingBackend:
+    """Put the assistant's backend behind the store of this evaluation's replies."""
+    scheduler = assistant.scheduler
+    student = domain.config.train.student_model
+    adapter = adapter_path(domain) if assistant.tuned else None
+    identity = model_id(student, adapter, code_hash("runtime"))
+    scheduler.generator = ResumingBackend(scheduler.generator, replies, identity)
+    return scheduler.generator
 
 
 class _Run:

@@ -1,0 +1,87 @@
+"""A killed evaluation resumes where it stopped.
+
+Evaluation answers a few hundred questions under several conditions, twice over (base and
+tuned models): on a CPU that is a quarter of a build. Every model reply it generates is kept
+as soon as its batch returns, keyed by the model and the exact request, so a rerun after a
+kill asks the model only for what is missing. The replies are the model's raw readings;
+the gate and the reader weight are applied afresh, so a resumed run scores exactly what an
+unbroken one does. The store is deleted once the report is published: a finished
+evaluation measures its timings anew next time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from domainkit.runtime.generation import GenRequest, GenResult
+from domainkit.synth.teachers.base import CallCache
+from domainkit.utils.hashing import text_hash
+
+
+class ResumingBackend:
+    """A chat backend whose finished replies are kept in ``cache`` under ``model_id``.
+
+    Only deterministic requests are kept (greedy, as evaluation runs); anything else goes
+    straight to the backend.
+    """
+
+    def __init__(self, backend, cache: CallCache, model_id: str):
+        self.backend, self.cache, self.model_id = backend, cache, model_id
+        self.context_limit = backend.context_limit
+        self.reused = 0
+
+    def count_tokens(self, messages) -> int:
+        return self.backend.count_tokens(messages)
+
+    def count_text(self, text: str) -> int:
+        return self.backend.count_text(text)
+
+    def __getattr__(self, name: str):  # the backend's own extras (its tokenizer, ...)
+        return getattr(self.backend, name)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
+        keys = [self._key(r) for r in requests]
+        kept = self.cache.get_many([k for k in keys if k is not None])
+        results: dict[int, GenResult | Exception] = {}
+        for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
+            if key in kept:
+                results[i] = GenResult(**json.loads(kept[key]))
+                if request.on_text is not None:
+                    request.on_text(results[i].text)
+        self.reused += len(results)
+        missing = [i for i in range(len(requests)) if i not in results]
+        if missing:
+            fresh = self.backend.generate([requests[i] for i in missing])
+            self.cache.put_many(
+                {
+                    keys[i]: json.dumps(asdict(result))
+                    for i, result in zip(missing, fresh, strict=True)
+                    if keys[i] is not None and isinstance(result, GenResult)
+                }
+            )
+            results.update(zip(missing, fresh, strict=True))
+        return [results[i] for i in range(len(requests))]
+
+    def _key(self, request: GenRequest) -> str | None:
+        if request.temperature > 0:
+            return None
+        payload = [
+            self.model_id,
+            request.messages,
+            request.choices,
+            request.max_new_tokens,
+        ]
+        return text_hash(json.dumps(payload, sort_keys=True), length=32)
+
+
+def model_id(student: str, adapter: Path | None, code: str) -> str:
+    """What a reply depends on besides its request: the model, the adapter's files and the
+    code that generates (a fix there must not be answered from the old run)."""
+    parts = [student, code]
+    if adapter is not None:
+        from domainkit.utils.hashing import file_hash
+
+        parts += [file_hash(p) for p in sorted(adapter.iterdir()) if p.is_file()]
+    return text_hash(*parts, length=32)
