@@ -897,6 +897,29 @@ def test_rows_sample_with_their_own_temperature_and_seed(assistant):
     assert len(replies) > 1, "other seeds sample other replies"
 
 
+def test_a_backend_that_dies_fails_its_batch_and_the_queue_keeps_serving():
+    """Even an exception that is not an ``Exception`` (a KeyboardInterrupt raised inside
+    the backend) reaches the callers of its batch instead of leaving them waiting for
+    ever, and the next request is served."""
+
+    class Dies:
+        context_limit = 4096
+        calls = 0
+
+        def generate(self, requests):
+            Dies.calls += 1
+            if Dies.calls == 1:
+                raise KeyboardInterrupt("interrupted inside the backend")
+            return [GenResult("fine", 1, 1, "stop") for _ in requests]
+
+    scheduler = Scheduler(Dies(), max_batch=4)
+    first = scheduler.submit(GenRequest([{"role": "user", "content": "a"}], 4))
+    with pytest.raises(KeyboardInterrupt):
+        first.result(10)
+    later = scheduler.submit(GenRequest([{"role": "user", "content": "b"}], 4))
+    assert later.result(10).text == "fine"
+
+
 def test_the_scheduler_batches_requests_of_different_temperatures_together():
     generator = FakeGenerator()
     batches = []

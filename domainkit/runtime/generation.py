@@ -598,7 +598,9 @@ class Scheduler:
         self._running = len(live)
         try:
             results = self.generator.generate([j.request for j in live])
-        except Exception as e:  # handed to the callers; the worker keeps serving
+        # Handed to the callers, whatever it is (a KeyboardInterrupt inside the backend
+        # too: nobody else could catch it in this thread); the worker keeps serving.
+        except BaseException as e:
             log.exception("generation failed")
             for job in live:
                 job.future.set_exception(e)
