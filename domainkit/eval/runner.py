@@ -329,12 +329,38 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     from domainkit.retrieval import open_retriever
 
     started = time.perf_counter()
-    # Greedy, local and batched: base and tuned are compared on this machine's models.
-    settings = domain.config.runtime.model_copy(
-        update={"temperature": 0.0, "backend": "local", "max_batch": 16}
+    sets = _question_sets(domain, limit)
+    general = [Item(q, a, True) for q, a in GENERAL] if domain.config.eval.general_knowledge else []
+    tuned_available = (adapter_path(domain) / "adapter_config.json").is_file()
+    conditions = [c for c in CONDITIONS if tuned_available or not c.tuned]
+    generated = [c for c in conditions if c.policy != "auto"]
+    total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
+    bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
+    run = _Run(domain, _MemoRetriever(open_retriever(domain)), bar, sets, general)
+    for tuned in (False, True) if tuned_available else (False,):
+        run.evaluate_model(tuned, [c for c in conditions if c.tuned == tuned])
+    bar.close()
+    if "reader_weight" in run.calibration:
+        run.calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(calibration_path(domain), run.calibration)
+    report = EvalReport(
+        path=eval_dir(domain),
+        conditions=run.results,
+        retrieval=retrieval_metrics(
+            run.retriever, next(iter(sets.values())), domain.config.retrieval.top_k
+        ),
+        calibration=run.calibration,
+        general=run.general_scores,
+        headline=_headline(run.results),
+        seconds=round(time.perf_counter() - started, 1),
+        notes=run.notes(tuned_available),
     )
-    refusal = domain.config.refusal
-    retriever = _MemoRetriever(open_retriever(domain))
+    write_report(domain, report, run.rows)
+    run.forget_replies()
+    return report
+
+
+def _question_sets(domain: Domain, limit: int | None) -> dict[str, list[Item]]:
     sets = {"eval.yaml": eval_items(domain, limit), "validation": validation_items(domain, limit)}
     sets = {k: v for k, v in sets.items() if v}
     if not sets:
@@ -342,78 +368,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
             f"nothing to evaluate: {domain.eval_path} has no questions and there is no synth "
             "validation split"
         )
-    general = [Item(q, a, True) for q, a in GENERAL] if domain.config.eval.general_knowledge else []
-    tuned_available = (adapter_path(domain) / "adapter_config.json").is_file()
-    notes = [] if tuned_available else ["no trained adapter: tuned conditions skipped"]
-    conditions = [c for c in CONDITIONS if tuned_available or not c.tuned]
-    generated = [c for c in conditions if c.policy != "auto"]
-    total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
-    bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
-    run = _Run(domain, settings, retriever, bar)
-
-    results: dict[str, dict[str, dict]] = {name: {} for name in sets}
-    rows: list[dict] = []
-    general_scores: dict = {}
-    calibration: dict = {}
-    replies = CallCache(domain.layout.eval_resume)
-    backends = []
-    for tuned in (False, True) if tuned_available else (False,):
-        assistant = Assistant.from_domain(
-            domain, tuned=tuned, settings=settings, max_queue=1 << 16, retriever=retriever
-        )
-        backends.append(_resuming(domain, assistant, replies))
-        model = "tuned" if tuned else "base"
-        if general:
-            answers, _ = _answer_all(assistant, general, "closed", run.max_tokens, bar)
-            general_scores[model] = _share(
-                _correct(i, a, "") for i, a in zip(general, answers, strict=True)
-            )
-        if tuned:
-            calibration = run.calibrate(assistant, sets.get("validation", []))
-        for condition in (c for c in conditions if c.tuned == tuned):
-            for set_name, items in sets.items():
-                answers, seconds = run.answers(assistant, condition, set_name, items)
-                results[set_name][condition.name] = score(items, answers, refusal, seconds)
-                results[set_name][condition.name]["judge"] = judge_accuracy(
-                    run.judge, items, answers
-                )
-                rows += [
-                    _row(set_name, condition.name, i, a)
-                    for i, a in zip(items, answers, strict=True)
-                ]
-    bar.close()
-    if reused := sum(b.reused for b in backends):
-        notes.append(
-            f"resumed an interrupted run: {reused} model replies were kept from it, so "
-            "s/answer counts only the rest"
-        )
-    if "reader_weight" in calibration:
-        calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        atomic_write_json(calibration_path(domain), calibration)
-    if "note" in calibration or not calibration.get("gate"):
-        notes.append(calibration.get("note", "not calibrated (needs a tuned model)"))
-    if calibration.get("gate") and "validation" in sets:
-        notes.append(
-            "the validation rows of the tuned evidence conditions are in-sample: the reader "
-            "weight and the gate were fitted on those questions"
-        )
-    k = domain.config.retrieval.top_k
-    first_set = next(iter(sets.values()))
-    report = EvalReport(
-        path=eval_dir(domain),
-        conditions=results,
-        retrieval=retrieval_metrics(retriever, first_set, k),
-        calibration=calibration,
-        general=general_scores,
-        headline=_headline(results),
-        seconds=round(time.perf_counter() - started, 1),
-        notes=notes,
-    )
-    write_report(domain, report, rows)
-    replies.close()
-    for path in domain.layout.eval_resume.parent.glob(f"{domain.layout.eval_resume.name}*"):
-        path.unlink(missing_ok=True)  # the store and its write-ahead log
-    return report
+    return sets
 
 
 def _resuming(domain: Domain, assistant: Assistant, replies: CallCache) -> ResumingBackend:
@@ -427,15 +382,80 @@ def _resuming(domain: Domain, assistant: Assistant, replies: CallCache) -> Resum
 
 
 class _Run:
-    """One evaluation's shared state: answers already generated (the runtime policy reuses
-    the ``rag`` answers and applies the gate), the judge and the progress bar."""
+    """One evaluation's state: the question sets, the answers already generated (the
+    runtime policy reuses the ``rag`` answers and applies the gate), the judge, the store of
+    model replies that lets a killed run resume, and the results as they come."""
 
-    def __init__(self, domain: Domain, settings, retriever, bar):
-        self.domain, self.settings, self.retriever, self.bar = domain, settings, retriever, bar
+    def __init__(self, domain: Domain, retriever, bar, sets: dict, general: list[Item]):
+        self.domain, self.retriever, self.bar = domain, retriever, bar
+        self.sets, self.general = sets, general
+        # Greedy, local and batched: base and tuned are compared on this machine's models.
+        self.settings = domain.config.runtime.model_copy(
+            update={"temperature": 0.0, "backend": "local", "max_batch": 16}
+        )
         self.max_tokens = domain.config.eval.max_new_tokens
         self.refusal = domain.config.refusal
         self.judge = make_judge(domain)
         self._rag: dict[tuple[bool, str], tuple[list[Answer], float]] = {}
+        self.replies = CallCache(domain.layout.eval_resume)
+        self.backends: list[ResumingBackend] = []
+        self.results: dict[str, dict[str, dict]] = {name: {} for name in sets}
+        self.rows: list[dict] = []
+        self.general_scores: dict = {}
+        self.calibration: dict = {}
+
+    def evaluate_model(self, tuned: bool, conditions: list[Condition]) -> None:
+        """The base or tuned model: general knowledge, calibration (tuned), then each of
+        its conditions on each question set."""
+        assistant = Assistant.from_domain(
+            self.domain,
+            tuned=tuned,
+            settings=self.settings,
+            max_queue=1 << 16,
+            retriever=self.retriever,
+        )
+        self.backends.append(_resuming(self.domain, assistant, self.replies))
+        if self.general:
+            answers, _ = _answer_all(assistant, self.general, "closed", self.max_tokens, self.bar)
+            self.general_scores["tuned" if tuned else "base"] = _share(
+                _correct(i, a, "") for i, a in zip(self.general, answers, strict=True)
+            )
+        if tuned:
+            self.calibration = self.calibrate(assistant, self.sets.get("validation", []))
+        for condition in conditions:
+            for set_name, items in self.sets.items():
+                answers, seconds = self.answers(assistant, condition, set_name, items)
+                metrics = score(items, answers, self.refusal, seconds)
+                metrics["judge"] = judge_accuracy(self.judge, items, answers)
+                self.results[set_name][condition.name] = metrics
+                self.rows += [
+                    _row(set_name, condition.name, i, a)
+                    for i, a in zip(items, answers, strict=True)
+                ]
+
+    def notes(self, tuned_available: bool) -> list[str]:
+        notes = [] if tuned_available else ["no trained adapter: tuned conditions skipped"]
+        if reused := sum(b.reused for b in self.backends):
+            notes.append(
+                f"resumed an interrupted run: {reused} model replies were kept from it, so "
+                "s/answer counts only the rest"
+            )
+        calibration = self.calibration
+        if "note" in calibration or not calibration.get("gate"):
+            notes.append(calibration.get("note", "not calibrated (needs a tuned model)"))
+        if calibration.get("gate") and "validation" in self.sets:
+            notes.append(
+                "the validation rows of the tuned evidence conditions are in-sample: the "
+                "reader weight and the gate were fitted on those questions"
+            )
+        return notes
+
+    def forget_replies(self) -> None:
+        """Delete the store of replies once the report is written."""
+        self.replies.close()
+        store = self.domain.layout.eval_resume
+        for path in store.parent.glob(f"{store.name}*"):
+            path.unlink(missing_ok=True)  # the store and its write-ahead log
 
     def answers(self, assistant: Assistant, condition: Condition, set_name: str, items: list[Item]):
         if condition.policy in ("rag", "auto"):
