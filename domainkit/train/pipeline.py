@@ -132,79 +132,26 @@ def run_train(
     if not splits["train"]:
         raise DomainkitError("the synth dataset has no training samples")
     out = train_dir(domain)
-    if not resume:  # a fresh run: nothing of an earlier one may pass for this one's
-        for phase in ("sft", "pretrain"):
-            for stale in ("checkpoints", "best"):
-                shutil.rmtree(out / phase / stale, ignore_errors=True)
-            (out / phase / "done.json").unlink(missing_ok=True)
-        (out / CHOICES).unlink(missing_ok=True)
+    if not resume:
+        _forget_earlier_run(out)
     accelerator = make_accelerator(settings)
     student = load_student(settings)
-    system = domain.config.render_system_prompt()
     stats = DataStats()
-    max_len, packed = settings.max_seq_len, settings.packing
-    phases = []
-    if settings.pretrain.enabled:
-        phases.append(_pretrain_phase(domain, student, out, stats))
-    train_rows = rows_for(student, _conversations(splits["train"], system), max_len, packed, stats)
-    if not train_rows:
-        raise DomainkitError(
-            f"none of the {stats.samples} training samples keeps an answer token within "
-            f"train.max_seq_len = {max_len}; raise it"
-        )
-    val_rows = rows_for(
-        student, _conversations(splits["validation"], system), max_len, packed, DataStats()
+    phases = _phases(domain, student, splits, out, stats)
+    settings = _within_memory(student, settings, stats, out, resume, on_plan)
+    histories, state = _run_phases(
+        phases, student, settings, accelerator, resume, on_step, domain.config.name, out
     )
-    phases.append(
-        Phase(
-            "sft",
-            train_rows,
-            val_rows,
-            settings.learning_rate,
-            settings.epochs,
-            out / "sft",
-            packed,
-        )
-    )
-    stats.tokens = sum(len(r.input_ids) for r in train_rows)
-    stats.label_tokens = sum(sum(1 for x in r.labels if x != -100) for r in train_rows)
-    memory = plan_for(settings, stats.label_tokens / max(stats.tokens, 1))
-    if memory is not None:
-        (on_plan or (lambda plan: log.info("%s", plan.table())))(memory)
-    check_memory(memory)
-    choices = _memory_choices(out, memory, settings, resume)
-    if choices["checkpointing"]:
-        enable_checkpointing(student.model)
-    settings = settings.model_copy(update={"optimizer": choices["optimizer"]})
-
-    histories: dict[str, list[dict]] = {}
-    state = None
-    loggers = external_loggers(settings.report_to, out, domain.config.name)
-    for phase in phases:
-        done = phase.out_dir / "done.json"
-        if resume and done.is_file():
-            continue
-        run = TrainingRun(
-            student.model, student.tokenizer, settings, phase, accelerator, on_step=on_step
-        )
-        run.loggers = loggers
-        state = run.run(resume=resume)
-        histories[phase.name] = state.history
-        if accelerator.is_main_process:
-            atomic_write_json(done, {"steps": state.step, "best_val_loss": state.best_val})
-        # The adapter continues from where continued pre-training left it into SFT.
     final = out / "sft" / "best"
     preference = None
     if settings.preference.method != "none" and accelerator.num_processes == 1:
         preference = _preference(student, splits["train"], settings, out / "preference", final)
         if preference:
             final = out / "preference" / "best"
-    adapter = domain.layout.adapter
-    if accelerator.is_main_process:
-        _publish_adapter(final, adapter)
+    adapter, plot = domain.layout.adapter, domain.layout.loss_plot
     sft_history = histories.get("sft", [])
-    plot = domain.layout.loss_plot
     if accelerator.is_main_process:  # one writer per file under `accelerate launch`
+        _publish_adapter(final, adapter)
         plot = plot_loss(sft_history, plot, f"{domain.config.name}: SFT loss")
         write_jsonl(
             [{"phase": name, **row} for name, rows in histories.items() for row in rows],
@@ -231,6 +178,76 @@ def run_train(
     if accelerator.is_main_process:
         atomic_write_json(out / "summary.json", summary_dict(report))
     return report
+
+
+def _forget_earlier_run(out: Path) -> None:
+    """A fresh run: nothing of an earlier one may pass for this one's."""
+    for phase in ("sft", "pretrain"):
+        for stale in ("checkpoints", "best"):
+            shutil.rmtree(out / phase / stale, ignore_errors=True)
+        (out / phase / "done.json").unlink(missing_ok=True)
+    (out / CHOICES).unlink(missing_ok=True)
+
+
+def _phases(domain: Domain, student: Student, splits, out: Path, stats: DataStats) -> list[Phase]:
+    """Continued pre-training on the passages (when enabled), then SFT on the samples in
+    the runtime's chat format; ``stats`` counts the SFT rows' tokens."""
+    settings = domain.config.train
+    system = domain.config.render_system_prompt()
+    max_len, packed = settings.max_seq_len, settings.packing
+    phases = []
+    if settings.pretrain.enabled:
+        phases.append(_pretrain_phase(domain, student, out, stats))
+    train_rows = rows_for(student, _conversations(splits["train"], system), max_len, packed, stats)
+    if not train_rows:
+        raise DomainkitError(
+            f"none of the {stats.samples} training samples keeps an answer token within "
+            f"train.max_seq_len = {max_len}; raise it"
+        )
+    val_rows = rows_for(
+        student, _conversations(splits["validation"], system), max_len, packed, DataStats()
+    )
+    rate, epochs = settings.learning_rate, settings.epochs
+    phases.append(Phase("sft", train_rows, val_rows, rate, epochs, out / "sft", packed))
+    stats.tokens = sum(len(r.input_ids) for r in train_rows)
+    stats.label_tokens = sum(sum(1 for x in r.labels if x != -100) for r in train_rows)
+    return phases
+
+
+def _within_memory(student, settings, stats: DataStats, out: Path, resume: bool, on_plan):
+    """The memory plan for the real data (its share of labelled tokens sizes the loss
+    head), checked; checkpointing and the optimizer it chose (or a resumed run kept)
+    applied. Returns the settings with the chosen optimizer."""
+    memory = plan_for(settings, stats.label_tokens / max(stats.tokens, 1))
+    if memory is not None:
+        (on_plan or (lambda plan: log.info("%s", plan.table())))(memory)
+    check_memory(memory)
+    choices = _memory_choices(out, memory, settings, resume)
+    if choices["checkpointing"]:
+        enable_checkpointing(student.model)
+    return settings.model_copy(update={"optimizer": choices["optimizer"]})
+
+
+def _run_phases(phases, student, settings, accelerator, resume, on_step, name, out: Path):
+    """Each phase in turn (a resumed run skips the finished ones); the adapter continues
+    from where continued pre-training left it into SFT. Returns the histories by phase and
+    the last phase's final state."""
+    histories: dict[str, list[dict]] = {}
+    state = None
+    loggers = external_loggers(settings.report_to, out, name)
+    for phase in phases:
+        done = phase.out_dir / "done.json"
+        if resume and done.is_file():
+            continue
+        run = TrainingRun(
+            student.model, student.tokenizer, settings, phase, accelerator, on_step=on_step
+        )
+        run.loggers = loggers
+        state = run.run(resume=resume)
+        histories[phase.name] = state.history
+        if accelerator.is_main_process:
+            atomic_write_json(done, {"steps": state.step, "best_val_loss": state.best_val})
+    return histories, state
 
 
 def _pretrain_phase(domain: Domain, student: Student, out: Path, stats: DataStats) -> Phase:
