@@ -345,6 +345,16 @@ def test_a_stage_fingerprint_covers_the_code_it_imports_and_nothing_else(buildab
         assert {s for s in before if before[s] != after[s]} == changed, name
 
 
+def _trained_and_evaluated(buildable) -> tuple[Path, dict[str, bytes]]:
+    """Build through train, evaluate; the report folder and its files' contents."""
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
+    assert built.exit_code == 0, built.output
+    assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
+    folder = buildable / ".domainkit" / "eval"
+    return folder, {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
 def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_same_numbers(
     buildable, tmp_path
 ):
@@ -357,11 +367,7 @@ def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_sam
     import time
 
     runner = CliRunner()
-    built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
-    assert built.exit_code == 0, built.output
-    assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
-    folder = buildable / ".domainkit" / "eval"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    folder, before = _trained_and_evaluated(buildable)
 
     root = Path(__file__).resolve().parents[1]
     marker = tmp_path / "judging"
@@ -414,11 +420,7 @@ def test_a_crash_while_the_report_is_written_leaves_the_previous_report_whole(
     from domainkit.eval import report as report_module
 
     runner = CliRunner()
-    built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
-    assert built.exit_code == 0, built.output
-    assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
-    folder = buildable / ".domainkit" / "eval"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    folder, before = _trained_and_evaluated(buildable)
     (buildable / "eval.yaml").write_text(yaml.safe_dump({"questions": EVAL["questions"][:2]}))
 
     def dies(path, obj):
