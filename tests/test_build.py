@@ -468,3 +468,12 @@ def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies
         assert {k: v for k, v in again.items() if k != "seconds_per_answer"} == {
             k: v for k, v in metrics.items() if k != "seconds_per_answer"
         }
+
+
+def test_the_headline_rounds_as_the_table_does():
+    """21 of 40 right is 0.525: the table prints 0.53, so the headline says 53%, not 52%."""
+    from domainkit.eval.runner import RUNTIME, _headline
+
+    results = {"eval.yaml": {RUNTIME: {"accuracy": 21 / 40, "refusal_accuracy": 1 / 8}}}
+    assert f"{21 / 40:.2f}" == "0.53" and f"{1 / 8:.2f}" == "0.12"
+    assert _headline(results) == f"accuracy: {RUNTIME} 53%; unanswerable refused 12%"
