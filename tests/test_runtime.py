@@ -938,6 +938,33 @@ def test_the_scheduler_batches_requests_of_different_temperatures_together():
     assert sorted(r.temperature for r in batches[-1]) == [0.0, 0.3, 0.9]
 
 
+def test_scored_requests_are_answered_one_by_one_not_held_for_the_batch():
+    """A backend that scores choices scores one request at a time anyway: grouping scored
+    requests in one call only held each answer until the whole batch was scored (16
+    clients waited twice as long for their first token). Each scored request is its own
+    call, its answer delivered at once; generated requests are still batched together."""
+    generator = FakeGenerator()
+    generator.scores_choices = True
+    batches = []
+    original = generator.generate
+    generator.generate = lambda requests: batches.append(requests) or original(requests)
+    generator.gate.clear()
+    scheduler = Scheduler(generator, max_batch=8, max_queue=8)
+    first = scheduler.submit(GenRequest(_ask("a"), 4))  # holds the worker
+    deadline = time.time() + 10
+    while scheduler.running == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    scored = [GenRequest(_ask(q), 4, choices=["x", "y"]) for q in ("s1", "s2", "s3")]
+    generated = [GenRequest(_ask(q), 4) for q in ("g1", "g2")]
+    rest = [scheduler.submit(r) for r in (scored[0], generated[0], scored[1], *generated[1:])]
+    rest.append(scheduler.submit(scored[2]))
+    generator.gate.set()
+    for future in [first, *rest]:
+        future.result(timeout=10)
+    sizes = [[r.messages[-1]["content"] for r in batch] for batch in batches[1:]]
+    assert sizes == [["s1"], ["s2"], ["s3"], ["g1", "g2"]]
+
+
 def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkeypatch, tmp_path):
     """A package offering a backend in the ``domainkit.backends`` group is chosen by
     ``runtime.backend`` alone; it is built from the runtime settings (student, adapter,

@@ -84,7 +84,9 @@ class GenResult:
 class ChatBackend(Protocol):
     """What the runtime needs of a backend that answers: the built-ins ``local`` and
     ``openai``, or a plug-in registered in the ``domainkit.backends`` entry-point group
-    (chosen by ``runtime.backend``)."""
+    (chosen by ``runtime.backend``). A backend that scores ``choices`` one request at a
+    time sets ``scores_choices = True``, so the scheduler hands it scored requests one by
+    one and each answer is delivered as soon as it is scored."""
 
     context_limit: int  # tokens of prompt + reply the model accepts
 
@@ -135,6 +137,10 @@ class LocalGenerator:
         eos = lm.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    # Scores ``choices`` itself (one request at a time; the scheduler does not hold a
+    # scored answer back for the rest of its batch).
+    scores_choices = True
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self._ids(messages))
@@ -593,8 +599,16 @@ class Scheduler:
                 job.future.cancel()
             if job.future.set_running_or_notify_cancel():
                 live.append(job)
-        if not live:
-            return
+        if getattr(self.generator, "scores_choices", False):
+            # A backend that scores choices scores one request at a time: in one call with
+            # others, each answer would wait for the whole batch to be scored.
+            for job in [j for j in live if j.request.choices]:
+                self._call([job])
+            live = [j for j in live if not j.request.choices]
+        if live:
+            self._call(live)
+
+    def _call(self, live: list[_Job]) -> None:
         self._running = len(live)
         try:
             results = self.generator.generate([j.request for j in live])
