@@ -920,17 +920,25 @@ def test_a_backend_that_dies_fails_its_batch_and_the_queue_keeps_serving():
     assert later.result(10).text == "fine"
 
 
-def test_the_scheduler_batches_requests_of_different_temperatures_together():
+def _held_scheduler(scores_choices: bool = False):
+    """A scheduler over a fake backend that records its batches, its worker held by a
+    first request until ``generator.gate`` is set, so the next requests queue together."""
     generator = FakeGenerator()
-    batches = []
+    generator.scores_choices = scores_choices
+    batches: list = []
     original = generator.generate
     generator.generate = lambda requests: batches.append(requests) or original(requests)
     generator.gate.clear()
     scheduler = Scheduler(generator, max_batch=8, max_queue=8)
-    first = scheduler.submit(GenRequest(_ask("a"), 4))  # holds the worker
+    first = scheduler.submit(GenRequest(_ask("a"), 4))
     deadline = time.time() + 10
     while scheduler.running == 0 and time.time() < deadline:
         time.sleep(0.01)
+    return generator, scheduler, batches, first
+
+
+def test_the_scheduler_batches_requests_of_different_temperatures_together():
+    generator, scheduler, batches, first = _held_scheduler()
     rest = [scheduler.submit(GenRequest(_ask("b"), 4, temperature=t)) for t in (0.0, 0.9, 0.3)]
     generator.gate.set()
     for future in [first, *rest]:
@@ -943,17 +951,7 @@ def test_scored_requests_are_answered_one_by_one_not_held_for_the_batch():
     requests in one call only held each answer until the whole batch was scored (16
     clients waited twice as long for their first token). Each scored request is its own
     call, its answer delivered at once; generated requests are still batched together."""
-    generator = FakeGenerator()
-    generator.scores_choices = True
-    batches = []
-    original = generator.generate
-    generator.generate = lambda requests: batches.append(requests) or original(requests)
-    generator.gate.clear()
-    scheduler = Scheduler(generator, max_batch=8, max_queue=8)
-    first = scheduler.submit(GenRequest(_ask("a"), 4))  # holds the worker
-    deadline = time.time() + 10
-    while scheduler.running == 0 and time.time() < deadline:
-        time.sleep(0.01)
+    generator, scheduler, batches, first = _held_scheduler(scores_choices=True)
     scored = [GenRequest(_ask(q), 4, choices=["x", "y"]) for q in ("s1", "s2", "s3")]
     generated = [GenRequest(_ask(q), 4) for q in ("g1", "g2")]
     rest = [scheduler.submit(r) for r in (scored[0], generated[0], scored[1], *generated[1:])]
