@@ -17,7 +17,7 @@ from pathlib import Path
 
 from domainkit.runtime.generation import GenRequest, GenResult
 from domainkit.synth.teachers.base import CallCache
-from domainkit.utils.hashing import text_hash
+from domainkit.utils.hashing import file_hash, text_hash
 
 
 class ResumingBackend:
@@ -29,16 +29,9 @@ class ResumingBackend:
 
     def __init__(self, backend, cache: CallCache, model_id: str):
         self.backend, self.cache, self.model_id = backend, cache, model_id
-        self.context_limit = backend.context_limit
         self.reused = 0
 
-    def count_tokens(self, messages) -> int:
-        return self.backend.count_tokens(messages)
-
-    def count_text(self, text: str) -> int:
-        return self.backend.count_text(text)
-
-    def __getattr__(self, name: str):  # the backend's own extras (its tokenizer, ...)
+    def __getattr__(self, name: str):  # the rest of the backend: its limits, token counts
         return getattr(self.backend, name)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
@@ -81,7 +74,5 @@ def model_id(student: str, adapter: Path | None, code: str) -> str:
     code that generates (a fix there must not be answered from the old run)."""
     parts = [student, code]
     if adapter is not None:
-        from domainkit.utils.hashing import file_hash
-
         parts += [file_hash(p) for p in sorted(adapter.iterdir()) if p.is_file()]
     return text_hash(*parts, length=32)

@@ -16,6 +16,7 @@ time in the backward pass. The loss head projects only labelled positions (see o
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -61,16 +62,23 @@ class Shapes:
 
 def peft_parameters(path: str, settings: TrainConfig) -> int:
     """Trainable parameters of ``train.peft``'s adapter on ``path``'s model, counted on a
-    copy of the model on the meta device (peft builds the adapter; no memory is used)."""
+    copy of the model on the meta device (peft builds the adapter; no memory is used).
+    Kept per model and adapter settings: train plans twice (before and after tokenizing)."""
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from domainkit.train.model import adapter_config
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
-    wrapped = get_peft_model(model, adapter_config(settings))
-    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    key = (path, json.dumps(settings.peft, sort_keys=True))
+    if key not in _PEFT_PARAMETERS:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+        wrapped = get_peft_model(model, adapter_config(settings))
+        _PEFT_PARAMETERS[key] = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    return _PEFT_PARAMETERS[key]
+
+
+_PEFT_PARAMETERS: dict[tuple[str, str], int] = {}
 
 
 def model_shapes(path: str, targets: str | list[str]) -> Shapes:
