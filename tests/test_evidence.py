@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
-from domainkit.retrieval.evidence import EvidenceSelector, asks_for_figure, text_units
+from domainkit.retrieval.answer_types import asks_for_figure, expected_types, missing_type
+from domainkit.retrieval.evidence import EvidenceSelector, text_units
 from domainkit.retrieval.terms import CorpusVocabulary, specific_terms
 from tests.conftest import HashEmbedder
 
@@ -240,3 +243,38 @@ def test_an_answer_adds_a_second_passages_line_only_when_nearly_as_relevant():
     joined = evidence.answer_from(best, 40)
     number = evidence.passages.index(boxes) + 1
     assert f"[{best.number}] " in joined and joined.endswith(f"[{number}]")
+
+
+@pytest.mark.parametrize(
+    ("question", "text", "missing"),
+    [
+        ("How heavy is the Roost soundbar?", "In the box: Power cable (2 m).", True),
+        ("How heavy is the Roost soundbar?", "The Roost weighs 3.2 kg.", False),
+        ("How loud can the Talon get, in decibels?", "It plays for 18 hours.", True),
+        ("How loud can the Talon get, in decibels?", "Up to 96 dB at 1 m.", False),
+        ("What is the battery capacity in mAh?", "It keeps 80% of its capacity.", True),
+        ("What does the family plan cost?", "The family plan is Cr 150 a year.", False),
+        ("What does the family plan cost?", "The family plan covers six people.", True),
+        ("Is there a fee to return it?", "Returns are accepted within 30 days.", False),
+        ("How long is the warranty?", "Every Perch has a two-year limited warranty.", False),
+        ("How long is the warranty?", "Warranty claims need the order number.", True),
+        ("How far ahead must my landlord warn me?", "At least 90 days' written notice.", False),
+        ("How many speakers fit in a group?", "Up to twelve speakers.", False),
+        # Any of a multi-part question's kinds will do: the answer gives part of it.
+        ("What does registration cost, and how long does it last?", "It lasts 3 years.", False),
+        # No kind asked for: a yes/no or how-to question never misses one.
+        ("Can I return an engraved speaker?", "Engraved items cannot be returned.", False),
+    ],
+)
+def test_an_answer_missing_the_kind_of_value_asked_for_is_recognized(question, text, missing):
+    assert missing_type(question, text) is missing
+
+
+def test_only_unambiguous_phrases_give_a_question_an_expected_type():
+    assert [t.name for t in expected_types("How heavy is it?")] == ["weight"]
+    for question in (
+        "How much ibuprofen can I give for a temperature?",  # a dose, not a temperature
+        "Why does the light blink green?",
+        "How do I reset the speaker?",
+    ):
+        assert expected_types(question) == [], question

@@ -85,6 +85,8 @@ def test_the_default_gate_refuses_an_unknown_name_and_answers_a_close_match():
     assert gate.answers(_features(0.65))
     assert not gate.answers(_features(0.65, unknown=1, refusal=0.6))
     assert not gate.answers(_features(0.15))
+    close_but_untyped = GateFeatures(0.65, 0.5, 0, 0.0, 0.1, missing_type=1)
+    assert not gate.answers(close_but_untyped), "no value of the kind asked for"
 
 
 def test_calibration_learns_the_signals_that_separate_and_reports_the_tradeoff():

@@ -116,6 +116,18 @@ def test_the_gate_refuses_a_near_miss_with_an_unknown_name(assistant):
     assert hit.route in ("answer", "evidence") and hit.sources
 
 
+def test_the_gate_refuses_an_answer_without_the_kind_of_value_asked_for(assistant):
+    """The Talon's battery sentences are on topic, but none gives a weight: the answer would
+    be a playing time, so the gate refuses, while the same gate answers the playing time."""
+    gated = _with(
+        assistant, gate=Gate(weights={**NAMES_ONLY.weights, "missing_type": -10.0}, bias=5.0)
+    )
+    miss = gated.answer(_ask("How heavy is the Talon portable speaker?"))
+    assert miss.gate["missing_type"] == 1 and miss.route == "refusal"
+    hit = gated.answer(_ask("How long does the Talon portable speaker play on a charge?"))
+    assert hit.gate["missing_type"] == 0 and hit.route != "refusal"
+
+
 def test_evidence_policy_uses_no_model_and_other_policies(assistant):
     calls: list[int] = []
     generator = assistant.scheduler.generator

@@ -25,6 +25,7 @@ import numpy as np
 
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
+from domainkit.retrieval.answer_types import FIGURE, asks_for_figure
 from domainkit.retrieval.bm25 import content_terms
 from domainkit.retrieval.terms import CorpusVocabulary, weighted_coverage
 
@@ -447,7 +448,7 @@ class EvidenceSelector:
             with_heading = weighted_coverage(q_terms, list(terms) + list(heading), self.vocabulary)
             lexical = 0.7 * coverage + 0.3 * with_heading
             prior = self.settings.rank_weight / (1 + rank)
-            if figure_bonus and _FIGURE.search(text):
+            if figure_bonus and FIGURE.search(text):
                 prior += figure_bonus
             scores.append((weight * float(d) + (1 - weight) * lexical + prior, float(d), coverage))
         return scores
@@ -527,27 +528,6 @@ class EvidenceSelector:
             for text, vector in zip(missing, self.embedder.embed(missing), strict=True):
                 self._vectors[text] = vector
         return np.stack([self._vectors[t] for t in texts])
-
-
-# Questions whose answer is a quantity, a time or a price ("How long is the warranty?",
-# "What does the family plan cost?", "When is the deadline?"): the expected answer type of
-# classic question answering. A sentence that states a figure is likelier to answer them.
-_ASKS_FIGURE = re.compile(
-    r"\b(?:how\s+(?:long|many|much|often|old|far|soon|late|early|quickly|fast|big|large|"
-    r"small|high|low|heavy|tall|wide|deep|hot|cold)|what\s+(?:time|date|day|year|age|"
-    r"percentage|percent|proportion|share|fee|fees|price|cost|rate|amount|number|size)|when|"
-    r"by\s+what\s+date|which\s+(?:year|date|day)|costs?|price|fees?)\b",
-    re.IGNORECASE,
-)
-_FIGURE = re.compile(
-    r"\d|\b(?i:one|two|three|four|five|six|seven|eight|nine|ten|twelve|"
-    r"twenty|thirty|hundred|thousand|million|half|twice|once)\b"
-)
-
-
-def asks_for_figure(question: str) -> bool:
-    """Whether the question asks for a quantity, time, date or price."""
-    return bool(_ASKS_FIGURE.search(question))
 
 
 # Sentences of other passages join an answer only when nearly as relevant as its main one:

@@ -44,6 +44,7 @@ from domainkit.prompting import (
     parse_quote,
     quote_reply,
 )
+from domainkit.retrieval.answer_types import missing_type
 from domainkit.runtime.gate import Gate, GateFeatures
 from domainkit.runtime.generation import GENERATORS, GenRequest, GenResult, Scheduler
 from domainkit.runtime.verify import match_quote
@@ -358,6 +359,9 @@ class Assistant:
         answer.prompt_tokens = result.prompt_tokens
         answer.completion_tokens = result.completion_tokens
         answer.finish_reason, answer.trimmed_turns = result.finish_reason, plan.trimmed
+        if sentence is not None:
+            answer.text = evidence.answer_from(sentence, self.settings.answer_words)
+            answer.route = "answer"
         vocabulary = self.retriever.vocabulary
         features = GateFeatures(
             dense=evidence.best_dense,
@@ -365,14 +369,12 @@ class Assistant:
             unknown=len(vocabulary.unknown_specific_terms(evidence.question)),
             novel=round(vocabulary.novel_share(evidence.question), 4),
             model_refusal=refusal,
+            missing_type=int(missing_type(evidence.question, answer.text)),
         )
         probability = self.gate.probability(features)
         answer.gate = {**features.to_dict(), "p_answerable": round(probability, 4)}
         if gated and (refused or probability < self.gate.threshold):
             answer.text, answer.route, answer.sources = self.config.refusal, "refusal", []
-        elif sentence is not None:
-            answer.text = evidence.answer_from(sentence, self.settings.answer_words)
-            answer.route = "answer"
         if result.choice_logprobs:  # scored, not generated: the client receives this text
             answer.completion_tokens = self.scheduler.generator.count_text(answer.text)
         return answer

@@ -12,7 +12,10 @@ Roost?"). So the gate combines several signals in a logistic model:
 - ``novel``: the share of the question's content terms the corpus never uses (decibels,
   mAh, halal: a detail the documents do not give);
 - ``model_refusal``: the tuned model's own probability of refusing, read from its first
-  answer token (it was trained on gold-absent evidence and near-miss questions).
+  answer token (it was trained on gold-absent evidence and near-miss questions);
+- ``missing_type``: the question asks for a kind of value (a weight, a price, a duration)
+  and the answer states none (``retrieval.answer_types``): "How heavy is the Roost?"
+  answered with "Power cable (2 m)".
 
 ``calibrate`` fits the weights (keeping the prior's signs) and the decision threshold on
 a validation set that holds unanswerable questions (never on the eval set), and reports
@@ -27,16 +30,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-FEATURES = ("dense", "coverage", "unknown", "novel", "model_refusal")
+FEATURES = ("dense", "coverage", "unknown", "novel", "model_refusal", "missing_type")
 # The gate before calibration, and the prior calibration shrinks towards: answer from
 # evidence about as similar as a paraphrase (cosine ~0.5), less so when the question names
-# or asks about things the corpus never mentions, or the model would rather refuse.
+# or asks about things the corpus never mentions, or the model would rather refuse; an
+# answer without the kind of value asked for is refused unless its evidence is near-certain.
 PRIOR_WEIGHTS = {
     "dense": 10.0,
     "coverage": 1.0,
     "unknown": -2.0,
     "novel": -4.0,
     "model_refusal": -1.0,
+    "missing_type": -4.0,
 }
 PRIOR_BIAS = -4.7
 
@@ -50,10 +55,18 @@ class GateFeatures:
     unknown: int
     novel: float
     model_refusal: float | None = None  # None when the backend gives no probabilities
+    missing_type: int = 0
 
     def vector(self) -> np.ndarray:
         refusal = 0.5 if self.model_refusal is None else self.model_refusal
-        values = [self.dense, self.coverage, min(self.unknown, 2), self.novel, refusal]
+        values = [
+            self.dense,
+            self.coverage,
+            min(self.unknown, 2),
+            self.novel,
+            refusal,
+            self.missing_type,
+        ]
         return np.array(values, dtype=float)
 
     def to_dict(self) -> dict:
