@@ -28,35 +28,23 @@ import logging
 import os
 import threading
 import time
-import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from domainkit.runtime import openai_api as api
 from domainkit.runtime.assistant import Answer, Assistant, ConversationError
 from domainkit.runtime.generation import BackendError, BusyError
+from domainkit.runtime.openai_api import APIError, ServerLimits, StopScanner
 
 log = logging.getLogger(__name__)
 
 API_KEYS_ENV = "DOMAINKIT_API_KEYS"
-
-
-@dataclass
-class ServerLimits:
-    """What one request may ask for."""
-
-    max_body_bytes: int = 1 << 20
-    max_messages: int = 64
-    max_message_chars: int = 16_000
-    max_tokens: int = 1024
-    max_active: int = 32  # requests being answered at once; more get 503 at once
 
 
 def load_api_keys(path: Path | None = None) -> set[str]:
@@ -69,89 +57,6 @@ def load_api_keys(path: Path | None = None) -> set[str]:
             if line:
                 keys.add(line)
     return keys
-
-
-# -- request schema ---------------------------------------------------------------------------
-
-
-class _Part(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_Part]
-
-    @property
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
-
-
-MAX_STOPS = 4  # as OpenAI's API
-MAX_STOP_CHARS = 256
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    include_usage: bool = False
-
-
-class ChatRequest(BaseModel):
-    """The fields of OpenAI's chat completion request that apply; others are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    seed: int | None = Field(None, ge=-(1 << 63), lt=1 << 64)
-    stop: str | list[str] | None = None
-    stream_options: StreamOptions | None = None
-    policy: str | None = None  # one of the recipe's runtime.client_policies
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_sequences(cls, stop: str | list[str] | None) -> list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if stops is None:
-            return None
-        if len(stops) > MAX_STOPS or not all(0 < len(x) <= MAX_STOP_CHARS for x in stops):
-            raise ValueError(
-                f"at most {MAX_STOPS} stop sequences of 1 to {MAX_STOP_CHARS} characters"
-            )
-        return stops or None
-
-    @field_validator("messages")
-    @classmethod
-    def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if messages[-1].role != "user":
-            raise ValueError("the last message must have role 'user'")
-        return messages
-
-
-class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, type_: str, param=None, code=None, retry_after=None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type_,
-            param,
-            code,
-        )
-        self.retry_after = retry_after
 
 
 class _ClientGone(Exception):
@@ -198,16 +103,16 @@ def create_app(
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError):
-        return _error_response(e)
+        return api.error_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException):
-        return _error_response(APIError(e.status_code, str(e.detail), "invalid_request_error"))
+        return api.error_response(APIError(e.status_code, str(e.detail), "invalid_request_error"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception):
         log.exception("unexpected error on %s", request.url.path)
-        return _error_response(APIError(500, "internal server error", "server_error"))
+        return api.error_response(APIError(500, "internal server error", "server_error"))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -255,12 +160,6 @@ def create_app(
     return app
 
 
-def _error_response(e: APIError) -> JSONResponse:
-    body = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
-    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
-    return JSONResponse({"error": body}, status_code=e.status, headers=headers)
-
-
 def _busy(assistant: Assistant, message: str) -> APIError:
     # A rough wait: the batches ahead of this request, a second or two each.
     batches = 1 + assistant.scheduler.waiting // max(1, assistant.scheduler.max_batch)
@@ -301,56 +200,6 @@ def _authorize(request: Request, keys: list[str]) -> None:
         )
 
 
-async def _read_chat(request: Request, limits: ServerLimits) -> ChatRequest:
-    """The request's body as a checked ``ChatRequest``, or the ``APIError`` saying why not."""
-    # A web page can POST text/plain or a form to localhost without asking; JSON needs a
-    # CORS preflight this server never grants.
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise APIError(415, "send the body as application/json", "invalid_request_error")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise _too_large(f"request body over {limits.max_body_bytes} bytes")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limits.max_body_bytes:
-            raise _too_large(f"request body over {limits.max_body_bytes} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:  # bad JSON, a 5,000-digit number, deep nesting
-        raise APIError(
-            400, f"the body is not valid JSON: {str(e)[:200]}", "invalid_request_error"
-        ) from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the body must be a JSON object", "invalid_request_error")
-    try:
-        chat = ChatRequest.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(x) for x in first["loc"])
-        raise APIError(
-            422, f"{param}: {first['msg']}", "invalid_request_error", param=param
-        ) from None
-    if len(chat.messages) > limits.max_messages:
-        raise _too_large(f"more than {limits.max_messages} messages", "messages")
-    for i, message in enumerate(chat.messages):
-        if len(message.text) > limits.max_message_chars:
-            raise _too_large(
-                f"message {i} is longer than {limits.max_message_chars} characters",
-                f"messages.{i}.content",
-            )
-    wanted = chat.max_completion_tokens or chat.max_tokens
-    if wanted is not None and wanted > limits.max_tokens:
-        raise APIError(
-            422,
-            f"max_tokens may be at most {limits.max_tokens}",
-            "invalid_request_error",
-            param="max_tokens",
-        )
-    return chat
-
-
 class _ChatEndpoint:
     """``POST /v1/chat/completions``: admission (at most ``limits.max_active`` requests in
     progress, 503 beyond), the answer, streamed (SSE) or whole, and its metrics."""
@@ -363,7 +212,7 @@ class _ChatEndpoint:
     async def __call__(self, request: Request):
         if self.active >= self.limits.max_active:
             self.metrics.failed(503)
-            return _error_response(
+            return api.error_response(
                 _busy(
                     self.assistant,
                     f"the server is busy ({self.limits.max_active} requests in progress)",
@@ -383,7 +232,7 @@ class _ChatEndpoint:
         started = time.perf_counter()
         try:
             _authorize(request, self.keys)
-            chat = await _read_chat(request, self.limits)
+            chat = await api.read_chat(request, self.limits)
             messages = [{"role": m.role, "content": m.text} for m in chat.messages]
             if chat.policy and chat.policy not in self.assistant.settings.client_policies:
                 allowed = ", ".join(self.assistant.settings.client_policies)
@@ -416,22 +265,22 @@ class _ChatEndpoint:
                 text = scanner.feed(answer.text) + scanner.flush()
                 if scanner.stopped:
                     answer = replace(answer, text=text, finish_reason="stop")
-                response = _completion(answer, self.model_name, disclaimer)
+                response = api.completion_body(answer, self.model_name, disclaimer)
         except _ClientGone:
             self.metrics.failed(499)
             return Response(status_code=499)
         except APIError as e:
             self.metrics.failed(e.status)
-            return _error_response(e)
+            return api.error_response(e)
         except BusyError as e:
             self.metrics.failed(503)
-            return _error_response(_busy(self.assistant, str(e)))
+            return api.error_response(_busy(self.assistant, str(e)))
         except ConversationError as e:
             self.metrics.failed(400)
-            return _error_response(APIError(400, str(e), "invalid_request_error"))
+            return api.error_response(APIError(400, str(e), "invalid_request_error"))
         except BackendError as e:
             self.metrics.failed(502)
-            return _error_response(APIError(502, str(e), "backend_error"))
+            return api.error_response(APIError(502, str(e), "backend_error"))
         return response
 
     async def _stream(self, request: Request, messages, options, disclaimer, stops, include_usage):
@@ -460,7 +309,7 @@ class _ChatEndpoint:
             generated = loop.create_future()
             generated.set_result(None)
         generated.add_done_callback(lambda _: pieces.put_nowait(None))
-        ident, created = _ids()
+        ident, created = api.new_ids()
 
         def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
             body = {
@@ -496,7 +345,7 @@ class _ChatEndpoint:
                     answer = pending.result()
                 except Exception as e:  # already streaming: report in-band, as OpenAI does
                     log.error("generation failed while streaming: %s", e)
-                    error = {"message": _public(e), "type": "server_error"}
+                    error = {"message": api.public_message(e), "type": "server_error"}
                     self.metrics.failed(500)
                     finished = True
                     yield f"data: {json.dumps({'error': error})}\n\n"
@@ -510,7 +359,7 @@ class _ChatEndpoint:
                 self.metrics.answered(answer, started, first_token[0] if first_token else None)
                 finish = "stop" if scanner.stopped else answer.finish_reason
                 finished = True
-                yield chunk({}, finish, {"domainkit": _extra(answer, disclaimer)})
+                yield chunk({}, finish, {"domainkit": api.extra_fields(answer, disclaimer)})
                 if include_usage:  # OpenAI's last chunk: no choices, the request's usage
                     body = {
                         "id": ident,
@@ -518,7 +367,7 @@ class _ChatEndpoint:
                         "created": created,
                         "model": self.model_name,
                         "choices": [],
-                        "usage": _usage(answer),
+                        "usage": api.usage(answer),
                     }
                     yield f"data: {json.dumps(body)}\n\n"
                 yield "data: [DONE]\n\n"
@@ -557,91 +406,6 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0):
     finally:
         server.should_exit = True
         thread.join(10)
-
-
-def _too_large(message: str, param: str | None = None) -> APIError:
-    return APIError(413, message, "invalid_request_error", param=param, code="too_large")
-
-
-def _ids() -> tuple[str, int]:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-
-
-class StopScanner:
-    """Cuts streamed text at the first of a client's stop sequences. Text that could be
-    the start of a stop sequence is held back until the next piece shows it is not."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """The part of ``text`` (with what was held back) that is safe to show now."""
-        if self.stopped:
-            return ""
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            shown, self.pending, self.stopped = self.pending[: min(hits)], "", True
-            return shown
-        cut = max(0, len(self.pending) - self.hold)
-        shown, self.pending = self.pending[:cut], self.pending[cut:]
-        return shown
-
-    def flush(self) -> str:
-        """What was held back, once no more text comes."""
-        rest, self.pending = self.pending, ""
-        return rest
-
-
-def _usage(answer: Answer) -> dict:
-    return {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-    }
-
-
-def _public(error: Exception) -> str:
-    """What a client may read of a failure: a backend's own message, else nothing internal."""
-    if isinstance(error, (BackendError, ConversationError)):
-        return str(error)
-    return "generation failed"
-
-
-def _extra(answer: Answer, disclaimer: str | None = None) -> dict:
-    return {
-        "disclaimer": disclaimer,  # the recipe's, on a conversation's first answer
-        "route": answer.route,
-        "sources": [s.__dict__ for s in answer.sources],
-        "quote": answer.quote,
-        "evidence": [e.__dict__ for e in answer.evidence],
-        "gate": answer.gate,
-        "confidence": answer.confidence,
-        "trimmed_turns": answer.trimmed_turns,
-        "seconds": round(answer.seconds, 3),
-    }
-
-
-def _completion(answer: Answer, model_name: str, disclaimer: str | None = None) -> dict:
-    ident, created = _ids()
-    return {
-        "id": ident,
-        "object": "chat.completion",
-        "created": created,
-        "model": model_name,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
-                "finish_reason": answer.finish_reason,
-            }
-        ],
-        "usage": _usage(answer),
-        "domainkit": _extra(answer, disclaimer),
-    }
 
 
 class _Metrics:
