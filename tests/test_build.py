@@ -435,7 +435,7 @@ def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies
     buildable, monkeypatch
 ):
     from domainkit.eval.runner import run_eval
-    from domainkit.runtime.generation import LocalGenerator
+    from domainkit.runtime.local_backend import LocalGenerator
 
     runner = CliRunner()
     built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])

@@ -587,7 +587,8 @@ def test_cli_chat_keeps_the_conversation_and_shows_sources(runtime_domain):
 def test_a_row_stops_where_the_model_starts_imitating_the_prompt():
     import torch
 
-    from domainkit.runtime.generation import GenRequest, _RowStreamer
+    from domainkit.runtime.generation import GenRequest
+    from domainkit.runtime.local_backend import _RowStreamer
 
     from .tiny_lm import tiny_tokenizer
 
@@ -818,7 +819,8 @@ def test_the_disclaimer_comes_with_a_conversations_first_answer(support_domain):
 def test_openai_backend_errors_stay_with_their_own_request(monkeypatch):
     import openai
 
-    from domainkit.runtime.generation import GenRequest, OpenAIGenerator
+    from domainkit.runtime.generation import GenRequest
+    from domainkit.runtime.openai_backend import OpenAIGenerator
 
     generator = OpenAIGenerator(model="m", base_url="http://127.0.0.1:9/v1")
 

@@ -220,7 +220,7 @@ def test_empty_replies_are_not_cached(tmp_path):
 
 def test_documents_and_keys_go_only_to_hosts_the_user_approved(monkeypatch):
     from domainkit.errors import ConfigError
-    from domainkit.runtime.generation import OpenAIGenerator
+    from domainkit.runtime.openai_backend import OpenAIGenerator
 
     monkeypatch.delenv("DOMAINKIT_APPROVED_HOSTS", raising=False)
     with pytest.raises(ConfigError, match=r"evil\.example.*DOMAINKIT_APPROVED_HOSTS=evil\.example"):

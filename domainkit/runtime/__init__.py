@@ -3,4 +3,7 @@
 from domainkit.runtime.assistant import Answer, Assistant, Source
 from domainkit.runtime.generation import GENERATORS, BusyError
 
+# The built-in backends register themselves with GENERATORS.
+from domainkit.runtime import local_backend, openai_backend  # noqa: F401, E402  isort: skip
+
 __all__ = ["GENERATORS", "Answer", "Assistant", "BusyError", "Source"]
