@@ -412,6 +412,75 @@ def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_sam
     assert not list(replies.parent.glob("eval-replies*")), "a finished run leaves no store"
 
 
+def _bundle_files(folder: Path) -> dict[str, bytes]:
+    """A bundle's files by relative path; bundle.json without its creation time."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "bundle.json" and path.parent == folder:
+            data = json.dumps({k: v for k, v in json.loads(data).items() if k != "created"})
+            data = data.encode()
+        files[path.relative_to(folder).as_posix()] = data
+    return files
+
+
+def test_a_bundle_killed_with_sigkill_keeps_the_last_bundle_and_reruns_to_the_same_one(
+    buildable, tmp_path
+):
+    """SIGKILL while the bundle is being copied (after its adapter, before its index): the
+    previous bundle stays whole, and the next ``build`` writes the bundle an unbroken run
+    writes, with no leftovers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", str(buildable), "--limit", "12"])
+    assert built.exit_code == 0, built.output
+    bundle = buildable / ".domainkit" / "bundle"
+    before = _bundle_files(bundle)
+    assert "adapter/adapter_config.json" in before and "bundle.json" in before
+
+    root = Path(__file__).resolve().parents[1]
+    marker = tmp_path / "copied"
+    # The build in a fresh process, its first copy into the new bundle followed by a pause.
+    driver = (
+        "import pathlib, shutil, sys, time\n"
+        "import tests.conftest\n"
+        "marker, real = pathlib.Path(sys.argv.pop(1)), shutil.copytree\n"
+        "def copytree(*args, **kwargs):\n"
+        "    out = real(*args, **kwargs)\n"
+        "    marker.touch()\n"
+        "    time.sleep(60)\n"
+        "    return out\n"
+        "shutil.copytree = copytree\n"
+        "from domainkit.cli import app\n"
+        "app()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", driver, str(marker), "build", str(buildable), "--from", "bundle"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    assert _bundle_files(bundle) == before, "the last complete bundle is left as it was"
+    assert [p.name for p in bundle.parent.glob(".bundle.*.tmp")], "killed mid-copy"
+
+    again = runner.invoke(app, ["build", str(buildable), "--limit", "12"])
+    assert again.exit_code == 0, again.output
+    assert _bundle_files(bundle) == before, "the same bundle as the unbroken run"
+    assert not list(bundle.parent.glob(".bundle.*")), "no leftovers"
+
+
 def test_a_crash_while_the_report_is_written_leaves_the_previous_report_whole(
     buildable, monkeypatch
 ):

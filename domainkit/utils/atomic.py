@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _umask_at_import() -> int:
@@ -89,6 +92,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def recover_dir(target: Path) -> None:
+    """Undo what a killed ``replace_dir`` left beside ``target``: its unfinished new folder
+    is deleted, and an old folder renamed aside mid-swap takes its name back (or is deleted,
+    when the new one had already taken it)."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for aside in target.parent.glob(f".{target.name}.*.old"):  # a run killed mid-swap
+        if not target.exists():
+            os.replace(aside, target)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_leftovers(root: Path) -> list[Path]:
+    """``recover_dir`` for every folder under ``root`` that a killed ``replace_dir`` left
+    something beside, whether or not a later run publishes that folder again (a cached
+    bundle stays; the half-copied one beside it must go). Safe only while no other run
+    writes ``root``: call it under the build lock.
+
+    Returns:
+        The folders recovered.
+    """
+    targets = set()
+    for pattern in (".*.tmp", ".*.old"):
+        for path in Path(root).rglob(pattern):
+            parts = path.name[1:].rsplit(".", 2)  # .{name}.{random or pid}.{tmp or old}
+            if path.is_dir() and len(parts) == 3 and parts[0]:
+                targets.add(path.parent / parts[0])
+    for target in sorted(targets):
+        log.info("removing what a killed run left beside %s", target)
+        recover_dir(target)
+    return sorted(targets)
+
+
 def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     """Fill a new folder beside ``target`` with ``write(folder)``, then swap it in.
 
@@ -98,13 +135,7 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for aside in target.parent.glob(f".{target.name}.*.old"):  # a run killed mid-swap
-        if not target.exists():
-            os.replace(aside, target)
-        else:
-            shutil.rmtree(aside, ignore_errors=True)
+    recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     try:

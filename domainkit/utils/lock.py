@@ -3,7 +3,8 @@
 Two runs on one domain would delete each other's temporary and version folders, so every
 command that writes the build folder holds an exclusive lock on ``BUILD/.lock``
 (``flock``: the kernel releases it when the process dies, so a killed run never leaves a
-stale lock). A second run fails at once, naming the one that holds it.
+stale lock). A second run fails at once, naming the one that holds it. The run that takes the lock
+first clears what killed runs left half-written (``atomic.recover_leftovers``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from domainkit.errors import DomainkitError
+from domainkit.utils.atomic import recover_leftovers
 
 try:
     import fcntl
@@ -51,6 +53,8 @@ def build_lock(build_dir: Path, command: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         os.write(fd, f"pid {os.getpid()}, domainkit {command}, started {started}".encode())
+        # No other run writes the folder now: whatever a killed one left half-written goes.
+        recover_leftovers(build_dir)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
