@@ -156,6 +156,102 @@ def test_a_docx_that_inflates_past_the_limit_is_skipped(tmp_path, monkeypatch):
     assert "inflate to 16 MB, over the 8 MB limit" in result.skipped[0].reason
 
 
+def _zip_bomb(path: Path, inflated_mb: int) -> None:
+    """A .docx whose document.xml inflates to ``inflated_mb`` MB (about 1 MB per GB on disk)."""
+    import zipfile
+
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as bomb,
+        bomb.open("word/document.xml", "w", force_zip64=True) as member,
+    ):
+        for _ in range(inflated_mb):
+            member.write(b"\0" * 2**20)
+
+
+def _pdf_bomb(path: Path, inflated_mb: int) -> None:
+    """A one-page PDF whose content stream inflates to ``inflated_mb`` MB."""
+    import zlib
+
+    packer = zlib.compressobj(1)
+    data = b"".join(packer.compress(b" " * 2**20) for _ in range(inflated_mb)) + packer.flush()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(data), data),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    path.write_bytes(bytes(out))
+
+
+def test_an_index_run_over_hostile_files_reports_each_and_indexes_every_good_one(tmp_path):
+    """The issue's whole list in one docs/ folder, through a real ``index`` run: it ends
+    within 60 s, every good file is indexed, and every bad one is either read harmlessly
+    (crafted text) or reported with its reason."""
+    from domainkit.config import load_domain
+    from domainkit.retrieval.store import build_index
+    from tests.conftest import HashEmbedder, write_domain
+
+    good = {
+        "warranty.md": "# Warranty\n\nThe Perch has a two-year warranty.\n",
+        "returns.txt": "Returns\n\nReturn any product within 30 days for a refund.\n",
+    }
+    said = "\n\nThis crafted file still states that repairs take ten days.\n"
+    crafted = {
+        "spaces.md": "# Spaces\n\nword" + " " * 2**20 + "end" + said,
+        "separators.md": "# x" + "\u2028" * 100_000 + "y" + said,
+        "hashes.md": "# x" + "#" * 60_000 + "y\n\n" + "#" * 60_000 + said,
+    }
+    root = write_domain(tmp_path / "domain", {**good, **crafted})
+    docs = root / "docs"
+    _zip_bomb(docs / "bomb.docx", inflated_mb=1024)
+    _pdf_bomb(docs / "bomb.pdf", inflated_mb=256)
+    (tmp_path / "secret.txt").write_text("root:x:0:0")
+    (docs / "link-out.txt").symlink_to(tmp_path / "secret.txt")
+    (docs / "gone.md").symlink_to(docs / "deleted.md")  # vanished before it was read
+    with open(os.fsencode(docs) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"A file whose name is Latin-1.")
+    os.mkfifo(docs / "pipe.txt")  # reading it would wait forever
+    locked = docs / "locked.md"
+    locked.write_text("# Locked\n\nNobody may read this.\n")
+    locked.chmod(0)
+    readable = os.access(locked, os.R_OK)  # root reads it anyway
+
+    started = time.perf_counter()
+    report = build_index(load_domain(root), HashEmbedder(), progress=False)
+    seconds = time.perf_counter() - started
+    assert seconds < 60, f"the index run took {seconds:.0f} s"
+    print(f"index run over the hostile files: {seconds:.1f} s")
+
+    reasons = {s.source: s.reason for s in report.skipped}
+    assert "inflate to 1024 MB" in reasons["bomb.docx"]
+    assert "inflates past" in reasons["bomb.pdf"]
+    assert "outside the documents folder" in reasons["link-out.txt"]
+    assert "does not exist" in reasons["gone.md"]
+    assert "UTF-8" in reasons["caf\\xe9.txt"]
+    assert "not a regular file" in reasons["pipe.txt"]
+    assert ("locked.md" in reasons) is not readable
+    expected = set(good) | set(crafted) | ({"locked.md"} if readable else set())
+    assert report.files_read == len(expected)
+    from domainkit.retrieval.store import load_index
+
+    sources = {c.source for c in load_index(root / ".domainkit" / "index").chunks}
+    assert sources == expected
+    assert report.documents >= len(expected) and not any("root:x" in r for r in reasons)
+
+
 def test_two_processes_on_one_domain_one_fails_at_once(indexed_support):
     """A real second process: the lock is the kernel's, not the interpreter's."""
     import subprocess

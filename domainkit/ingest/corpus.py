@@ -41,10 +41,13 @@ def list_files(docs_dir: Path, settings: IngestConfig) -> list[Path]:
 def screen_files(docs_dir: Path, settings: IngestConfig) -> tuple[list[Path], list[SkippedFile]]:
     """The files to read, and those refused with a reason: a symlink that leads out of
     ``docs_dir`` (unless ``follow_symlinks``: a shared folder could otherwise pull in any file
-    the user can read, and send it to a remote teacher) and a name that is not UTF-8."""
+    the user can read, and send it to a remote teacher), a name that is not UTF-8, and
+    anything that is not a regular file (a pipe, a socket, a device, a dangling link)."""
     found: set[Path] = set()
     for pattern in settings.include:
-        found.update(p for p in docs_dir.glob(pattern) if p.is_file())
+        # Not only regular files: a pipe or device named like a document is refused below
+        # (reading a pipe waits forever), not silently left out.
+        found.update(p for p in docs_dir.glob(pattern) if not p.is_dir())
     visible = [p for p in found if not _hidden(p.relative_to(docs_dir))]
     wanted = sorted(
         p for p in visible if not any(p.relative_to(docs_dir).match(x) for x in settings.exclude)
@@ -71,6 +74,12 @@ def _refusal(path: Path, source: str, root: Path, settings: IngestConfig) -> str
         return (
             "a symlink to a file outside the documents folder (set ingest.follow_symlinks: "
             "true to read it)"
+        )
+    if not path.is_file():
+        return (
+            "not a regular file (a pipe, socket or device)"
+            if path.exists()
+            else "a symlink to a file that does not exist"
         )
     return None
 

@@ -147,7 +147,7 @@ def _html_to_markdown(root) -> str:
 @LOADERS.register(".pdf")
 def load_pdf(path: Path, source: str) -> list[Document]:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import LimitReachedError, PdfReadError
 
     try:
         reader = PdfReader(path)
@@ -157,6 +157,8 @@ def load_pdf(path: Path, source: str) -> list[Document]:
         meta_title = (reader.metadata.title if reader.metadata else None) or ""
     except LoadError:
         raise
+    except LimitReachedError:  # pypdf caps each stream's inflated size (75 MB)
+        raise LoadError("a compressed stream inflates past pypdf's size limit") from None
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
         raise LoadError(f"unreadable PDF ({type(e).__name__}: {e})") from None
     texts = [normalize_text(page, layout=True) for page in pages]
