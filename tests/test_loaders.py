@@ -99,6 +99,19 @@ def test_pdf_yields_a_document_per_page_with_page_numbers(tmp_path):
     assert "Plug in the speaker." in docs[0].text and "Hold the button." in docs[1].text
 
 
+def test_a_pdf_whose_text_runs_past_the_per_file_budget_is_refused(tmp_path, monkeypatch):
+    """Each compressed stream is capped by pypdf, but a PDF of many pages, each inflating to
+    a long text, could still fill memory page by page: its text as a whole has a budget."""
+    from domainkit.ingest import loaders
+
+    path = tmp_path / "long.pdf"
+    _pdf(path, [("Part", "All work and no play. " * 40)] * 3)
+    assert len(LOADERS.get(".pdf")(path, "long.pdf")) == 3, "within the budget: read"
+    monkeypatch.setattr(loaders, "MAX_TEXT_MB", 2000 / 2**20)  # about two pages' text
+    with pytest.raises(LoadError, match="more than .* of text"):
+        LOADERS.get(".pdf")(path, "long.pdf")
+
+
 def test_docx_headings_and_lists_become_markdown(tmp_path):
     path = tmp_path / "r.docx"
     _docx(path)

@@ -144,6 +144,11 @@ def _html_to_markdown(root) -> str:
     return "\n".join(lines)
 
 
+# Each of a PDF's streams inflates to at most pypdf's cap (75 MB), but a file can hold
+# hundreds: its text as a whole is capped too. A 2,000-page book has about 5 MB of text.
+MAX_TEXT_MB = 64
+
+
 @LOADERS.register(".pdf")
 def load_pdf(path: Path, source: str) -> list[Document]:
     from pypdf import PdfReader
@@ -153,7 +158,15 @@ def load_pdf(path: Path, source: str) -> list[Document]:
         reader = PdfReader(path)
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoadError("encrypted PDF (needs a password)")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages, size = [], 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            size += len(pages[-1])
+            if size > MAX_TEXT_MB * 2**20:
+                raise LoadError(
+                    f"more than {MAX_TEXT_MB:g} MB of text (a file this size can hold that much "
+                    "only as a decompression bomb)"
+                )
         meta_title = (reader.metadata.title if reader.metadata else None) or ""
     except LoadError:
         raise
