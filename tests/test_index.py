@@ -196,8 +196,10 @@ def test_a_second_run_on_the_same_domain_fails_at_once_naming_the_first(indexed_
 
 def test_an_index_run_killed_with_sigkill_leaves_the_previous_index_to_search(support_domain):
     """SIGKILL while re-indexing changed documents (no cleanup at all): the previous index
-    still loads and searches, and the next run replaces it and removes the leftovers."""
+    still loads and searches, and the next run replaces it with the index an unbroken run
+    builds, and removes the leftovers."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
@@ -232,5 +234,16 @@ def test_an_index_run_killed_with_sigkill_leaves_the_previous_index_to_search(su
     assert [c.id for c in after.chunks] == before, "the previous index is untouched"
     rerun = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert any("No returns" in c.text for c in load_index(domain.index_dir).chunks)
+    resumed = load_index(domain.index_dir)
+    assert any("No returns" in c.text for c in resumed.chunks)
     assert not list(domain.index_dir.glob(".tmp-*")), "leftovers of the killed run are gone"
+    # The same index as a run that was never killed, from the same documents.
+    unbroken = support_domain.parent / "unbroken"
+    shutil.copytree(support_domain / "docs", unbroken / "docs")
+    shutil.copy(support_domain / "domain.yaml", unbroken / "domain.yaml")
+    command[-2] = str(unbroken)
+    once = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert once.returncode == 0, once.stderr[-3000:]
+    whole = load_index(load_domain(unbroken).index_dir)
+    assert [(c.id, c.text) for c in resumed.chunks] == [(c.id, c.text) for c in whole.chunks]
+    assert np.array_equal(resumed.embeddings, whole.embeddings)
