@@ -7,6 +7,10 @@ skipped; a changed document therefore re-runs the index (re-embedding only the c
 chunks), synth (where unchanged chunks' teacher calls come from the call cache), train,
 eval and bundle. ``BUILD/build.json`` records each stage's fingerprint, time and summary,
 and is written after every stage, so an interrupted build resumes at the stage that broke.
+
+Each stage is a ``Stage`` in ``PIPELINE`` (the end of this module): its name, the code and
+inputs its fingerprint covers, how to tell its outputs are there, how to run it and how to
+estimate it. Planning and running are loops over that table; adding a stage is one entry.
 """
 
 from __future__ import annotations
@@ -21,14 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from domainkit import __version__
-from domainkit.config.loading import Domain
+from domainkit.config.loading import Domain, Layout
 from domainkit.errors import DomainkitError
 from domainkit.utils.atomic import atomic_write_json, replace_dir
 from domainkit.utils.hashing import code_hash
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "index", "synth", "train", "eval", "bundle")
 # Rough costs on a 2-core CPU with the embedded models, for --dry-run's estimate.
 _SECONDS_PER = {"chunk": 0.05, "sample": 6.5, "train_sample": 1.0, "answer": 1.5}
 
@@ -90,58 +93,13 @@ def _hash(*parts) -> str:
 
 
 def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
-    """Every stage's fingerprint, each covering its inputs, settings and code."""
-    from domainkit.retrieval.store import source_hashes
-
-    config = domain.config
+    """Every stage's fingerprint: the previous stage's, then its own inputs and code."""
     prints: dict[str, str] = {}
-    prints["ingest"] = _hash(source_hashes(domain), config.ingest, code_hash("ingest"))
-    prints["index"] = _hash(
-        prints["ingest"], config.chunking, config.retrieval, code_hash("retrieval")
-    )
-    persona = (config.render_system_prompt(), config.refusal, config.persona)
-    # Each stage's code is its package and every domainkit module it imports (code_hash):
-    # prompting.py, the format synth trains on and the runtime sends, is in synth's, train's
-    # and eval's.
-    prints["synth"] = _hash(
-        prints["index"],
-        config.synth,
-        config.evidence,
-        config.runtime.answer_words,
-        persona,
-        limits.samples,
-        code_hash("synth"),
-    )
-    prints["train"] = _hash(prints["synth"], config.train, code_hash("train"))
-    questions = [
-        path.read_bytes().hex() if path.is_file() else ""
-        for path in (domain.eval_path, domain.validation_path)
-    ]
-    prints["eval"] = _hash(
-        prints["train"],
-        _hash(questions),
-        config.runtime,
-        config.evidence,
-        config.eval,
-        limits.questions,
-        code_hash("eval", "runtime"),
-    )
-    prints["bundle"] = _hash(prints["eval"], code_hash("build"))
+    previous: tuple[str, ...] = ()
+    for stage in PIPELINE:
+        prints[stage.name] = _hash(*previous, *stage.inputs(domain, limits), code_hash(*stage.code))
+        previous = (prints[stage.name],)
     return prints
-
-
-def _outputs_exist(domain: Domain, stage: str) -> bool:
-    from domainkit.retrieval.store import current_version
-
-    layout = domain.layout
-    return {
-        "ingest": True,
-        "index": current_version(layout.index) is not None,
-        "synth": layout.synth_pointer.is_file(),
-        "train": (layout.adapter / "adapter_config.json").is_file(),
-        "eval": (layout.eval / "report.json").is_file(),
-        "bundle": (layout.bundle / "bundle.json").is_file(),
-    }[stage]
 
 
 def plan(
@@ -163,7 +121,7 @@ def plan(
     limits = Limits.of(limit, eval_limit)
     prints = fingerprints(domain, limits)
     state = _load_state(domain)["stages"]
-    sizes = _sizes(domain, limits)
+    counts = _counts(domain, limits)
     plans, upstream_runs = [], False
     for i, stage in enumerate(STAGES):
         previous = state.get(stage, {})
@@ -178,18 +136,29 @@ def plan(
         elif previous.get("fingerprint") != prints[stage]:
             action = "run"
             reason = "an earlier stage changed" if upstream_runs else "inputs or settings changed"
-        elif not _outputs_exist(domain, stage):
+        elif not BY_NAME[stage].outputs_ready(domain.layout):
             action, reason = "run", "outputs missing"
         else:
             action, reason = "cached", "unchanged"
         upstream_runs |= action == "run"
-        size, estimate = sizes.get(stage, ("", 0.0))
+        size, estimate = BY_NAME[stage].estimate(domain, counts)
         plans.append(StagePlan(stage, action, reason, prints[stage], size, estimate))
     return plans
 
 
-def _sizes(domain: Domain, limits: Limits) -> dict[str, tuple[str, float]]:
-    """Rough sizes and time estimates per stage, from the documents and settings."""
+@dataclass(frozen=True)
+class Counts:
+    """Rough sizes of a build, from the documents and settings, for the stages' estimates."""
+
+    files: int
+    mb: float
+    chunks: int
+    samples: int
+    epochs: float
+    answers: int
+
+
+def _counts(domain: Domain, limits: Limits) -> Counts:
     from domainkit.config.evalset import load_eval_set
     from domainkit.ingest.corpus import list_files
 
@@ -208,17 +177,7 @@ def _sizes(domain: Domain, limits: Limits) -> dict[str, tuple[str, float]]:
     if limits.questions:
         questions = min(questions, limits.questions)
     answers = (questions + max(1, samples // 10)) * 5 + 24
-    return {
-        "ingest": (f"{len(files)} files, {chars / 1e6:.1f} MB", 1.0),
-        "index": (f"about {chunks} chunks", chunks * _SECONDS_PER["chunk"] + 10),
-        "synth": (f"about {samples} samples", samples * _SECONDS_PER["sample"]),
-        "train": (
-            f"{train.method}, {epochs:g} epochs",
-            samples * epochs * _SECONDS_PER["train_sample"] + 20,
-        ),
-        "eval": (f"about {answers} answers", answers * _SECONDS_PER["answer"]),
-        "bundle": ("copies", 2.0),
-    }
+    return Counts(len(files), chars / 1e6, chunks, samples, epochs, answers)
 
 
 # -- running ------------------------------------------------------------------------------
@@ -260,7 +219,7 @@ def run_build(
             )
             continue
         t0 = time.perf_counter()
-        summary = RUNNERS[stage.name](domain, limits, progress)
+        summary = BY_NAME[stage.name].run(domain, limits, progress)
         seconds = round(time.perf_counter() - t0, 1)
         state["stages"][stage.name] = {
             "fingerprint": stage.fingerprint,
@@ -396,11 +355,116 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
     return {"path": str(target)}
 
 
-RUNNERS: dict[str, Callable[[Domain, Limits, bool], dict]] = {
-    "ingest": _ingest,
-    "index": _index,
-    "synth": _synth,
-    "train": _train,
-    "eval": _eval,
-    "bundle": _bundle,
-}
+# -- the stages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the build, and all the build needs to know of it.
+
+    Attributes:
+        name: As ``--from`` and ``--until`` name it.
+        code: The domainkit packages or modules that run it: its fingerprint hashes their
+            import closure (``utils.hashing.code_hash``), so an edit to any module they use
+            re-runs it.
+        inputs: What it reads besides the previous stage's output (documents, question
+            files, settings, limits); part of its fingerprint.
+        outputs_ready: Whether its outputs are on disk: a cached stage needs them.
+        run: Runs it and returns the summary kept in ``build.json``.
+        estimate: Its size and rough time for ``--dry-run``.
+    """
+
+    name: str
+    code: tuple[str, ...]
+    inputs: Callable[[Domain, Limits], tuple]
+    outputs_ready: Callable[[Layout], bool]
+    run: Callable[[Domain, Limits, bool], dict]
+    estimate: Callable[[Domain, Counts], tuple[str, float]]
+
+
+def _source_files(domain: Domain, limits: Limits) -> tuple:
+    from domainkit.retrieval.store import source_hashes
+
+    return (source_hashes(domain), domain.config.ingest)
+
+
+def _synth_inputs(domain: Domain, limits: Limits) -> tuple:
+    config = domain.config
+    persona = (config.render_system_prompt(), config.refusal, config.persona)
+    # prompting.py, the format synth trains on and the runtime sends, is in the import
+    # closure of synth, train and eval alike.
+    return (config.synth, config.evidence, config.runtime.answer_words, persona, limits.samples)
+
+
+def _eval_inputs(domain: Domain, limits: Limits) -> tuple:
+    config = domain.config
+    questions = [
+        path.read_bytes().hex() if path.is_file() else ""
+        for path in (domain.eval_path, domain.validation_path)
+    ]
+    return (_hash(questions), config.runtime, config.evidence, config.eval, limits.questions)
+
+
+def _index_ready(layout: Layout) -> bool:
+    from domainkit.retrieval.store import current_version
+
+    return current_version(layout.index) is not None
+
+
+def _train_estimate(domain: Domain, counts: Counts) -> tuple[str, float]:
+    seconds = counts.samples * counts.epochs * _SECONDS_PER["train_sample"] + 20
+    return (f"{domain.config.train.method}, {counts.epochs:g} epochs", seconds)
+
+
+PIPELINE = (
+    Stage(
+        "ingest",
+        ("ingest",),
+        _source_files,
+        lambda layout: True,  # it writes nothing: it checks and fingerprints the documents
+        _ingest,
+        lambda domain, c: (f"{c.files} files, {c.mb:.1f} MB", 1.0),
+    ),
+    Stage(
+        "index",
+        ("retrieval",),
+        lambda domain, limits: (domain.config.chunking, domain.config.retrieval),
+        _index_ready,
+        _index,
+        lambda domain, c: (f"about {c.chunks} chunks", c.chunks * _SECONDS_PER["chunk"] + 10),
+    ),
+    Stage(
+        "synth",
+        ("synth",),
+        _synth_inputs,
+        lambda layout: layout.synth_pointer.is_file(),
+        _synth,
+        lambda domain, c: (f"about {c.samples} samples", c.samples * _SECONDS_PER["sample"]),
+    ),
+    Stage(
+        "train",
+        ("train",),
+        lambda domain, limits: (domain.config.train,),
+        lambda layout: (layout.adapter / "adapter_config.json").is_file(),
+        _train,
+        _train_estimate,
+    ),
+    Stage(
+        "eval",
+        ("eval", "runtime"),
+        _eval_inputs,
+        lambda layout: (layout.eval / "report.json").is_file(),
+        _eval,
+        lambda domain, c: (f"about {c.answers} answers", c.answers * _SECONDS_PER["answer"]),
+    ),
+    Stage(
+        "bundle",
+        ("build",),
+        lambda domain, limits: (),
+        lambda layout: (layout.bundle / "bundle.json").is_file(),
+        _bundle,
+        lambda domain, c: ("copies", 2.0),
+    ),
+)
+BY_NAME = {stage.name: stage for stage in PIPELINE}
+STAGES = tuple(BY_NAME)
