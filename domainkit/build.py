@@ -8,44 +8,26 @@ chunks), synth (where unchanged chunks' teacher calls come from the call cache),
 eval and bundle. ``BUILD/build.json`` records each stage's fingerprint, time and summary,
 and is written after every stage, so an interrupted build resumes at the stage that broke.
 
-Each stage is a ``Stage`` in ``PIPELINE`` (the end of this module): its name, the code and
-inputs its fingerprint covers, how to tell its outputs are there, how to run it and how to
-estimate it. Planning and running are loops over that table; adding a stage is one entry.
+What each stage is lives in ``domainkit.stages`` (one ``Stage`` each: the code and inputs
+its fingerprint covers, how to tell its outputs are there, how to run and estimate it);
+this module plans a build from that table and runs it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domainkit import __version__
-from domainkit.config.loading import Domain, Layout
+from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
-from domainkit.utils.atomic import atomic_write_json, replace_dir
-from domainkit.utils.hashing import code_hash
+from domainkit.stages import BY_NAME, STAGES, Limits, fingerprints, load_state
+from domainkit.stages import counts as stage_counts
+from domainkit.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-# Rough costs on a 2-core CPU with the embedded models, for --dry-run's estimate.
-_SECONDS_PER = {"chunk": 0.05, "sample": 6.5, "train_sample": 1.0, "answer": 1.5}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """A small run: about ``samples`` synth samples, at most ``questions`` per eval set."""
-
-    samples: int | None = None
-    questions: int | None = None
-
-    @classmethod
-    def of(cls, limit: int | None, eval_limit: int | None = None) -> Limits:
-        return cls(limit, eval_limit if eval_limit is not None else limit)
 
 
 @dataclass
@@ -74,34 +56,6 @@ def bundle_dir(domain: Domain) -> Path:
     return domain.layout.bundle
 
 
-def _load_state(domain: Domain) -> dict:
-    path = state_path(domain)
-    if not path.is_file():
-        return {"stages": {}}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        log.warning("%s is unreadable; every stage will run", path)
-        return {"stages": {}}
-
-
-def _hash(*parts) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
-
-
-def fingerprints(domain: Domain, limits: Limits) -> dict[str, str]:
-    """Every stage's fingerprint: the previous stage's, then its own inputs and code."""
-    prints: dict[str, str] = {}
-    previous: tuple[str, ...] = ()
-    for stage in PIPELINE:
-        prints[stage.name] = _hash(*previous, *stage.inputs(domain, limits), code_hash(*stage.code))
-        previous = (prints[stage.name],)
-    return prints
-
-
 def plan(
     domain: Domain,
     *,
@@ -120,8 +74,8 @@ def plan(
         raise DomainkitError(f"--from {start} comes after --until {until}")
     limits = Limits.of(limit, eval_limit)
     prints = fingerprints(domain, limits)
-    state = _load_state(domain)["stages"]
-    counts = _counts(domain, limits)
+    state = load_state(domain)["stages"]
+    counts = stage_counts(domain, limits)
     plans, upstream_runs = [], False
     for i, stage in enumerate(STAGES):
         previous = state.get(stage, {})
@@ -146,40 +100,6 @@ def plan(
     return plans
 
 
-@dataclass(frozen=True)
-class Counts:
-    """Rough sizes of a build, from the documents and settings, for the stages' estimates."""
-
-    files: int
-    mb: float
-    chunks: int
-    samples: int
-    epochs: float
-    answers: int
-
-
-def _counts(domain: Domain, limits: Limits) -> Counts:
-    from domainkit.config.evalset import load_eval_set
-    from domainkit.ingest.corpus import list_files
-
-    files = list_files(domain.docs_dir, domain.config.ingest) if domain.docs_dir.is_dir() else []
-    chars = sum(p.stat().st_size for p in files)
-    chunk_chars = domain.config.chunking.chunk_size * 4
-    chunks = max(1, chars // max(1, chunk_chars - domain.config.chunking.chunk_overlap * 4))
-    samples = limits.samples or round(chunks * domain.config.synth.samples_per_chunk)
-    train = domain.config.train
-    epochs = (
-        train.max_steps * train.batch_size * train.grad_accum / max(1, samples)
-        if (train.max_steps)
-        else train.epochs
-    )
-    questions = len(load_eval_set(domain.eval_path).questions)
-    if limits.questions:
-        questions = min(questions, limits.questions)
-    answers = (questions + max(1, samples // 10)) * 5 + 24
-    return Counts(len(files), chars / 1e6, chunks, samples, epochs, answers)
-
-
 # -- running ------------------------------------------------------------------------------
 
 
@@ -201,7 +121,7 @@ def run_build(
     started = time.perf_counter()
     limits = Limits.of(limit, eval_limit)
     plans = plan(domain, start=start, until=until, limit=limit, eval_limit=eval_limit)
-    state = _load_state(domain)
+    state = load_state(domain)
     report = BuildReport(build_dir=domain.build_dir)
     for stage in plans:
         if on_stage is not None:
@@ -244,227 +164,4 @@ def run_build(
     return report
 
 
-def _ingest(domain: Domain, limits: Limits, progress) -> dict:
-    from domainkit.retrieval.store import source_hashes
-
-    if not domain.docs_dir.is_dir():
-        raise DomainkitError(f"{domain.docs_dir}: no documents folder")
-    files = source_hashes(domain)
-    if not files:
-        raise DomainkitError(f"{domain.docs_dir}: no supported documents")
-    return {"files": len(files)}
-
-
-def _index(domain: Domain, limits: Limits, progress) -> dict:
-    from domainkit.retrieval import build_index
-    from domainkit.retrieval.embedders import make_embedder
-
-    r = build_index(domain, make_embedder(domain.config.retrieval), progress=progress)
-    return {
-        "documents": r.documents,
-        "chunks": r.chunks,
-        "embedded": r.embedded,
-        "reused": r.reused,
-        "skipped_files": len(r.skipped),
-        "path": str(r.path),
-    }
-
-
-def _synth(domain: Domain, limits: Limits, progress) -> dict:
-    from domainkit.synth import run_synth
-
-    r = run_synth(domain, limit=limits.samples, progress=progress)
-    return {
-        "kept": sum(r.kept.values()),
-        "rejected": sum(r.rejected.values()),
-        "splits": r.splits,
-        "teacher_calls": r.calls_made,
-        "cached_calls": r.calls_cached,
-        "path": str(r.path),
-    }
-
-
-def _train(domain: Domain, limits: Limits, progress) -> dict:
-    """Train, or continue a killed training of the same inputs from its last checkpoint."""
-    from domainkit.train import run_train, train_dir
-
-    run = {"fingerprint": fingerprints(domain, limits)["train"]}
-    marker = train_dir(domain) / "run.json"
-    finished = (train_dir(domain) / "sft" / "done.json").is_file()
-    same = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == run
-    resume = same and not finished  # a finished run is re-run from scratch (--from train)
-    if not resume:  # before training: a kill from here on leaves checkpoints of this run
-        atomic_write_json(marker, run)
-    r = run_train(domain, resume=resume)
-    return {
-        "method": r.method,
-        "steps": r.steps,
-        "best_val_loss": r.best_val_loss,
-        "tokens_per_s": round(r.tokens_per_s, 1),
-        "adapter": str(r.adapter),
-    }
-
-
-def _eval(domain: Domain, limits: Limits, progress) -> dict:
-    from domainkit.eval import run_eval
-
-    r = run_eval(domain, limit=limits.questions, progress=progress)
-    return {
-        "headline": r.headline,
-        "report": str(r.path / "report.md"),
-        "calibration": {k: v for k, v in r.calibration.items() if k != "curve"},
-    }
-
-
-def _bundle(domain: Domain, limits: Limits, progress) -> dict:
-    """What to ship, in one folder: the adapter, the live index, the calibrated runtime
-    settings, the resolved configuration and the evaluation report."""
-    import yaml
-
-    from domainkit.retrieval.store import current_version
-    from domainkit.runtime.assistant import adapter_path
-    from domainkit.train import cards
-
-    target = bundle_dir(domain)
-
-    def write(tmp: Path) -> None:
-        shutil.copytree(adapter_path(domain), tmp / "adapter")
-        shutil.copytree(current_version(domain.index_dir), tmp / "index")
-        for path in (domain.layout.calibration, domain.layout.eval_report):
-            if path.is_file():
-                shutil.copyfile(path, tmp / path.name)
-        config = domain.config.model_dump(mode="json")
-        (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        summary = cards.read_train_summary(adapter_path(domain).parent)
-        evaluation = cards.read_eval_report(domain.layout.eval)
-        for kind, folder in (("bundle", target), ("adapter", target / "adapter")):
-            card = cards.model_card(domain, kind, summary, evaluation, path=str(folder))
-            (tmp / folder.relative_to(target) / "README.md").write_text(card, encoding="utf-8")
-        atomic_write_json(
-            tmp / "bundle.json",
-            {
-                "name": domain.config.name,
-                "domainkit": __version__,
-                "student_model": domain.config.train.student_model,
-                "embedder": domain.config.retrieval.embedder,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-        )
-
-    replace_dir(target, write)
-    return {"path": str(target)}
-
-
-# -- the stages ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of the build, and all the build needs to know of it.
-
-    Attributes:
-        name: As ``--from`` and ``--until`` name it.
-        code: The domainkit packages or modules that run it: its fingerprint hashes their
-            import closure (``utils.hashing.code_hash``), so an edit to any module they use
-            re-runs it.
-        inputs: What it reads besides the previous stage's output (documents, question
-            files, settings, limits); part of its fingerprint.
-        outputs_ready: Whether its outputs are on disk: a cached stage needs them.
-        run: Runs it and returns the summary kept in ``build.json``.
-        estimate: Its size and rough time for ``--dry-run``.
-    """
-
-    name: str
-    code: tuple[str, ...]
-    inputs: Callable[[Domain, Limits], tuple]
-    outputs_ready: Callable[[Layout], bool]
-    run: Callable[[Domain, Limits, bool], dict]
-    estimate: Callable[[Domain, Counts], tuple[str, float]]
-
-
-def _source_files(domain: Domain, limits: Limits) -> tuple:
-    from domainkit.retrieval.store import source_hashes
-
-    return (source_hashes(domain), domain.config.ingest)
-
-
-def _synth_inputs(domain: Domain, limits: Limits) -> tuple:
-    config = domain.config
-    persona = (config.render_system_prompt(), config.refusal, config.persona)
-    # prompting.py, the format synth trains on and the runtime sends, is in the import
-    # closure of synth, train and eval alike.
-    return (config.synth, config.evidence, config.runtime.answer_words, persona, limits.samples)
-
-
-def _eval_inputs(domain: Domain, limits: Limits) -> tuple:
-    config = domain.config
-    questions = [
-        path.read_bytes().hex() if path.is_file() else ""
-        for path in (domain.eval_path, domain.validation_path)
-    ]
-    return (_hash(questions), config.runtime, config.evidence, config.eval, limits.questions)
-
-
-def _index_ready(layout: Layout) -> bool:
-    from domainkit.retrieval.store import current_version
-
-    return current_version(layout.index) is not None
-
-
-def _train_estimate(domain: Domain, counts: Counts) -> tuple[str, float]:
-    seconds = counts.samples * counts.epochs * _SECONDS_PER["train_sample"] + 20
-    return (f"{domain.config.train.method}, {counts.epochs:g} epochs", seconds)
-
-
-PIPELINE = (
-    Stage(
-        "ingest",
-        ("ingest",),
-        _source_files,
-        lambda layout: True,  # it writes nothing: it checks and fingerprints the documents
-        _ingest,
-        lambda domain, c: (f"{c.files} files, {c.mb:.1f} MB", 1.0),
-    ),
-    Stage(
-        "index",
-        ("retrieval",),
-        lambda domain, limits: (domain.config.chunking, domain.config.retrieval),
-        _index_ready,
-        _index,
-        lambda domain, c: (f"about {c.chunks} chunks", c.chunks * _SECONDS_PER["chunk"] + 10),
-    ),
-    Stage(
-        "synth",
-        ("synth",),
-        _synth_inputs,
-        lambda layout: layout.synth_pointer.is_file(),
-        _synth,
-        lambda domain, c: (f"about {c.samples} samples", c.samples * _SECONDS_PER["sample"]),
-    ),
-    Stage(
-        "train",
-        ("train",),
-        lambda domain, limits: (domain.config.train,),
-        lambda layout: (layout.adapter / "adapter_config.json").is_file(),
-        _train,
-        _train_estimate,
-    ),
-    Stage(
-        "eval",
-        ("eval", "runtime"),
-        _eval_inputs,
-        lambda layout: (layout.eval / "report.json").is_file(),
-        _eval,
-        lambda domain, c: (f"about {c.answers} answers", c.answers * _SECONDS_PER["answer"]),
-    ),
-    Stage(
-        "bundle",
-        ("build",),
-        lambda domain, limits: (),
-        lambda layout: (layout.bundle / "bundle.json").is_file(),
-        _bundle,
-        lambda domain, c: ("copies", 2.0),
-    ),
-)
-BY_NAME = {stage.name: stage for stage in PIPELINE}
-STAGES = tuple(BY_NAME)
+__all__ = ["STAGES", "BuildReport", "Limits", "StagePlan", "fingerprints", "plan", "run_build"]
