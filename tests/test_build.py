@@ -15,7 +15,8 @@ from domainkit.build import plan, run_build
 from domainkit.cli import app
 from domainkit.config import load_domain
 from domainkit.eval import metrics as m
-from domainkit.eval.runner import Item, score
+from domainkit.eval.items import Item
+from domainkit.eval.scoring import score
 from domainkit.runtime.assistant import Answer, Source
 
 from .conftest import SUPPORT_DOCS, kill_after, write_domain

@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from domainkit.config.evalset import load_eval_set
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
-from domainkit.eval import metrics as m
+from domainkit.eval.items import Item, eval_items, validation_items
 from domainkit.eval.resume import ResumingBackend, model_id
+from domainkit.eval.scoring import (
+    answered_right,
+    judge_accuracy,
+    make_judge,
+    retrieval_metrics,
+    score,
+)
 from domainkit.runtime.assistant import Answer, Assistant, adapter_path, calibration_path
 from domainkit.synth.teachers.base import CallCache
 from domainkit.utils.atomic import atomic_write_json
@@ -56,16 +60,6 @@ GENERAL = [
     ("Who wrote Romeo and Juliet?", "Shakespeare"),
     ("What gas do plants take in from the air for photosynthesis?", "carbon dioxide CO2"),
 ]
-
-
-@dataclass
-class Item:
-    question: str
-    reference: str | None  # None for unanswerable questions
-    answerable: bool
-    source: str | None = None  # document path relative to docs/
-    spans: list[str] = field(default_factory=list)  # accepted short answers, if any
-    chunk_id: str | None = None  # the passage it was written from (synth questions)
 
 
 @dataclass
@@ -100,58 +94,6 @@ class EvalReport:
 
 def eval_dir(domain: Domain) -> Path:
     return domain.layout.eval
-
-
-def eval_items(domain: Domain, limit: int | None = None, path: Path | None = None) -> list[Item]:
-    """The questions of eval.yaml (or another file in its format)."""
-    docs_prefix = f"{domain.config.docs_dir.rstrip('/')}/"
-    items = []
-    for q in load_eval_set(path or domain.eval_path).questions:
-        source = (
-            q.source[len(docs_prefix) :]
-            if q.source and q.source.startswith(docs_prefix)
-            else q.source
-        )
-        reference = q.answer if q.answerable else None
-        items.append(Item(q.question, reference, q.answerable, source, list(q.spans)))
-    return _spread(items, limit)
-
-
-def validation_items(domain: Domain, limit: int | None = None) -> list[Item]:
-    """Validation questions: the domain's own validation.yaml, when it has one, and the
-    held-out synth split: RAFT questions asked with their passage (answerable; the
-    reference is the fact) and near-miss and refusal questions (unanswerable). Gold-absent
-    RAFT samples are left out: with the whole index their question is answerable."""
-    from domainkit.synth import dataset, synth_dir
-
-    items = (
-        eval_items(domain, path=domain.validation_path) if domain.validation_path.is_file() else []
-    )
-    try:
-        samples = dataset.load_samples(synth_dir(domain)).get("validation", [])
-    except FileNotFoundError:
-        samples = []
-    for s in samples:
-        question = s.meta.get("question") or s.question
-        if s.meta.get("question_origin") == "template" and s.generator != "refusal":
-            continue  # keyword questions are easier than users' own: not for calibration
-        if s.generator == "raft" and s.meta.get("gold_present"):
-            fact = s.meta.get("fact") or s.answers[-1]
-            items.append(Item(question, fact, True, s.source, chunk_id=s.chunk_id))
-        elif s.generator in ("near_miss", "refusal"):
-            items.append(Item(question, None, False, None))
-    return _spread(items, limit)
-
-
-def _spread(items: list[Item], limit: int | None) -> list[Item]:
-    """At most ``limit`` items, answerable and unanswerable in their original proportion."""
-    if limit is None or len(items) <= limit:
-        return items
-    step = len(items) / limit
-    return [items[int(i * step)] for i in range(limit)]
-
-
-# -- running -----------------------------------------------------------------------------------
 
 
 class _MemoRetriever:
@@ -204,123 +146,6 @@ def _prompt_chars(assistant: Assistant, item: Item, policy: str) -> int:
         len(h.chunk.text)
         for h in assistant.retriever.search(item.question, k=assistant.config.retrieval.top_k)
     )
-
-
-JUDGE_SYSTEM = (
-    "You check answers against a reference answer. Reply with yes or no only: yes when the "
-    "candidate says what the reference says, no otherwise."
-)
-
-
-def make_judge(domain: Domain):
-    """The synth teacher as judge, or None (see ``eval.judge``)."""
-    mode = domain.config.eval.judge
-    teacher = domain.config.synth.teacher
-    if mode == "off" or (mode == "auto" and teacher.backend == "hf"):
-        return None
-    from domainkit.synth.teachers.base import make_teacher
-
-    return make_teacher(teacher)
-
-
-def judge_accuracy(judge, items: list[Item], answers: list[Answer]) -> float | None:
-    """Share of answerable questions the judge calls correctly answered."""
-    from domainkit.synth.teachers.base import Sampling
-
-    pairs = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
-    if judge is None or not pairs:
-        return None
-    conversations = [
-        [
-            {"role": "system", "content": JUDGE_SYSTEM},
-            {
-                "role": "user",
-                "content": f"Question: {i.question}\nReference: {i.reference}\n"
-                f"Candidate: {a.text}\nIs the candidate correct?",
-            },
-        ]
-        for i, a in pairs
-    ]
-    replies = judge.generate(conversations, Sampling(temperature=0.0, max_new_tokens=4))
-    return round(sum(r.strip().lower().startswith("yes") for r in replies) / len(pairs), 4)
-
-
-def _refused(answer: Answer, refusal: str) -> bool:
-    return answer.route == "refusal" or m.is_refusal(answer.text, refusal)
-
-
-def _correct(item: Item, answer: Answer, refusal: str) -> bool:
-    return m.is_correct(answer.text, item.reference, refusal, spans=item.spans)
-
-
-def _cited(answer: Answer) -> list[int]:
-    return [int(n) for n in re.findall(r"\[(\d{1,3})\]", answer.text)]
-
-
-def citation_correct(item: Item, answer: Answer) -> bool | None:
-    """Whether the passages an answer cites hold the reference's key facts (or a gold span);
-    None when it cites nothing it was given."""
-    by_number = {s.number: s.text for s in answer.sources}
-    cited = [by_number[n] for n in _cited(answer) if n in by_number]
-    if not cited:
-        return None
-    return m.is_correct(" ".join(cited), item.reference, spans=item.spans)
-
-
-def score(items: list[Item], answers: list[Answer], refusal: str, seconds: float) -> dict:
-    """Metrics of one condition on one question set."""
-    pairs = list(zip(items, answers, strict=True))
-    answerable = [(i, a) for i, a in pairs if i.answerable]
-    unanswerable = [a for i, a in pairs if not i.answerable]
-    correct = [(i, a) for i, a in answerable if _correct(i, a, refusal)]
-    with_passages = [a for a in answers if a.sources and not _refused(a, refusal)]
-    words = [len(a.text.split()) for _, a in answerable if not _refused(a, refusal)]
-    citations = [citation_correct(i, a) for i, a in correct]
-
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return round(sum(values) / len(values), 4) if values else None
-
-    routes: dict[str, int] = {}
-    for a in answers:
-        routes[a.route] = routes.get(a.route, 0) + 1
-    return {
-        "questions": len(items),
-        "answerable": len(answerable),
-        "unanswerable": len(unanswerable),
-        "accuracy": round(len(correct) / len(answerable), 4) if answerable else None,
-        "token_f1": mean(m.token_f1(a.text, i.reference) for i, a in answerable),
-        "key_facts": mean(m.key_fact_recall(a.text, i.reference) for i, a in answerable),
-        "refusal_accuracy": mean(_refused(a, refusal) for a in unanswerable),
-        "false_refusals": mean(_refused(a, refusal) for _, a in answerable),
-        "median_words": float(statistics.median(words)) if words else None,
-        "citation_correct": mean(citations) if any(c is not None for c in citations) else None,
-        "faithfulness": mean(m.support(a.text, [s.text for s in a.sources]) for a in with_passages),
-        "seconds_per_answer": round(seconds, 3),
-        "routes": routes,
-    }
-
-
-def retrieval_metrics(retriever, items: list[Item], k: int) -> dict:
-    """Source-document hit@1, hit@k and MRR over answerable questions with a source."""
-    ranks = []
-    for item in items:
-        if not (item.answerable and item.source):
-            continue
-        docs = []
-        for hit in retriever.search(item.question, k=max(k, 10)):
-            if hit.chunk.source not in docs:
-                docs.append(hit.chunk.source)
-        ranks.append(docs.index(item.source) + 1 if item.source in docs else None)
-    n = len(ranks)
-    if not n:
-        return {"questions": 0}
-    return {
-        "questions": n,
-        "hit@1": round(sum(r == 1 for r in ranks) / n, 4),
-        f"hit@{k}": round(sum(r is not None and r <= k for r in ranks) / n, 4),
-        "mrr": round(sum(1 / r for r in ranks if r) / n, 4),
-    }
 
 
 def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True) -> EvalReport:
@@ -418,7 +243,7 @@ class _Run:
         if self.general:
             answers, _ = _answer_all(assistant, self.general, "closed", self.max_tokens, self.bar)
             self.general_scores["tuned" if tuned else "base"] = _share(
-                _correct(i, a, "") for i, a in zip(self.general, answers, strict=True)
+                answered_right(i, a, "") for i, a in zip(self.general, answers, strict=True)
             )
         if tuned:
             self.calibration = self.calibrate(assistant, self.sets.get("validation", []))
@@ -494,7 +319,7 @@ class _Run:
             items,
             twin_answers,
             twins,
-            lambda i, a: _correct(i, a, self.refusal),
+            lambda i, a: answered_right(i, a, self.refusal),
             self.domain.config.runtime.max_false_refusals,
         )
 
