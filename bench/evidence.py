@@ -47,7 +47,8 @@ def measure(spec: str) -> dict | None:
     from domainkit.config.evalset import load_eval_set
     from domainkit.eval.metrics import is_correct
     from domainkit.retrieval import open_retriever
-    from domainkit.retrieval.evidence import EvidenceSelector, text_units
+    from domainkit.retrieval.evidence import EvidenceSelector
+    from domainkit.retrieval.units import text_units
 
     folder, _, questions_file = spec.partition(":")
     root = (ROOT / folder) if not Path(folder).is_absolute() else Path(folder)

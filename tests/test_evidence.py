@@ -9,8 +9,9 @@ import pytest
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
 from domainkit.retrieval.answer_types import asks_for_figure, expected_types, missing_type
-from domainkit.retrieval.evidence import EvidenceSelector, text_units
+from domainkit.retrieval.evidence import EvidenceSelector
 from domainkit.retrieval.terms import CorpusVocabulary, specific_terms
+from domainkit.retrieval.units import text_units
 from tests.conftest import HashEmbedder
 
 

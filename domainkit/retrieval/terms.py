@@ -127,7 +127,7 @@ RESTATES = 0.6
 
 def restates(fact: str, text: str, vocabulary: CorpusVocabulary) -> bool:
     """Whether one sentence of ``text`` states (most of) ``fact`` too."""
-    from domainkit.retrieval.evidence import text_units
+    from domainkit.retrieval.units import text_units
 
     fact_terms = content_terms([fact])[0]
     sentences = [text[u.start : u.end] for u in text_units(text)]

@@ -1,6 +1,6 @@
 """Facts, questions made from them without a teacher, and near-miss variants.
 
-A fact is one evidence line of a passage (``retrieval.evidence.text_units``), so a question
+A fact is one evidence line of a passage (``retrieval.units.text_units``), so a question
 made from it has a target that is correct by construction: quote that line. The teacher
 writes the natural questions when it can; when its question fails the checks, a template
 question is made from the sentence itself (its wh-word from the figure it states, its
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from domainkit.ingest import Chunk
 from domainkit.prompting import readable
 from domainkit.retrieval.bm25 import content_terms
-from domainkit.retrieval.evidence import text_units
 from domainkit.retrieval.terms import CorpusVocabulary, specific_terms, surface_words
+from domainkit.retrieval.units import text_units
 
 _DIGIT = re.compile(r"\d")
 _STOP_TEMPLATE = frozenset(
