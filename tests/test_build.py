@@ -17,7 +17,7 @@ from domainkit.config import load_domain
 from domainkit.eval import metrics as m
 from domainkit.eval.items import Item
 from domainkit.eval.scoring import score
-from domainkit.runtime.assistant import Answer, Source
+from domainkit.runtime.answers import Answer, Source
 
 from .conftest import SUPPORT_DOCS, kill_after, write_domain
 from .tiny_lm import save_tiny_chat_model

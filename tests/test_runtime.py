@@ -226,7 +226,7 @@ def test_a_long_history_is_trimmed_with_a_few_token_counts_not_one_per_turn(assi
 
 
 def test_a_question_that_cannot_fit_is_an_error(assistant):
-    from domainkit.runtime.assistant import ConversationError
+    from domainkit.runtime.answers import ConversationError
 
     with pytest.raises(ConversationError, match="context budget"):
         _with(assistant, context_tokens=256).answer(_ask("speaker " * 400), policy="closed")

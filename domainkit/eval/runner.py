@@ -38,7 +38,8 @@ from domainkit.eval.scoring import (
     retrieval_metrics,
     score,
 )
-from domainkit.runtime.assistant import Answer, Assistant, adapter_path, calibration_path
+from domainkit.runtime.answers import Answer
+from domainkit.runtime.assistant import Assistant, adapter_path, calibration_path
 from domainkit.synth.teachers.base import CallCache
 from domainkit.utils.atomic import atomic_write_json
 from domainkit.utils.hashing import code_hash

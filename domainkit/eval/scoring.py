@@ -9,7 +9,7 @@ import statistics
 from domainkit.config.loading import Domain
 from domainkit.eval import metrics as m
 from domainkit.eval.items import Item
-from domainkit.runtime.assistant import Answer
+from domainkit.runtime.answers import Answer
 
 JUDGE_SYSTEM = (
     "You check answers against a reference answer. Reply with yes or no only: yes when the "

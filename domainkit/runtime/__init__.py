@@ -1,6 +1,7 @@
 """The deployed assistant: answering policy, generation backends and the HTTP server."""
 
-from domainkit.runtime.assistant import Answer, Assistant, Source
+from domainkit.runtime.answers import Answer, Source
+from domainkit.runtime.assistant import Assistant
 from domainkit.runtime.generation import GENERATORS, BusyError
 
 # The built-in backends register themselves with GENERATORS.

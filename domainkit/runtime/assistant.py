@@ -28,14 +28,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
 from domainkit.config.loading import Domain
 from domainkit.config.schema import Policy, RuntimeConfig
-from domainkit.errors import DomainkitError
 from domainkit.prompting import (
     Message,
     chat,
@@ -45,6 +43,13 @@ from domainkit.prompting import (
     quote_reply,
 )
 from domainkit.retrieval.answer_types import missing_type
+from domainkit.runtime.answers import (
+    Answer,
+    ConversationError,
+    PendingAnswer,
+    Source,
+    evidence_answer,
+)
 from domainkit.runtime.gate import Gate, GateFeatures
 from domainkit.runtime.generation import GENERATORS, GenRequest, GenResult, Scheduler
 from domainkit.runtime.verify import match_quote
@@ -52,73 +57,6 @@ from domainkit.runtime.verify import match_quote
 log = logging.getLogger(__name__)
 
 POLICIES: tuple[str, ...] = get_args(Policy)
-
-
-class ConversationError(DomainkitError):
-    """The conversation cannot be answered as given (HTTP 400/422)."""
-
-
-@dataclass
-class Source:
-    """A passage an answer was given from; ``number`` is its citation, ``[number]``."""
-
-    number: int
-    document: str
-    title: str
-    heading: str
-    chunk_id: str
-    score: float  # relevance of the passage's best selected sentence (or cosine, naive)
-    page: int | None = None
-    text: str = ""
-
-
-@dataclass
-class EvidenceLine:
-    """A sentence of the evidence block, with where it is in its document."""
-
-    number: int
-    text: str
-    document: str
-    start: int
-    end: int
-    score: float
-
-
-@dataclass
-class Answer:
-    """One answer.
-
-    Attributes:
-        text: What the user reads.
-        route: ``answer`` (the model's verified quote), ``evidence`` (the quote failed the
-            check: the best evidence sentence instead), ``refusal``, ``closed`` (no
-            retrieval) or ``rag`` (unchecked answer from whole passages, ``naive``).
-        sources: The passages of the evidence, by citation number.
-        quote: The model's reply when it quoted (before verification).
-        evidence: The evidence block's sentences.
-        gate: The gate's features and probability of answerable, under ``auto``.
-    """
-
-    text: str
-    route: str
-    sources: list[Source] = field(default_factory=list)
-    quote: str | None = None
-    evidence: list[EvidenceLine] = field(default_factory=list)
-    gate: dict | None = None
-    confidence: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
-    seconds: float = 0.0
-    trimmed_turns: int = 0  # earlier turns dropped to fit the context budget
-    # What the answer was made from (the plan and the model's raw result), so eval can
-    # apply a newly calibrated gate or reader weight without generating again.
-    reading: object = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict:
-        data = asdict(replace(self, reading=None))
-        del data["reading"]
-        return data
 
 
 def calibration_path(domain: Domain) -> Path:
@@ -143,37 +81,6 @@ def load_calibration(domain: Domain) -> tuple[Gate, float]:
     data = json.loads(path.read_text()) if path.is_file() else {}
     gate = Gate.from_dict(data["gate"]) if "gate" in data else Gate()
     return gate, float(data.get("reader_weight", DEFAULT_READER_WEIGHT))
-
-
-class PendingAnswer:
-    """An answer being generated; ``result()`` waits for it, ``cancel()`` gives it up.
-
-    ``future`` is the generation's own future (None when no model is needed): a server
-    awaits it without holding a thread, then calls ``result()``, which no longer waits.
-    """
-
-    def __init__(
-        self,
-        finish: Callable[[GenResult | None], Answer],
-        future: Future | None,
-        request: GenRequest | None = None,
-    ):
-        self._finish, self.future, self._request = finish, future, request
-        self._answer: Answer | None = None
-
-    def result(self, timeout: float | None = None) -> Answer:
-        if self._answer is None:
-            result = self.future.result(timeout) if self.future is not None else None
-            self._answer = self._finish(result)
-        return self._answer
-
-    def cancel(self) -> None:
-        """The caller has gone: drop the request from the queue, or stop its generation at
-        the next decoding step."""
-        if self._request is not None:
-            self._request.cancelled.set()
-        if self.future is not None:
-            self.future.cancel()
 
 
 @dataclass
@@ -352,7 +259,7 @@ class Assistant:
         # A generated reply that refuses (a backend that cannot score) is the model's own
         # decision; scored refusal probabilities go through the gate instead.
         refused = not result.choice_logprobs and refusal == 1.0
-        answer = _evidence_answer(evidence, self.settings.answer_words)
+        answer = evidence_answer(evidence, self.settings.answer_words)
         answer.reading = (plan, result)
         answer.quote = quote_reply(sentence.text) if sentence is not None else result.text or None
         answer.confidence = result.confidence
@@ -419,7 +326,7 @@ class Assistant:
 
         def finish(_: None) -> Answer:
             if evidence.sentences:
-                answer = _evidence_answer(evidence, self.settings.answer_words)
+                answer = evidence_answer(evidence, self.settings.answer_words)
             else:
                 answer = Answer(self.config.refusal, "refusal")
             answer.seconds = time.perf_counter() - started
@@ -436,7 +343,7 @@ class Assistant:
         prompt = self._fit(
             history, lambda h: context_question(question, [x.chunk for x in h]), hits, max_tokens
         )
-        sources = [_hit_source(i, h) for i, h in enumerate(prompt.hits, start=1)]
+        sources = [Source.of(i, h.chunk, h.dense_score) for i, h in enumerate(prompt.hits, start=1)]
         return self._generate(prompt, "rag", sources, max_tokens, sampling, on_text, started)
 
     def _closed(self, question, history, max_tokens, sampling, on_text, started) -> PendingAnswer:
@@ -507,52 +414,6 @@ class Assistant:
             plan.prompt, max_tokens, sampling.temperature, on_text, seed=sampling.seed
         )
         return PendingAnswer(finish, self.scheduler.submit(request), request)
-
-
-def _evidence_answer(evidence, answer_words: int) -> Answer:
-    """The answer without the model: the best evidence sentence, composed and cited."""
-    return Answer(
-        text=evidence.answer_from(evidence.best(), answer_words),
-        route="evidence",
-        sources=_sources(evidence),
-        evidence=[
-            EvidenceLine(s.number, s.text, s.chunk.source, s.start, s.end, s.score)
-            for s in evidence.sentences
-        ],
-    )
-
-
-def _sources(evidence) -> list[Source]:
-    best: dict[str, float] = {}
-    for s in evidence.sentences:
-        best[s.chunk.id] = max(best.get(s.chunk.id, 0.0), s.score)
-    return [
-        Source(
-            number=n,
-            document=chunk.source,
-            title=chunk.title,
-            heading=" > ".join(chunk.headings),
-            chunk_id=chunk.id,
-            score=round(best.get(chunk.id, 0.0), 4),
-            page=chunk.page,
-            text=chunk.text,
-        )
-        for n, chunk in enumerate(evidence.passages, start=1)
-    ]
-
-
-def _hit_source(number: int, hit) -> Source:
-    chunk = hit.chunk
-    return Source(
-        number=number,
-        document=chunk.source,
-        title=chunk.title,
-        heading=" > ".join(chunk.headings),
-        chunk_id=chunk.id,
-        score=round(float(hit.dense_score), 4),
-        page=chunk.page,
-        text=chunk.text,
-    )
 
 
 def _softmax(values: list[float]) -> list[float]:

@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from domainkit.runtime.assistant import Answer, ConversationError
+from domainkit.runtime.answers import Answer, ConversationError
 from domainkit.runtime.generation import BackendError
 
 

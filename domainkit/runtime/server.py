@@ -38,7 +38,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domainkit.runtime import openai_api as api
-from domainkit.runtime.assistant import Answer, Assistant, ConversationError
+from domainkit.runtime.answers import Answer, ConversationError
+from domainkit.runtime.assistant import Assistant
 from domainkit.runtime.generation import BackendError, BusyError
 from domainkit.runtime.openai_api import APIError, ServerLimits, StopScanner
 
