@@ -105,21 +105,29 @@ def counts(domain: Domain, limits: Limits) -> Counts:
 
 
 def _ingest(domain: Domain, limits: Limits, progress) -> dict:
-    from domainkit.retrieval.store import source_hashes
+    """Read the documents once (loaders, normalization, the untrusted-file checks) and keep
+    them for the index stage."""
+    from domainkit.ingest import load_documents
 
     if not domain.docs_dir.is_dir():
         raise DomainkitError(f"{domain.docs_dir}: no documents folder")
-    files = source_hashes(domain)
-    if not files:
-        raise DomainkitError(f"{domain.docs_dir}: no supported documents")
-    return {"files": len(files)}
+    result = load_documents(domain.docs_dir, domain.config.ingest, progress=progress)
+    result.save(domain.layout.ingested)
+    return {
+        "files": result.files_read,
+        "documents": len(result.documents),
+        "skipped_files": len(result.skipped),
+    }
 
 
 def _index(domain: Domain, limits: Limits, progress) -> dict:
+    from domainkit.ingest import IngestResult
     from domainkit.retrieval import build_index
     from domainkit.retrieval.embedders import make_embedder
 
-    r = build_index(domain, make_embedder(domain.config.retrieval), progress=progress)
+    ingested = IngestResult.load(domain.layout.ingested)
+    embedder = make_embedder(domain.config.retrieval)
+    r = build_index(domain, embedder, progress=progress, ingested=ingested)
     return {
         "documents": r.documents,
         "chunks": r.chunks,
@@ -281,7 +289,7 @@ PIPELINE = (
         "ingest",
         ("ingest",),
         _source_files,
-        lambda layout: True,  # it writes nothing: it checks and fingerprints the documents
+        lambda layout: layout.ingested.is_file(),
         _ingest,
         lambda domain, c: (f"{c.files} files, {c.mb:.1f} MB", 1.0),
     ),

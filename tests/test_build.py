@@ -209,6 +209,30 @@ def test_changes_rerun_only_what_depends_on_them(buildable):
     assert [s["action"] for s in report.stages[2:]] == ["skip"] * 4
 
 
+def test_the_index_stage_reads_what_the_ingest_stage_read(buildable, monkeypatch):
+    """Ingest is a stage of its own: it reads the documents once, keeps them with the files
+    it skipped and why, and the index stage works from that, not from docs/ again."""
+    from domainkit.ingest import IngestResult, corpus
+
+    (buildable / "docs" / "broken.pdf").write_bytes(b"%PDF-1.4 junk")
+    domain = load_domain(buildable)
+    run_build(domain, until="ingest", progress=False)
+    kept = IngestResult.load(domain.layout.ingested)
+    assert {d.source for d in kept.documents} == set(SUPPORT_DOCS)
+    assert [s.source for s in kept.skipped] == ["broken.pdf"]
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the index stage read docs/ again")
+
+    monkeypatch.setattr(corpus, "load_documents", no_second_read)
+    monkeypatch.setattr("domainkit.ingest.load_documents", no_second_read)
+    monkeypatch.setattr("domainkit.retrieval.store.load_documents", no_second_read)
+    report = run_build(domain, until="index", progress=False)
+    index = next(s for s in report.stages if s["stage"] == "index")
+    assert index["action"] == "run" and index["summary"]["skipped_files"] == 1
+    assert index["summary"]["documents"] == len(kept.documents)
+
+
 def test_from_and_until(buildable):
     domain = load_domain(buildable)
     run_build(domain, limit=12, until="synth", progress=False)

@@ -151,6 +151,11 @@ class Layout:
     root: Path  # the build folder, BUILD
 
     @property
+    def ingested(self) -> Path:
+        """The documents as read by the ingest stage (``IngestResult.save``)."""
+        return self.root / "ingest" / "documents.jsonl"
+
+    @property
     def index(self) -> Path:
         return self.root / "index"
 

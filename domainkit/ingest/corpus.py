@@ -6,7 +6,7 @@ import contextlib
 import logging
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -15,6 +15,7 @@ from domainkit.config.schema import IngestConfig
 from domainkit.errors import IngestError, UnknownNameError
 from domainkit.ingest.document import Document
 from domainkit.ingest.loaders import LOADERS, LoadError
+from domainkit.utils.atomic import atomic_write_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,21 @@ class IngestResult:
     documents: list[Document] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     files_read: int = 0
+
+    def save(self, path: Path) -> None:
+        """Write the result as JSON lines (its counts and skips first, then each
+        document), atomically: the build's ingest stage hands it to the index stage."""
+        head = {"files_read": self.files_read, "skipped": [asdict(s) for s in self.skipped]}
+        atomic_write_jsonl(path, [head, *(asdict(d) for d in self.documents)])
+
+    @classmethod
+    def load(cls, path: Path) -> IngestResult:
+        head, *documents = read_jsonl(path)
+        return cls(
+            documents=[Document(**d) for d in documents],
+            skipped=[SkippedFile(**s) for s in head["skipped"]],
+            files_read=head["files_read"],
+        )
 
 
 def list_files(docs_dir: Path, settings: IngestConfig) -> list[Path]:

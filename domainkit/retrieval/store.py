@@ -21,7 +21,7 @@ import numpy as np
 from domainkit import __version__
 from domainkit.config.loading import Domain
 from domainkit.errors import IndexStoreError
-from domainkit.ingest import Chunk, Chunker, SkippedFile, load_documents
+from domainkit.ingest import Chunk, Chunker, IngestResult, SkippedFile, load_documents
 from domainkit.ingest.corpus import list_files
 from domainkit.retrieval.bm25 import BM25Index
 from domainkit.retrieval.dense import build_faiss, index_kind, load_faiss, save_faiss
@@ -126,15 +126,22 @@ def fingerprint(files: dict[str, str], domain: Domain, embedder: Embedder) -> st
 
 
 def build_index(
-    domain: Domain, embedder: Embedder, *, force: bool = False, progress: bool = True
+    domain: Domain,
+    embedder: Embedder,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    ingested: IngestResult | None = None,
 ) -> IndexReport:
-    """Ingest, chunk, embed and index a domain's documents, reusing what has not changed.
+    """Chunk, embed and index a domain's documents, reusing what has not changed.
 
     Args:
         domain: The domain to index.
         embedder: Embedder for chunks (and, via its tokenizer, chunk sizes).
         force: Rebuild even when the fingerprint matches the live index.
         progress: Show progress bars.
+        ingested: The documents as the build's ingest stage read them; by default they
+            are read here.
     """
     started = time.perf_counter()
     index_dir = domain.index_dir
@@ -153,7 +160,8 @@ def build_index(
                 index_type=manifest["index"]["type"],
             )
 
-    ingested = load_documents(domain.docs_dir, domain.config.ingest, progress=progress)
+    if ingested is None:
+        ingested = load_documents(domain.docs_dir, domain.config.ingest, progress=progress)
     chunks = Chunker(embedder.count_tokens, domain.config.chunking).chunk_all(ingested.documents)
     if not chunks:
         raise IndexStoreError(f"{domain.docs_dir}: documents were read but gave no chunks")
