@@ -179,6 +179,41 @@ def new_ids() -> tuple[str, int]:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
 
+class ChunkStream:
+    """The server-sent events of one streamed completion, as OpenAI sends them."""
+
+    DONE = "data: [DONE]\n\n"
+
+    def __init__(self, model_name: str):
+        self.ident, self.created = new_ids()
+        self.model_name = model_name
+
+    def delta(self, delta: dict, finish: str | None = None, **extra) -> str:
+        """A chunk of the one choice: new text (or the role), and how it finished."""
+        return self._event([{"index": 0, "delta": delta, "finish_reason": finish}], **extra)
+
+    def usage(self, answer: Answer) -> str:
+        """OpenAI's last chunk when the client asks for usage: no choices, the usage."""
+        return self._event([], usage=usage(answer))
+
+    @staticmethod
+    def error(error: Exception) -> str:
+        """A failure after the response has started, reported in-band as OpenAI does."""
+        body = {"error": {"message": public_message(error), "type": "server_error"}}
+        return f"data: {json.dumps(body)}\n\n"
+
+    def _event(self, choices: list, **extra) -> str:
+        body = {
+            "id": self.ident,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model_name,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+
 class StopScanner:
     """Cuts streamed text at the first of a client's stop sequences. Text that could be
     the start of a stop sequence is held back until the next piece shows it is not."""

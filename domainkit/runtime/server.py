@@ -94,41 +94,18 @@ def create_app(
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    page = resources.files("domainkit.runtime").joinpath("static/index.html").read_text("utf-8")
-
     chat = _ChatEndpoint(assistant, model_name, keys, limits, metrics)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await chat(request)
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, e: APIError):
-        return api.error_response(e)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException):
-        return api.error_response(APIError(e.status_code, str(e.detail), "invalid_request_error"))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, e: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return api.error_response(APIError(500, "internal server error", "server_error"))
+    _add_error_handlers(app)
+    page = _chat_page(model_name, bool(keys), assistant.settings.client_policies)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        filled = (
-            page.replace("{{MODEL_JSON}}", json.dumps(model_name))
-            .replace("{{MODEL}}", html.escape(model_name))
-            .replace("{{KEYS}}", "true" if keys else "false")
-            .replace(
-                "{{POLICY_OPTIONS}}",
-                "".join(
-                    f"<option>{html.escape(p)}</option>" for p in assistant.settings.client_policies
-                ),
-            )
-        )
-        return HTMLResponse(filled)
+        return HTMLResponse(page)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -159,6 +136,35 @@ def create_app(
         }
 
     return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's error body; nothing internal in a 500."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError):
+        return api.error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        return api.error_response(APIError(e.status_code, str(e.detail), "invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return api.error_response(APIError(500, "internal server error", "server_error"))
+
+
+def _chat_page(model_name: str, keys: bool, policies: list[str]) -> str:
+    """The web chat page for this model (names escaped; the key field shown when needed)."""
+    page = resources.files("domainkit.runtime").joinpath("static/index.html").read_text("utf-8")
+    options = "".join(f"<option>{html.escape(p)}</option>" for p in policies)
+    return (
+        page.replace("{{MODEL_JSON}}", json.dumps(model_name))
+        .replace("{{MODEL}}", html.escape(model_name))
+        .replace("{{KEYS}}", "true" if keys else "false")
+        .replace("{{POLICY_OPTIONS}}", options)
+    )
 
 
 def _busy(assistant: Assistant, message: str) -> APIError:
@@ -285,45 +291,17 @@ class _ChatEndpoint:
         return response
 
     async def _stream(self, request: Request, messages, options, disclaimer, stops, include_usage):
-        loop = asyncio.get_running_loop()
-        loop_thread = threading.get_ident()
-        pieces: asyncio.Queue = asyncio.Queue()
-        started = time.perf_counter()
-        first_token: list[float] = []
-
-        def on_text(text: str) -> None:
-            if not first_token:
-                first_token.append(time.perf_counter() - started)
-            if threading.get_ident() == loop_thread:  # a checked answer, finished in the loop
-                pieces.put_nowait(text)
-            else:
-                loop.call_soon_threadsafe(pieces.put_nowait, text)
-
+        pipe = _TextPipe(asyncio.get_running_loop())
         # Planning and queueing happen before the response starts, so "busy" and bad
         # conversations still get their status codes.
         pending = await asyncio.to_thread(
-            self.assistant.submit, messages, on_text=on_text, **options
+            self.assistant.submit, messages, on_text=pipe.put, **options
         )
         if pending.future is not None:
-            generated = asyncio.wrap_future(pending.future)
+            asyncio.wrap_future(pending.future).add_done_callback(pipe.close)
         else:
-            generated = loop.create_future()
-            generated.set_result(None)
-        generated.add_done_callback(lambda _: pieces.put_nowait(None))
-        ident, created = api.new_ids()
-
-        def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
-            body = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": self.model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            body.update(extra or {})
-            return f"data: {json.dumps(body)}\n\n"
-
-        scanner = StopScanner(stops)
+            pipe.close()
+        sse, scanner = api.ChunkStream(self.model_name), StopScanner(stops)
 
         def content(text: str):
             """The text up to a stop sequence; once one is seen the generation stops."""
@@ -333,45 +311,35 @@ class _ChatEndpoint:
             if scanner.stopped:
                 pending.cancel()  # the row stops at its next decoding step
             if shown:
-                yield chunk({"content": shown})
+                yield sse.delta({"content": shown})
 
         async def events():
             finished = False
             try:
-                yield chunk({"role": "assistant", "content": ""})
-                while (text := await pieces.get()) is not None:
+                yield sse.delta({"role": "assistant", "content": ""})
+                while (text := await pipe.queue.get()) is not None:
                     for event in content(text):
                         yield event
                 try:
                     answer = pending.result()
                 except Exception as e:  # already streaming: report in-band, as OpenAI does
                     log.error("generation failed while streaming: %s", e)
-                    error = {"message": api.public_message(e), "type": "server_error"}
                     self.metrics.failed(500)
                     finished = True
-                    yield f"data: {json.dumps({'error': error})}\n\n"
+                    yield sse.error(e)
                     return
-                while not pieces.empty():  # text queued after the result was ready
-                    if (text := pieces.get_nowait()) is not None:
-                        for event in content(text):
-                            yield event
+                for text in pipe.rest():  # text queued after the result was ready
+                    for event in content(text):
+                        yield event
                 if rest := scanner.flush():
-                    yield chunk({"content": rest})
-                self.metrics.answered(answer, started, first_token[0] if first_token else None)
+                    yield sse.delta({"content": rest})
+                self.metrics.answered(answer, pipe.started, pipe.first_token)
                 finish = "stop" if scanner.stopped else answer.finish_reason
                 finished = True
-                yield chunk({}, finish, {"domainkit": api.extra_fields(answer, disclaimer)})
-                if include_usage:  # OpenAI's last chunk: no choices, the request's usage
-                    body = {
-                        "id": ident,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": self.model_name,
-                        "choices": [],
-                        "usage": api.usage(answer),
-                    }
-                    yield f"data: {json.dumps(body)}\n\n"
-                yield "data: [DONE]\n\n"
+                yield sse.delta({}, finish, domainkit=api.extra_fields(answer, disclaimer))
+                if include_usage:
+                    yield sse.usage(answer)
+                yield sse.DONE
             finally:
                 if not finished:  # the client went away mid-answer
                     pending.cancel()
@@ -383,6 +351,36 @@ class _ChatEndpoint:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+class _TextPipe:
+    """Streamed text from the generating thread (or, for a checked answer, the event loop
+    itself) to the response; ``None`` marks the end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.loop_thread = loop, threading.get_ident()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.started = time.perf_counter()
+        self.first_token: float | None = None  # seconds to the first text
+
+    def put(self, text: str) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter() - self.started
+        if threading.get_ident() == self.loop_thread:
+            self.queue.put_nowait(text)
+        else:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
+
+    def close(self, _future=None) -> None:
+        self.queue.put_nowait(None)
+
+    def rest(self) -> list[str]:
+        """What is still queued."""
+        pieces = []
+        while not self.queue.empty():
+            if (text := self.queue.get_nowait()) is not None:
+                pieces.append(text)
+        return pieces
 
 
 @contextlib.contextmanager
