@@ -169,7 +169,25 @@ def build_index(
     vectors, embedded = _embed_with_cache(chunks, embedder, cache, progress)
     dense = build_faiss(vectors, domain.config.retrieval.index_type)
     bm25 = BM25Index.build([c.embed_text for c in chunks])
-    manifest = {
+    manifest = _manifest(domain, stamp, embedder, vectors, dense, files, ingested, chunks)
+    version = _write_version(index_dir, stamp, chunks, vectors, dense, bm25, manifest)
+    return IndexReport(
+        path=version,
+        up_to_date=False,
+        documents=len(ingested.documents),
+        files_read=ingested.files_read,
+        chunks=len(chunks),
+        embedded=embedded,
+        reused=len(chunks) - embedded,
+        index_type=manifest["index"]["type"],
+        seconds=time.perf_counter() - started,
+        skipped=ingested.skipped,
+    )
+
+
+def _manifest(domain, stamp, embedder, vectors, dense, files, ingested, chunks) -> dict:
+    """What a version holds and was built from (its ``manifest.json``)."""
+    return {
         "format": FORMAT_VERSION,
         "domainkit": __version__,
         "fingerprint": stamp,
@@ -186,19 +204,6 @@ def build_index(
         "files": files,
         "skipped": [{"source": s.source, "reason": s.reason} for s in ingested.skipped],
     }
-    version = _write_version(index_dir, stamp, chunks, vectors, dense, bm25, manifest)
-    return IndexReport(
-        path=version,
-        up_to_date=False,
-        documents=len(ingested.documents),
-        files_read=ingested.files_read,
-        chunks=len(chunks),
-        embedded=embedded,
-        reused=len(chunks) - embedded,
-        index_type=manifest["index"]["type"],
-        seconds=time.perf_counter() - started,
-        skipped=ingested.skipped,
-    )
 
 
 def _reusable_vectors(previous: Path | None, embedder_id: str) -> dict[str, np.ndarray]:

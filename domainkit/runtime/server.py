@@ -41,6 +41,7 @@ from domainkit.runtime import openai_api as api
 from domainkit.runtime.answers import Answer, ConversationError
 from domainkit.runtime.assistant import Assistant
 from domainkit.runtime.generation import BackendError, BusyError
+from domainkit.runtime.metrics import ServerMetrics
 from domainkit.runtime.openai_api import APIError, ServerLimits, StopScanner
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def create_app(
     """
     limits = limits or ServerLimits()
     keys = sorted(api_keys or ())
-    metrics = _Metrics(CollectorRegistry(), assistant)
+    metrics = ServerMetrics(CollectorRegistry(), assistant)
     app = FastAPI(
         title=f"domainkit: {model_name}",
         docs_url=None,
@@ -405,43 +406,6 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0):
     finally:
         server.should_exit = True
         thread.join(10)
-
-
-class _Metrics:
-    def __init__(self, registry, assistant: Assistant):
-        from prometheus_client import Counter, Gauge, Histogram
-
-        self.registry = registry
-        self.requests = Counter(
-            "domainkit_requests", "Chat requests by HTTP status", ["status"], registry=registry
-        )
-        self.routes = Counter(
-            "domainkit_answers",
-            "Answers by route (answer, evidence, refusal, closed, rag)",
-            ["route"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "domainkit_request_seconds", "Time to the complete answer", registry=registry
-        )
-        self.first_token = Histogram(
-            "domainkit_first_token_seconds", "Time to the first streamed text", registry=registry
-        )
-        self.tokens = Counter("domainkit_tokens", "Tokens processed", ["kind"], registry=registry)
-        waiting = Gauge("domainkit_queue_waiting", "Requests waiting", registry=registry)
-        waiting.set_function(lambda: assistant.scheduler.waiting)
-
-    def answered(self, answer: Answer, started: float, first_token: float | None = None) -> None:
-        self.requests.labels("200").inc()
-        self.routes.labels(answer.route).inc()
-        self.latency.observe(time.perf_counter() - started)
-        if first_token is not None:
-            self.first_token.observe(first_token)
-        self.tokens.labels("prompt").inc(answer.prompt_tokens)
-        self.tokens.labels("completion").inc(answer.completion_tokens)
-
-    def failed(self, status: int) -> None:
-        self.requests.labels(str(status)).inc()
 
 
 __all__ = ["ServerLimits", "create_app", "load_api_keys", "serve_in_thread"]
