@@ -841,6 +841,32 @@ def test_openai_backend_errors_stay_with_their_own_request(monkeypatch):
         jobs[1].result(10)
 
 
+def test_a_runtime_endpoint_that_fails_says_what_to_check_as_the_teacher_does(monkeypatch):
+    """The runtime's and the teacher's endpoints share one client and one wording of
+    failures: an unreachable server, a refused key."""
+    import httpx
+    import openai
+
+    from domainkit.runtime.generation import BackendError, GenRequest
+    from domainkit.runtime.openai_backend import OpenAIGenerator
+
+    monkeypatch.setenv("MY_KEY", "k")
+    generator = OpenAIGenerator(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="MY_KEY")
+    request = GenRequest([{"role": "user", "content": "hi"}], 8)
+    unreachable = generator.generate([request])[0]
+    assert isinstance(unreachable, BackendError)
+    assert "cannot reach the runtime endpoint http://127.0.0.1:9/v1" in str(unreachable)
+    assert "is the server running" in str(unreachable)
+
+    def refused(**kwargs):
+        response = httpx.Response(401, request=httpx.Request("POST", "http://127.0.0.1:9"))
+        raise openai.AuthenticationError("bad key", response=response, body=None)
+
+    monkeypatch.setattr(generator.client.chat.completions, "create", refused)
+    [failure] = generator.generate([request])
+    assert "rejected the API key; set $MY_KEY" in str(failure)
+
+
 def test_a_cancelled_row_of_the_local_backend_stops_at_the_next_step(assistant):
     from domainkit.runtime.generation import GenRequest
 

@@ -5,14 +5,16 @@ Ollama ...), one request per call, a request's error failing that request only.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 from domainkit.prompting import Message
 from domainkit.runtime.generation import GENERATORS, BackendError, GenRequest, GenResult
-from domainkit.utils.endpoints import check_endpoint
+from domainkit.utils.endpoints import endpoint_failure, openai_client
 
 log = logging.getLogger(__name__)
+
+
+RETRIES = 2  # the client's own, with backoff, for 408/409/429/5xx and timeouts
 
 
 @GENERATORS.register("openai")
@@ -37,17 +39,11 @@ class OpenAIGenerator:
         tokenizer_model: str | None = None,
         **_,
     ):
-        import openai
-
         if not base_url:
             raise BackendError("runtime.backend is openai but runtime.base_url is not set")
-        check_endpoint(base_url, "runtime.base_url", api_key_env)
-        self.model, self.base_url = model, base_url
-        self.client = openai.OpenAI(
-            base_url=base_url,
-            api_key=os.environ.get(api_key_env) or "no-key",
-            timeout=timeout,
-            max_retries=2,
+        self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
+        self.client = openai_client(
+            base_url, "runtime.base_url", api_key_env, timeout=timeout, max_retries=RETRIES
         )
         self.context_limit = 1 << 30
         self._tokenizer = None
@@ -95,10 +91,13 @@ class OpenAIGenerator:
             )
             self.logprobs = False
             stream = self._create(request)
-        except openai.APIConnectionError as e:
-            raise BackendError(f"cannot reach {self.base_url} ({e.__cause__ or e})") from None
-        except openai.APIStatusError as e:
-            raise BackendError(f"{self.base_url} answered {e.status_code}: {e.message}") from None
+        except openai.OpenAIError as e:
+            failure = endpoint_failure(
+                e, "runtime endpoint", self.client, self.model, self.api_key_env
+            )
+            if failure is None:
+                raise
+            raise BackendError(failure) from None
         parts, logprobs, finish, usage = [], [], "stop", None
         for chunk in stream:
             if request.cancelled.is_set():
