@@ -160,6 +160,24 @@ def indexed_support(support_domain):
     return support_domain
 
 
+def sigkill_when(process, marker: Path, timeout: float = 120) -> None:
+    """SIGKILL ``process`` (a ``Popen`` with ``stderr=PIPE``, text) as soon as ``marker``
+    exists; fail with its stderr if it exits first, or after ``timeout`` seconds."""
+    import signal
+    import subprocess
+
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() < deadline, f"{marker} never appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the killed process did not exit") from None
+
+
 def kill_after(steps: int):
     """An ``on_step`` hook that stops a run after ``steps`` steps, as a kill would."""
 

@@ -19,7 +19,7 @@ from domainkit.eval.items import Item
 from domainkit.eval.scoring import score
 from domainkit.runtime.answers import Answer, Source
 
-from .conftest import SUPPORT_DOCS, kill_after, write_domain
+from .conftest import SUPPORT_DOCS, kill_after, sigkill_when, write_domain
 from .tiny_lm import save_tiny_chat_model
 
 REFUSAL = "I'm sorry, the documents I have do not cover that."
@@ -386,10 +386,8 @@ def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_sam
     """SIGKILL during ``eval`` (its judge is slowed down and killed at its first call, after
     answers were generated): the previous report stays whole, the report files never mix two
     runs, and the next ``eval`` writes the numbers an unbroken run writes."""
-    import signal
     import subprocess
     import sys
-    import time
 
     runner = CliRunner()
     folder, before = _trained_and_evaluated(buildable)
@@ -410,13 +408,7 @@ def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_sam
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
+    sigkill_when(process, marker)
     after = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert after == before, "the last complete report is left as it was"
 
@@ -455,10 +447,8 @@ def test_a_bundle_killed_with_sigkill_keeps_the_last_bundle_and_reruns_to_the_sa
     """SIGKILL while the bundle is being copied (after its adapter, before its index): the
     previous bundle stays whole, and the next ``build`` writes the bundle an unbroken run
     writes, with no leftovers."""
-    import signal
     import subprocess
     import sys
-    import time
 
     runner = CliRunner()
     built = runner.invoke(app, ["build", str(buildable), "--limit", "12"])
@@ -490,13 +480,7 @@ def test_a_bundle_killed_with_sigkill_keeps_the_last_bundle_and_reruns_to_the_sa
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
+    sigkill_when(process, marker)
     assert _bundle_files(bundle) == before, "the last complete bundle is left as it was"
     assert [p.name for p in bundle.parent.glob(".bundle.*.tmp")], "killed mid-copy"
 
