@@ -31,6 +31,9 @@ INSTRUCTION = (
     "Quote the evidence line that answers the question. "
     "If no line answers it, say that the documents do not cover it."
 )
+# The prompt format's own block markers: a model that writes one has finished its answer and
+# started imitating the prompt (small models do), so its reply ends there.
+STOP_MARKERS = ("\nQuestion:", "\nPassages:")
 
 
 def readable(text: str) -> str:

@@ -70,6 +70,11 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; available: {', '.join(self.names()) or 'none'}"
             ) from None
 
+    def failure(self, name: str) -> str | None:
+        """Why the plug-in of that name failed to load, if it did."""
+        self._load_plugins()
+        return self._broken.get(name.lower())
+
     def __contains__(self, name: str) -> bool:
         self._load_plugins()
         return name.lower() in self._items

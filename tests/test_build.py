@@ -512,13 +512,13 @@ def test_a_crash_while_the_report_is_written_leaves_the_previous_report_whole(
 def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies(
     buildable, monkeypatch
 ):
+    from domainkit.backends.local import LocalBackend
     from domainkit.eval.runner import run_eval
-    from domainkit.runtime.local_backend import LocalGenerator
 
     runner = CliRunner()
     built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
     assert built.exit_code == 0, built.output
-    real = LocalGenerator.generate
+    real = LocalBackend.generate
     asked: list[int] = []
 
     def counting(self, requests):
@@ -527,7 +527,7 @@ def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies
         asked.append(len(requests))
         return real(self, requests)
 
-    monkeypatch.setattr(LocalGenerator, "generate", counting)
+    monkeypatch.setattr(LocalBackend, "generate", counting)
     kill_at = None
     whole = run_eval(load_domain(buildable), progress=False)
     unbroken = sum(asked)

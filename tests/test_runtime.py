@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from domainkit.backends import GenRequest, GenResult
 from domainkit.config import load_domain
 from domainkit.retrieval import build_index
 from domainkit.runtime import Assistant
 from domainkit.runtime.gate import Gate
-from domainkit.runtime.generation import GenRequest, GenResult, Scheduler
+from domainkit.runtime.scheduler import Scheduler
 from domainkit.runtime.server import ServerLimits, create_app, serve_in_thread
 
 from .conftest import SUPPORT_DOCS, HashEmbedder, write_domain
@@ -587,21 +588,23 @@ def test_cli_chat_keeps_the_conversation_and_shows_sources(runtime_domain):
 def test_a_row_stops_where_the_model_starts_imitating_the_prompt():
     import torch
 
-    from domainkit.runtime.generation import GenRequest
-    from domainkit.runtime.local_backend import _RowStreamer
+    from domainkit.backends import GenRequest
+    from domainkit.backends.local import _RowStreamer
 
     from .tiny_lm import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     pieces: list[str] = []
     request = GenRequest([], max_new_tokens=100, on_text=pieces.append)
-    streamer = _RowStreamer(tokenizer, [request], eos_ids=set())
-    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt
+    teacher = GenRequest([], max_new_tokens=100, stop=())  # a teacher writes "Question:" lines
+    streamer = _RowStreamer(tokenizer, [request, teacher], eos_ids=set())
+    streamer.put(torch.tensor([[1, 2, 3], [1, 2, 3]]))  # the prompt
     for token in tokenizer.encode("Two years.\nQuestion: and returns?\nAnswer"):
-        streamer.put(torch.tensor([token]))
+        streamer.put(torch.tensor([token, token]))
     streamer.end()
-    assert "".join(pieces) == "Two years." and streamer.finished == [True]
+    assert "".join(pieces) == "Two years." and streamer.finished == [True, False]
     assert all("\n" not in p for p in pieces), "the marker's start was held back, not streamed"
+    assert streamer.texts[1] == "Two years.\nQuestion: and returns?\nAnswer"
 
 
 def test_requests_a_web_page_could_forge_are_refused(fake):
@@ -646,7 +649,7 @@ def test_confidence_is_the_mean_log_probability_of_the_kept_tokens(assistant):
     history), and equal to scoring the same tokens in one forward pass."""
     import torch
 
-    from domainkit.runtime.generation import GenRequest
+    from domainkit.backends import GenRequest
 
     generator = assistant.scheduler.generator
     messages = [{"role": "user", "content": "How long is the warranty?"}]
@@ -819,10 +822,10 @@ def test_the_disclaimer_comes_with_a_conversations_first_answer(support_domain):
 def test_openai_backend_errors_stay_with_their_own_request(monkeypatch):
     import openai
 
-    from domainkit.runtime.generation import GenRequest
-    from domainkit.runtime.openai_backend import OpenAIGenerator
+    from domainkit.backends import GenRequest
+    from domainkit.backends.endpoint import EndpointBackend
 
-    generator = OpenAIGenerator(model="m", base_url="http://127.0.0.1:9/v1")
+    generator = EndpointBackend(model="m", base_url="http://127.0.0.1:9/v1")
 
     def one(request):
         if "too long" in request.messages[-1]["content"]:
@@ -847,11 +850,11 @@ def test_a_runtime_endpoint_that_fails_says_what_to_check_as_the_teacher_does(mo
     import httpx
     import openai
 
-    from domainkit.runtime.generation import BackendError, GenRequest
-    from domainkit.runtime.openai_backend import OpenAIGenerator
+    from domainkit.backends import BackendError, GenRequest
+    from domainkit.backends.endpoint import EndpointBackend
 
     monkeypatch.setenv("MY_KEY", "k")
-    generator = OpenAIGenerator(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="MY_KEY")
+    generator = EndpointBackend(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="MY_KEY")
     request = GenRequest([{"role": "user", "content": "hi"}], 8)
     unreachable = generator.generate([request])[0]
     assert isinstance(unreachable, BackendError)
@@ -868,7 +871,7 @@ def test_a_runtime_endpoint_that_fails_says_what_to_check_as_the_teacher_does(mo
 
 
 def test_a_cancelled_row_of_the_local_backend_stops_at_the_next_step(assistant):
-    from domainkit.runtime.generation import GenRequest
+    from domainkit.backends import GenRequest
 
     generator = assistant.scheduler.generator
     messages = [{"role": "user", "content": "Tell me everything about the Perch."}]
@@ -1009,10 +1012,12 @@ def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkey
     device), and the runtime checks its replies like any other. An unknown name is a clear
     error naming the backends there are."""
     from domainkit import registry
+    from domainkit.backends import base
+    from domainkit.config.schema import TeacherConfig
     from domainkit.errors import UnknownNameError
     from domainkit.prompting import quote_reply
     from domainkit.registry import Registry
-    from domainkit.runtime import generation
+    from domainkit.synth.teachers import Sampling, make_teacher
 
     class QuotingBackend:
         """Replies with the first line of the evidence block, as a quote."""
@@ -1023,6 +1028,11 @@ def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkey
         @classmethod
         def from_runtime(cls, settings, *, student, adapter, device, name):
             cls.built = {"student": student, "adapter": adapter, "device": device, "name": name}
+            return cls()
+
+        @classmethod
+        def from_teacher(cls, settings):
+            cls.built = {"teacher": settings.model}
             return cls()
 
         def count_tokens(self, messages):
@@ -1048,10 +1058,11 @@ def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkey
 
     groups = {"domainkit.backends": [_EntryPoint()]}
     monkeypatch.setattr(registry.metadata, "entry_points", lambda group: groups.get(group, []))
-    backends = Registry("runtime backend", "domainkit.backends")
-    backends._items = dict(generation.GENERATORS._items)
-    monkeypatch.setattr(generation, "GENERATORS", backends)
-    monkeypatch.setattr("domainkit.runtime.assistant.GENERATORS", backends)
+    backends = Registry("chat backend", "domainkit.backends")
+    backends._items = dict(base.BACKENDS._items)
+    monkeypatch.setattr(base, "BACKENDS", backends)
+    monkeypatch.setattr("domainkit.runtime.assistant.BACKENDS", backends)
+    monkeypatch.setattr("domainkit.synth.teachers.base.BACKENDS", backends)
 
     settings = runtime_domain.config.runtime.model_copy(update={"backend": "quoting"})
     assistant = Assistant.from_domain(runtime_domain, settings=settings, tuned=False)
@@ -1068,3 +1079,13 @@ def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkey
     unknown = runtime_domain.config.runtime.model_copy(update={"backend": "vllm-typo"})
     with pytest.raises(UnknownNameError, match="local, openai, quoting"):
         Assistant.from_domain(runtime_domain, settings=unknown)
+
+    # The same plug-in writes synth data as the teacher, by its name alone.
+    teacher = make_teacher(TeacherConfig(backend="quoting", model="q-1"))
+    conversation = [{"role": "user", "content": "Evidence:\n[1] Doc\nA line.\n\nQuestion: ?"}]
+    assert teacher.generate([conversation], Sampling()) == ["Quote: A line."]
+    assert QuotingBackend.built == {"teacher": "q-1"} and teacher.id == "quoting:q-1"
+    with pytest.raises(
+        UnknownNameError, match="teacher .vllm-typo.; available: hf, local, openai, quoting"
+    ):
+        make_teacher(TeacherConfig(backend="vllm-typo"))

@@ -190,6 +190,20 @@ def test_hf_teacher_batches_give_the_same_text_as_one_at_a_time(tiny_model):
     assert replies == single.generate(conversations, sampling)
 
 
+def test_hf_teacher_samples_a_conversation_the_same_way_whatever_its_batch(tiny_model):
+    """The local teacher is the runtime's ``local`` backend: each conversation sampled by a
+    seed of its own (from the sampling seed and its text), so a resumed or re-batched run
+    gives the same reply, while another sampling seed gives other replies."""
+    conversations = [[{"role": "user", "content": f"Tell me about item {i}"}] for i in range(4)]
+    sampling = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=12, seed=3)
+    teacher = make_teacher(TeacherConfig(model=str(tiny_model), batch_size=4))
+    together = teacher.generate(conversations, sampling)
+    apart = [teacher.generate([c], sampling)[0] for c in reversed(conversations)][::-1]
+    assert together == apart and len(set(together)) > 1
+    other = teacher.generate(conversations, Sampling(**{**sampling.__dict__, "seed": 4}))
+    assert other != together
+
+
 def test_a_reply_that_is_not_a_chat_completion_is_a_clear_error(endpoint):
     endpoint.raw_reply = "<html>Welcome to nginx!</html>"
     with pytest.raises(TeacherError, match="something other than a chat completion"):
@@ -219,17 +233,17 @@ def test_empty_replies_are_not_cached(tmp_path):
 
 
 def test_documents_and_keys_go_only_to_hosts_the_user_approved(monkeypatch):
+    from domainkit.backends.endpoint import EndpointBackend
     from domainkit.errors import ConfigError
-    from domainkit.runtime.openai_backend import OpenAIGenerator
 
     monkeypatch.delenv("DOMAINKIT_APPROVED_HOSTS", raising=False)
     with pytest.raises(ConfigError, match=r"evil\.example.*DOMAINKIT_APPROVED_HOSTS=evil\.example"):
         _teacher("https://evil.example/v1")
     with pytest.raises(ConfigError, match="runtime.base_url points at evil.example"):
-        OpenAIGenerator(model="m", base_url="http://evil.example:8000/v1")
+        EndpointBackend(model="m", base_url="http://evil.example:8000/v1")
     for trusted in ("http://127.0.0.1:8000/v1", "http://localhost:11434/v1", None):
         _teacher(trusted)  # loopback servers and OpenAI itself need no approval
     with pytest.raises(ConfigError, match="must use https"):
         _teacher("http://api.openai.com/v1")
     monkeypatch.setenv("DOMAINKIT_APPROVED_HOSTS", "gpu-box.lan, evil.example")
-    assert _teacher("https://evil.example/v1").base_url == "https://evil.example/v1"
+    assert _teacher("https://evil.example/v1").id == "openai:https://evil.example/v1:tiny"

@@ -133,7 +133,11 @@ class EvidenceConfig(_Section):
 class TeacherConfig(_Section):
     """The model that writes the synthetic data."""
 
-    backend: str = Field("hf", description="Teacher backend by name: hf (local) or openai.")
+    backend: str = Field(
+        "hf",
+        description="Teacher by name: hf (transformers in this process), openai (an "
+        "OpenAI-compatible endpoint), or a teacher or chat backend plug-in's name.",
+    )
     model: str = Field(
         "SmolLM2-135M-Instruct",
         description="Model: embedded name, hub id or path (hf), or the endpoint's model name.",

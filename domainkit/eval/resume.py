@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from domainkit.runtime.generation import GenRequest, GenResult
+from domainkit.backends.base import GenRequest, GenResult
 from domainkit.synth.teachers.base import CallCache
 from domainkit.utils.hashing import file_hash, text_hash
 

@@ -17,11 +17,15 @@ JUDGE_SYSTEM = (
 )
 
 
+# The teacher names of a model in this process (by default the embedded 135M model).
+LOCAL_TEACHERS = ("hf", "transformers", "local")
+
+
 def make_judge(domain: Domain):
     """The synth teacher as judge, or None (see ``eval.judge``)."""
     mode = domain.config.eval.judge
     teacher = domain.config.synth.teacher
-    if mode == "off" or (mode == "auto" and teacher.backend == "hf"):
+    if mode == "off" or (mode == "auto" and teacher.backend.lower() in LOCAL_TEACHERS):
         return None
     from domainkit.synth.teachers.base import make_teacher
 

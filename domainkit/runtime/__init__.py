@@ -1,10 +1,7 @@
-"""The deployed assistant: answering policy, generation backends and the HTTP server."""
+"""The deployed assistant: answering policy, the request queue and the HTTP server."""
 
 from domainkit.runtime.answers import Answer, Source
 from domainkit.runtime.assistant import Assistant
-from domainkit.runtime.generation import GENERATORS, BusyError
+from domainkit.runtime.scheduler import BusyError
 
-# The built-in backends register themselves with GENERATORS.
-from domainkit.runtime import local_backend, openai_backend  # noqa: F401, E402  isort: skip
-
-__all__ = ["GENERATORS", "Answer", "Assistant", "BusyError", "Source"]
+__all__ = ["Answer", "Assistant", "BusyError", "Source"]

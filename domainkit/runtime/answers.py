@@ -8,8 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 
+from domainkit.backends.base import GenRequest, GenResult
 from domainkit.errors import DomainkitError
-from domainkit.runtime.generation import GenRequest, GenResult
 
 
 class ConversationError(DomainkitError):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
+from domainkit.backends import BACKENDS, GenRequest, GenResult
 from domainkit.config.loading import Domain
 from domainkit.config.schema import Policy, RuntimeConfig
 from domainkit.prompting import (
@@ -51,7 +52,7 @@ from domainkit.runtime.answers import (
     evidence_answer,
 )
 from domainkit.runtime.gate import Gate, GateFeatures
-from domainkit.runtime.generation import GENERATORS, GenRequest, GenResult, Scheduler
+from domainkit.runtime.scheduler import Scheduler
 from domainkit.runtime.verify import match_quote
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class Assistant:
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             log.warning("no trained adapter in %s; answering with the base model", adapter)
             adapter = None
-        generator = GENERATORS.get(settings.backend).from_runtime(
+        generator = BACKENDS.get(settings.backend).from_runtime(
             settings,
             student=domain.config.train.student_model,
             adapter=adapter,

@@ -37,12 +37,13 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from domainkit.backends import BackendError
 from domainkit.runtime import openai_api as api
 from domainkit.runtime.answers import Answer, ConversationError
 from domainkit.runtime.assistant import Assistant
-from domainkit.runtime.generation import BackendError, BusyError
 from domainkit.runtime.metrics import ServerMetrics
 from domainkit.runtime.openai_api import APIError, ServerLimits, StopScanner
+from domainkit.runtime.scheduler import BusyError
 
 log = logging.getLogger(__name__)
 

@@ -13,28 +13,31 @@ from pathlib import Path
 
 import torch
 
+from domainkit.backends import GenRequest
+from domainkit.backends.local import LocalBackend
 from domainkit.config.schema import TrainConfig
-from domainkit.llm import LoadedLM, generate_batch, render_prompts
+from domainkit.llm import LoadedLM
 from domainkit.synth.sample import Sample
 from domainkit.train.model import Student
 
 log = logging.getLogger(__name__)
+
+REJECTED_BATCH = 16  # prompts answered together for the rejected replies
 
 
 def preference_pairs(student: Student, samples: list[Sample], max_pairs: int) -> list[dict]:
     """(prompt, chosen, rejected) in trl's conversational format."""
     usable = [s for s in samples if s.generator in ("raft", "near_miss", "user")][:max_pairs]
     prompts = [s.messages[:-1] for s in usable]
-    tokenizer = student.tokenizer
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        lm = LoadedLM(student.model, tokenizer, student.device)
-        student.model.eval()
-        with student.model.disable_adapter():
-            rejected = generate_batch(lm, render_prompts(lm, prompts), max_new_tokens=128)
-    finally:
-        tokenizer.padding_side = side
+    backend = LocalBackend(LoadedLM(student.model, student.tokenizer, student.device))
+    student.model.eval()
+    rejected = []
+    with student.model.disable_adapter():
+        for start in range(0, len(prompts), REJECTED_BATCH):
+            requests = [
+                GenRequest(p, max_new_tokens=128) for p in prompts[start : start + REJECTED_BATCH]
+            ]
+            rejected += [result.text for result in backend.generate(requests)]
     pairs = []
     for sample, prompt, answer in zip(usable, prompts, rejected, strict=True):
         chosen = sample.messages[-1]["content"]

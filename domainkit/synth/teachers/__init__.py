@@ -1,9 +1,10 @@
-"""Teachers write the synthetic data; backends register by name in ``TEACHERS``."""
+"""Teachers write the synthetic data: chat backends (``domainkit.backends``) behind a call
+cache; named in ``TEACHERS``, or by any chat backend's name."""
 
-from domainkit.synth.teachers import endpoint as _endpoint  # noqa: F401  (registers "openai")
-from domainkit.synth.teachers import hf as _hf  # noqa: F401  (registers "hf")
+from domainkit.synth.teachers import builtin as _builtin  # noqa: F401  (registers hf, openai)
 from domainkit.synth.teachers.base import (
     TEACHERS,
+    BackendTeacher,
     CachedTeacher,
     CallCache,
     Conversation,
@@ -15,6 +16,7 @@ from domainkit.synth.teachers.base import (
 
 __all__ = [
     "TEACHERS",
+    "BackendTeacher",
     "CachedTeacher",
     "CallCache",
     "Conversation",

@@ -1,4 +1,5 @@
-"""The teacher interface, its registry and the on-disk call cache."""
+"""The teacher interface, its registry, teachers that are chat backends, and the on-disk
+call cache."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
+from domainkit.backends import BACKENDS, BackendError, ChatBackend, GenRequest
 from domainkit.config.schema import TeacherConfig
-from domainkit.errors import DomainkitError
+from domainkit.errors import DomainkitError, UnknownNameError
 from domainkit.registry import Registry
 from domainkit.utils.hashing import text_hash
 
@@ -45,7 +48,65 @@ TEACHERS: Registry[Callable[[TeacherConfig], Teacher]] = Registry("teacher", "do
 
 
 def make_teacher(settings: TeacherConfig) -> Teacher:
-    return TEACHERS.get(settings.backend)(settings)
+    """The teacher ``synth.teacher.backend`` names: a registered teacher (``hf``, ``openai``
+    or a plug-in of ``domainkit.teachers``), else any chat backend of that name (a plug-in
+    of ``domainkit.backends`` serves as teacher too, through its ``from_teacher``)."""
+    name = settings.backend
+    if name in TEACHERS or TEACHERS.failure(name):
+        return TEACHERS.get(name)(settings)
+    if name in BACKENDS or BACKENDS.failure(name):
+        backend = BACKENDS.get(name)
+        return BackendTeacher(
+            f"{name}:{settings.model}", settings.batch_size, lambda: backend.from_teacher(settings)
+        )
+    names = sorted(set(TEACHERS.names()) | set(BACKENDS.names()))
+    raise UnknownNameError(f"unknown teacher {name!r}; available: {', '.join(names)}")
+
+
+class BackendTeacher:
+    """A teacher that is a chat backend.
+
+    Args:
+        id: Names backend and model; part of the call cache's key.
+        batch_size: Conversations sent to the backend in one call.
+        backend: Makes the backend, on first use (a local model is loaded only when a
+            reply is not in the cache).
+    """
+
+    def __init__(self, id: str, batch_size: int, backend: Callable[[], ChatBackend]):
+        self.id, self.batch_size, self._make = id, batch_size, backend
+
+    @cached_property
+    def backend(self) -> ChatBackend:
+        return self._make()
+
+    def generate(self, conversations: list[Conversation], sampling: Sampling) -> list[str]:
+        replies: list[str] = []
+        step = max(1, self.batch_size)
+        for start in range(0, len(conversations), step):
+            requests = [_request(c, sampling) for c in conversations[start : start + step]]
+            for result in self.backend.generate(requests):
+                if isinstance(result, BackendError):
+                    raise TeacherError(str(result)) from result
+                if isinstance(result, Exception):
+                    raise result
+                replies.append(result.text)
+        return replies
+
+
+def _request(conversation: Conversation, sampling: Sampling) -> GenRequest:
+    """A teacher call as a backend request: no stop markers (a teacher writes "Question:"
+    lines), and a seed of its own from the sampling seed and the conversation, so that a
+    reply does not depend on what else shares its batch."""
+    seed = int(text_hash(json.dumps([sampling.seed, conversation]), length=8), 16) % 2**31
+    return GenRequest(
+        messages=conversation,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=seed,
+        stop=(),
+    )
 
 
 class CallCache:

@@ -1,9 +1,10 @@
-"""The ``local`` runtime backend: transformers in this process.
+"""The ``local`` backend: transformers in this process.
 
-The adapter (when given) is merged into the base at load. Waiting requests are generated
-together in one left-padded batch, each row with its own sampling settings, streaming each
-row's text as it is produced; requests with ``choices`` are scored instead (the
-log-probability of each choice), one by one.
+Waiting requests are generated together in one left-padded batch, each row with its own
+sampling settings and stop markers, streaming each row's text as it is produced; requests
+with ``choices`` are scored instead (the log-probability of each choice), one by one. The
+runtime loads it with the trained adapter merged into the base; the teacher with the
+teacher model; preference tuning wraps the student it is training (``LocalBackend(lm)``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ import logging
 import threading
 from pathlib import Path
 
+from domainkit.backends.base import BACKENDS, BackendError, GenRequest, GenResult
+from domainkit.llm import LoadedLM
 from domainkit.prompting import Message
-from domainkit.runtime.generation import GENERATORS, BackendError, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
 
 
-@GENERATORS.register("local")
-class LocalGenerator:
-    """transformers in this process; the adapter (when given) is merged into a
-    full-precision copy of the base at load, so answering costs no LoRA overhead."""
+@BACKENDS.register("local")
+class LocalBackend:
+    """A transformers chat model in this process (``lm``: model, tokenizer, device)."""
 
     @classmethod
-    def from_runtime(cls, settings, *, student, adapter, device, name) -> LocalGenerator:
-        return cls(student, adapter, device)
-
-    def __init__(self, model: str, adapter: Path | None = None, device: str = "auto", **_):
+    def load(cls, model: str, adapter: Path | None = None, device: str = "auto") -> LocalBackend:
+        """``model`` (embedded name, hub id or path) on ``device``; the adapter, when given,
+        merged into a full-precision copy of the base, so answering costs no LoRA overhead."""
         from domainkit.llm import load_causal_lm
 
         lm = load_causal_lm(model, device)
@@ -35,6 +35,17 @@ class LocalGenerator:
             from peft import PeftModel
 
             lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
+        return cls(lm)
+
+    @classmethod
+    def from_runtime(cls, settings, *, student, adapter, device, name) -> LocalBackend:
+        return cls.load(student, adapter, device)
+
+    @classmethod
+    def from_teacher(cls, settings) -> LocalBackend:
+        return cls.load(settings.model, None, settings.device)
+
+    def __init__(self, lm: LoadedLM):
         self.lm = lm
         self.tokenizer = lm.tokenizer
         self._tokenizer_lock = threading.Lock()
@@ -209,13 +220,14 @@ class _RowSampler:
     step takes it; greedy rows pass unchanged. Rows need not share a temperature, and a
     seeded row gives the same reply whatever its batch-mates."""
 
-    TOP_K, TOP_P = 50, 0.95
+    TOP_K = 50
 
     def __init__(self, requests: list[GenRequest], device):
         import torch
 
         self.rows = [i for i, r in enumerate(requests) if r.temperature > 0]
         self.temperatures = [requests[i].temperature for i in self.rows]
+        self.top_ps = [requests[i].top_p for i in self.rows]
         self.generators = []
         for i in self.rows:
             generator = torch.Generator(device=device)
@@ -231,23 +243,18 @@ class _RowSampler:
         if not self.rows:
             return scores
         out = scores.clone()
-        for row, temperature, generator in zip(
-            self.rows, self.temperatures, self.generators, strict=True
+        for row, temperature, top_p, generator in zip(
+            self.rows, self.temperatures, self.top_ps, self.generators, strict=True
         ):
             probs = (scores[row].float() / temperature).softmax(-1)
             ordered, order = probs.topk(min(self.TOP_K, probs.shape[-1]))
             ordered = ordered / ordered.sum()
-            beyond = ordered.cumsum(-1) - ordered > self.TOP_P  # keep the smallest head >= P
+            beyond = ordered.cumsum(-1) - ordered > top_p  # keep the smallest head >= P
             ordered[beyond] = 0.0
             pick = order[torch.multinomial(ordered, 1, generator=generator)]
             out[row] = float("-inf")
             out[row, pick] = 0.0
         return out
-
-
-# The prompt format's own block markers: a model that writes one has finished its answer and
-# started imitating the prompt (small models do), so the row stops there.
-STOP_MARKERS = ("\nQuestion:", "\nPassages:")
 
 
 def _cache_argument(model) -> str:
@@ -260,8 +267,9 @@ def _cache_argument(model) -> str:
 
 class _RowStreamer:
     """A transformers streamer for a whole batch: splits each step's tokens by row, stops
-    a row at its end-of-turn token or a prompt marker, and hands each row's new text to its
-    request. Text that may be the start of a marker is held back until it is not."""
+    a row at its end-of-turn token or one of its request's stop markers, and hands each
+    row's new text to its request. Text that may be the start of a marker is held back
+    until it is not."""
 
     def __init__(self, tokenizer, requests: list[GenRequest], eos_ids: set[int]):
         self.tokenizer, self.requests, self.eos_ids = tokenizer, requests, eos_ids
@@ -294,13 +302,13 @@ class _RowStreamer:
 
     def _emit(self, i: int, final: bool) -> None:
         text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True).lstrip()
-        for marker in STOP_MARKERS:
+        for marker in self.requests[i].stop:
             if marker in text:
                 text, self.finished[i] = text[: text.index(marker)], True
         if not final and not self.finished[i]:
             if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
                 return
-            text = text[: len(text) - _marker_prefix(text)]
+            text = text[: len(text) - _marker_prefix(text, self.requests[i].stop)]
         if len(text) <= len(self.texts[i]):
             return
         new, self.texts[i] = text[len(self.texts[i]) :], text
@@ -312,9 +320,9 @@ class _RowStreamer:
             self._emit(i, final=True)
 
 
-def _marker_prefix(text: str) -> int:
+def _marker_prefix(text: str, markers: tuple[str, ...]) -> int:
     """Length of the longest end of ``text`` that begins a stop marker."""
-    for size in range(min(len(text), max(map(len, STOP_MARKERS))), 0, -1):
-        if any(m.startswith(text[-size:]) for m in STOP_MARKERS):
+    for size in range(min(len(text), max(map(len, markers), default=0)), 0, -1):
+        if any(m.startswith(text[-size:]) for m in markers):
             return size
     return 0

@@ -1,0 +1,112 @@
+"""The bounded queue in front of the runtime's chat backend (``domainkit.backends``):
+waiting requests are generated together, and a full queue is refused at once."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from domainkit.backends.base import GenRequest
+from domainkit.errors import DomainkitError
+
+log = logging.getLogger(__name__)
+
+
+class BusyError(DomainkitError):
+    """Too many requests are waiting; the caller should retry later (HTTP 503)."""
+
+
+@dataclass
+class _Job:
+    request: GenRequest
+    future: Future = field(default_factory=Future)
+
+
+class Scheduler:
+    """A bounded queue in front of a generator. One worker thread takes every waiting
+    request (up to the generator's batch size) and generates them as one batch, each row
+    with its own sampling settings; when ``max_queue`` requests are already waiting,
+    ``submit`` raises ``BusyError`` at once instead of letting latency grow without bound.
+    A request whose caller has gone (``GenRequest.cancelled``) is dropped from the queue, or
+    stops within one decoding step when it is already generating.
+    """
+
+    def __init__(self, generator, max_batch: int = 8, max_queue: int = 64):
+        self.generator = generator
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self._running = 0
+        self._worker = threading.Thread(target=self._run, name="domainkit-generate", daemon=True)
+        self._worker.start()
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued, not yet generating."""
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> int:
+        """Requests being generated now."""
+        return self._running
+
+    @property
+    def capacity(self) -> int:
+        return self._queue.maxsize
+
+    def submit(self, request: GenRequest) -> Future:
+        job = _Job(request)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise BusyError(
+                f"the server is busy ({self._queue.maxsize} requests waiting); retry shortly"
+            ) from None
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._generate(jobs)
+
+    def _generate(self, jobs: list[_Job]) -> None:
+        live = []
+        for job in jobs:
+            if job.request.cancelled.is_set():
+                job.future.cancel()
+            if job.future.set_running_or_notify_cancel():
+                live.append(job)
+        if getattr(self.generator, "scores_choices", False):
+            # A backend that scores choices scores one request at a time: in one call with
+            # others, each answer would wait for the whole batch to be scored.
+            for job in [j for j in live if j.request.choices]:
+                self._call([job])
+            live = [j for j in live if not j.request.choices]
+        if live:
+            self._call(live)
+
+    def _call(self, live: list[_Job]) -> None:
+        self._running = len(live)
+        try:
+            results = self.generator.generate([j.request for j in live])
+        # Handed to the callers, whatever it is (a KeyboardInterrupt inside the backend
+        # too: nobody else could catch it in this thread); the worker keeps serving.
+        except BaseException as e:
+            log.exception("generation failed")
+            for job in live:
+                job.future.set_exception(e)
+            return
+        finally:
+            self._running = 0
+        for job, result in zip(live, results, strict=True):
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
