@@ -1,0 +1,195 @@
+"""Settings of the model side of a build: training, the runtime and evaluation (``train``,
+``runtime``, ``eval``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from domainkit.config.base import Section
+
+
+class PretrainConfig(Section):
+    """Optional continued pre-training on the raw chunks before SFT."""
+
+    enabled: bool = Field(False, description="Run causal-LM training on the chunks first.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the chunks.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+
+
+class PreferenceConfig(Section):
+    """Optional preference tuning after SFT (trl)."""
+
+    method: Literal["none", "dpo", "orpo"] = Field(
+        "none", description="dpo or orpo: chosen = grounded answer, rejected = the base model's."
+    )
+    beta: float = Field(0.1, gt=0, description="Strength of the preference term.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the preference pairs.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    max_pairs: int = Field(256, ge=1, description="Questions used for preference pairs.")
+
+
+class TrainConfig(Section):
+    """Fine-tuning of the student model."""
+
+    @model_validator(mode="after")
+    def _peft_names_its_method(self) -> TrainConfig:
+        if self.peft is None:
+            return self
+        if self.method == "full":
+            raise ValueError("train.peft needs method lora or qlora (full trains every weight)")
+        if not isinstance(self.peft.get("peft_type"), str):
+            raise ValueError("train.peft needs a peft_type, e.g. {peft_type: IA3}")
+        return self
+
+    student_model: str = Field(
+        "SmolLM2-135M-Instruct", description="Student model name, hub id or path."
+    )
+    method: Literal["qlora", "lora", "full"] = Field(
+        "qlora", description="qlora: 4-bit NF4 base + LoRA; lora: full-precision base + LoRA."
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank: higher learns more, costs memory.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Layers that get adapters: all-linear or a list of names."
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilized scaling alpha/sqrt(r).")
+    init_lora_weights: Literal["default", "gaussian", "olora", "pissa"] = Field(
+        "default", description="Adapter initialisation (peft): default, gaussian, olora, pissa."
+    )
+    peft: dict[str, Any] | None = Field(
+        None,
+        description="Another peft method by name instead of LoRA, with its settings as peft "
+        "writes them, e.g. {peft_type: IA3} or {peft_type: LOHA, r: 8, target_modules: "
+        "all-linear} (peft.get_peft_config; task_type CAUSAL_LM). The lora_* settings then do "
+        "not apply. Methods that add virtual tokens (prompt, prefix, p-tuning) are refused: "
+        "the runtime merges the adapter into the model. method qlora still loads the base in "
+        "4 bits.",
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Compute precision. auto: bf16 where the hardware runs it natively "
+        "(recent GPUs; CPUs with AVX512-BF16 or AMX), else fp32. Trainable weights stay fp32.",
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warm-up."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    batch_size: int = Field(4, ge=1, description="Sequences (packed rows) per micro-batch.")
+    grad_accum: int = Field(2, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_len: int = Field(1024, ge=32, description="Longer samples are truncated.")
+    packing: bool = Field(
+        False,
+        description="Pack samples into rows of max_seq_len (no cross-sample attention): best "
+        "with GPU variable-length attention. Off: length-grouped batches under batch_tokens.",
+    )
+    batch_tokens: int = Field(
+        4096, ge=64, description="Token budget (with padding) of a length-grouped micro-batch."
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep only each layer's input and recompute the rest in the backward pass: "
+        "a fraction of the activation memory for about a third more compute. auto: on when "
+        "the memory plan says the run would not fit otherwise, or above 2B parameters.",
+    )
+    optimizer: Literal["auto", "adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "auto",
+        description="adamw (torch), or bitsandbytes' 8-bit AdamW (2 bytes of state per "
+        "trainable weight instead of 8; paged: spills to CPU memory under pressure, CUDA "
+        "only). auto: paged_adamw_8bit on CUDA, else adamw unless only 8-bit fits.",
+    )
+    eval_every: int = Field(25, ge=1, description="Validation loss every N optimizer steps.")
+    save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
+    early_stopping_patience: int = Field(
+        3, ge=0, description="Stop after this many evaluations without improvement (0: never)."
+    )
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        [], description="Also log metrics to these, when installed."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or mps.")
+    seed: int = Field(0, description="Seed for data order, dropout and initialisation.")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+
+
+Policy = Literal["auto", "rag", "closed", "naive", "evidence"]
+
+
+class RuntimeConfig(Section):
+    """How the assistant answers at run time."""
+
+    policy: Policy = Field(
+        "auto",
+        description="auto: evidence, the gate, a verified quote or a refusal; rag: the same "
+        "without the gate; closed: no retrieval; naive: whole passages and no checks; "
+        "evidence: the best evidence sentence, no model (the last two for comparison).",
+    )
+    client_policies: list[Policy] = Field(
+        ["auto"],
+        description="Policies an API client may ask for; the gate cannot be switched off "
+        "from outside unless listed here.",
+    )
+    answer_words: int = Field(
+        40,
+        ge=5,
+        le=400,
+        description="Most words of an answer built from the evidence (the quoted sentence, "
+        "its lead-in and the best other sentences of its passage).",
+    )
+    max_false_refusals: float | None = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Share of answerable validation questions the calibrated gate may refuse; "
+        "the gate refuses as much as that allows. null: the cut of best balanced accuracy.",
+    )
+    max_new_tokens: int = Field(
+        96, ge=1, le=8192, description="Longest reply generated (a quote is one sentence)."
+    )
+    temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature (0 = greedy).")
+    context_tokens: int = Field(
+        2048,
+        ge=256,
+        description="Prompt + answer budget; the oldest turns are trimmed to fit "
+        "(capped by the model's own context length).",
+    )
+    backend: str = Field(
+        "local",
+        description="Backend by name. local: transformers + peft in this process; openai: an "
+        "OpenAI-compatible endpoint (e.g. vLLM serving the merged model or the adapter); or "
+        "the name of an installed plug-in (entry-point group domainkit.backends).",
+    )
+    base_url: str | None = Field(None, description="Endpoint URL for the openai backend.")
+    model: str | None = Field(
+        None, description="Model name at the endpoint (openai backend); default: the domain name."
+    )
+    api_key_env: str = Field(
+        "DOMAINKIT_BACKEND_API_KEY", description="Environment variable with the endpoint's key."
+    )
+    max_batch: int = Field(
+        8, ge=1, le=256, description="Requests generated together (local) or in flight (openai)."
+    )
+
+
+class EvalConfig(Section):
+    """How ``domainkit eval`` measures the assistant."""
+
+    max_new_tokens: int = Field(
+        64, ge=8, le=2048, description="Longest answer generated per eval question."
+    )
+    general_knowledge: bool = Field(
+        True, description="Also ask a small general-knowledge set closed-book (forgetting)."
+    )
+    judge: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="LLM judge of answers against the reference, by the synth teacher. auto: "
+        "on when the teacher is not the small local default (a 135M judge says yes to anything).",
+    )
