@@ -190,20 +190,19 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
     import yaml
 
     from domainkit.retrieval.store import current_version
-    from domainkit.runtime.assistant import adapter_path
     from domainkit.train import cards
 
     target = domain.layout.bundle
 
     def write(tmp: Path) -> None:
-        shutil.copytree(adapter_path(domain), tmp / "adapter")
+        shutil.copytree(domain.layout.adapter, tmp / "adapter")
         shutil.copytree(current_version(domain.index_dir), tmp / "index")
         for path in (domain.layout.calibration, domain.layout.eval_report):
             if path.is_file():
                 shutil.copyfile(path, tmp / path.name)
         config = domain.config.model_dump(mode="json")
         (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        summary = cards.read_train_summary(adapter_path(domain).parent)
+        summary = cards.read_train_summary(domain.layout.adapter.parent)
         evaluation = cards.read_eval_report(domain.layout.eval)
         for kind, folder in (("bundle", target), ("adapter", target / "adapter")):
             card = cards.model_card(domain, kind, summary, evaluation, path=str(folder))

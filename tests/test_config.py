@@ -143,7 +143,6 @@ def test_the_layout_names_every_build_path_once_under_the_build_folder(support_d
 
     from domainkit.build import bundle_dir
     from domainkit.eval.runner import eval_dir
-    from domainkit.runtime.assistant import adapter_path, calibration_path
     from domainkit.synth.pipeline import synth_dir
     from domainkit.train.pipeline import train_dir
 
@@ -165,5 +164,4 @@ def test_the_layout_names_every_build_path_once_under_the_build_folder(support_d
         layout.eval,
         layout.bundle,
     ]
-    assert adapter_path(domain) == layout.adapter and calibration_path(domain) == layout.calibration
     assert domain.index_dir == layout.index and dataclasses.is_dataclass(layout)

@@ -335,7 +335,7 @@ def test_errors_use_openai_format_and_status_codes(fake):
 
 
 def test_api_keys(fake, tmp_path, monkeypatch):
-    from domainkit.runtime.server import load_api_keys
+    from domainkit.runtime.auth import load_api_keys
 
     (tmp_path / "keys").write_text("# staff\nkey-one\n\nkey-two  # bot\n")
     monkeypatch.setenv("DOMAINKIT_API_KEYS", "env-key")

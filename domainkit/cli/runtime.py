@@ -185,7 +185,8 @@ def serve(
     """
     import uvicorn
 
-    from domainkit.runtime.server import ServerLimits, create_app, load_api_keys
+    from domainkit.runtime.auth import load_api_keys
+    from domainkit.runtime.server import ServerLimits, create_app
 
     keys = load_api_keys(api_keys_file)
     loaded, assistant = _assistant(domain, build_dir, base, max_queue=queue_size)

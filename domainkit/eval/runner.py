@@ -39,7 +39,7 @@ from domainkit.eval.scoring import (
     score,
 )
 from domainkit.runtime.answers import Answer
-from domainkit.runtime.assistant import Assistant, adapter_path, calibration_path
+from domainkit.runtime.assistant import Assistant
 from domainkit.synth.teachers.base import CallCache
 from domainkit.utils.atomic import atomic_write_json
 from domainkit.utils.hashing import code_hash
@@ -157,7 +157,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     started = time.perf_counter()
     sets = _question_sets(domain, limit)
     general = [Item(q, a, True) for q, a in GENERAL] if domain.config.eval.general_knowledge else []
-    tuned_available = (adapter_path(domain) / "adapter_config.json").is_file()
+    tuned_available = (domain.layout.adapter / "adapter_config.json").is_file()
     conditions = [c for c in CONDITIONS if tuned_available or not c.tuned]
     generated = [c for c in conditions if c.policy != "auto"]
     total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
@@ -168,7 +168,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     bar.close()
     if "reader_weight" in run.calibration:
         run.calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        atomic_write_json(calibration_path(domain), run.calibration)
+        atomic_write_json(domain.layout.calibration, run.calibration)
     report = EvalReport(
         path=eval_dir(domain),
         conditions=run.results,
@@ -201,7 +201,7 @@ def _resuming(domain: Domain, assistant: Assistant, replies: CallCache) -> Resum
     """Put the assistant's backend behind the store of this evaluation's replies."""
     scheduler = assistant.scheduler
     student = domain.config.train.student_model
-    adapter = adapter_path(domain) if assistant.tuned else None
+    adapter = domain.layout.adapter if assistant.tuned else None
     identity = model_id(student, adapter, code_hash("runtime"))
     scheduler.generator = ResumingBackend(scheduler.generator, replies, identity)
     return scheduler.generator

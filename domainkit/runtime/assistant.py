@@ -29,7 +29,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import get_args
 
 from domainkit.backends import BACKENDS, GenRequest, GenResult
@@ -37,7 +36,6 @@ from domainkit.config.loading import Domain
 from domainkit.config.schema import Policy, RuntimeConfig
 from domainkit.prompting import (
     Message,
-    chat,
     context_question,
     evidence_question,
     parse_quote,
@@ -51,6 +49,7 @@ from domainkit.runtime.answers import (
     Source,
     evidence_answer,
 )
+from domainkit.runtime.context import fit_prompt, split_conversation
 from domainkit.runtime.gate import Gate, GateFeatures
 from domainkit.runtime.scheduler import Scheduler
 from domainkit.runtime.verify import match_quote
@@ -58,14 +57,6 @@ from domainkit.runtime.verify import match_quote
 log = logging.getLogger(__name__)
 
 POLICIES: tuple[str, ...] = get_args(Policy)
-
-
-def calibration_path(domain: Domain) -> Path:
-    return domain.layout.calibration
-
-
-def adapter_path(domain: Domain) -> Path:
-    return domain.layout.adapter
 
 
 # Before calibration the reader's pick and the selector's ranking count equally. The
@@ -78,7 +69,7 @@ DEFAULT_READER_WEIGHT = 0.5
 
 def load_calibration(domain: Domain) -> tuple[Gate, float]:
     """The calibrated gate and reader weight of a built domain, else the defaults."""
-    path = calibration_path(domain)
+    path = domain.layout.calibration
     data = json.loads(path.read_text()) if path.is_file() else {}
     gate = Gate.from_dict(data["gate"]) if "gate" in data else Gate()
     return gate, float(data.get("reader_weight", DEFAULT_READER_WEIGHT))
@@ -155,7 +146,7 @@ class Assistant:
         """Load a built domain: base model + adapter (when trained), index, recipe and the
         calibrated gate. ``retriever`` shares an already opened retriever (eval)."""
         settings = settings or domain.config.runtime
-        adapter = adapter_path(domain) if tuned else None
+        adapter = domain.layout.adapter if tuned else None
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             log.warning("no trained adapter in %s; answering with the base model", adapter)
             adapter = None
@@ -200,7 +191,7 @@ class Assistant:
         policy = policy or self.settings.policy
         if policy not in POLICIES:
             raise ConversationError(f"unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
-        question, history = _split(messages)
+        question, history = split_conversation(messages)
         max_tokens = max_tokens or self.settings.max_new_tokens
         sampling = _Sampling(
             self.settings.temperature if temperature is None else temperature, seed
@@ -360,42 +351,16 @@ class Assistant:
         return _Plan(prompt, hits=hits, trimmed=trimmed)
 
     def _within_budget(self, history, extra, user, shrink, max_tokens):
-        """The conversation with its last user turn ``user(extra)`` cut to the context
-        budget: the oldest turns are dropped first (a user turn with its reply), then
-        ``extra`` (passages or evidence) shrinks step by step (``shrink`` gives None when it
-        cannot). Fewer turns never need more tokens, so how many to drop is found by
-        bisection: a few token counts of the prompt, not one per dropped turn.
-
-        Returns:
-            (prompt, extra as kept, number of messages dropped)
-        """
-        budget = self.context_tokens - max_tokens
-        count = self.scheduler.generator.count_tokens
-
-        def prompt(cut: int, extra) -> list[Message]:
-            messages = chat(self.system, *((m["role"], m["content"]) for m in history[cut:]))
-            return [*messages, {"role": "user", "content": user(extra)}]
-
-        cuts = [0]  # where the kept history may start: never between a turn and its reply
-        while cuts[-1] < len(history):
-            start = cuts[-1]
-            pair = start + 1 < len(history) and history[start + 1]["role"] == "assistant"
-            cuts.append(start + (2 if pair else 1))
-        if count(whole := prompt(0, extra)) <= budget:  # the usual case: nothing to drop
-            return whole, extra, 0
-        low, high = 1, len(cuts) - 1
-        if high >= low and count(prompt(cuts[high], extra)) <= budget:
-            while low < high:  # the smallest cut that fits lies in cuts[low..high]
-                middle = (low + high) // 2
-                if count(prompt(cuts[middle], extra)) <= budget:
-                    high = middle
-                else:
-                    low = middle + 1
-            return prompt(cuts[low], extra), extra, cuts[low]
-        while (extra := shrink(extra)) is not None:  # no history left to drop
-            if count(prompt(cuts[-1], extra)) <= budget:
-                return prompt(cuts[-1], extra), extra, cuts[-1]
-        raise _too_long(self.context_tokens, max_tokens)
+        return fit_prompt(
+            self.system,
+            history,
+            extra,
+            user,
+            shrink,
+            count=self.scheduler.generator.count_tokens,
+            context_tokens=self.context_tokens,
+            max_tokens=max_tokens,
+        )
 
     def _generate(self, plan, route, sources, max_tokens, sampling, on_text, started):
         def finish(result: GenResult) -> Answer:
@@ -422,22 +387,3 @@ def _softmax(values: list[float]) -> list[float]:
     weights = [math.exp(v - top) for v in values]
     total = sum(weights)
     return [w / total for w in weights]
-
-
-def _too_long(context_tokens: int, max_tokens: int) -> ConversationError:
-    return ConversationError(
-        f"the question does not fit the context budget of {context_tokens} "
-        f"tokens with {max_tokens} for the answer; shorten it or lower max_tokens"
-    )
-
-
-def _split(messages: list[Message]) -> tuple[str, list[Message]]:
-    """The latest user question and the earlier user/assistant turns (system messages are
-    replaced by the domain's own system prompt, which the model was trained with)."""
-    turns = [m for m in messages if m.get("role") in ("user", "assistant")]
-    if not turns or turns[-1]["role"] != "user":
-        raise ConversationError("the conversation must end with a user message")
-    question = turns[-1]["content"].strip()
-    if not question:
-        raise ConversationError("the last user message is empty")
-    return question, turns[:-1]

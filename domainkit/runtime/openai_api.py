@@ -272,6 +272,14 @@ def extra_fields(answer: Answer, disclaimer: str | None = None) -> dict:
     }
 
 
+def models_body(model_name: str) -> dict:
+    """``GET /v1/models``: the one model this server answers as."""
+    return {
+        "object": "list",
+        "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "domainkit"}],
+    }
+
+
 def completion_body(answer: Answer, model_name: str, disclaimer: str | None = None) -> dict:
     ident, created = new_ids()
     return {

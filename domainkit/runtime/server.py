@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import html
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import replace
 from importlib import resources
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
@@ -41,25 +38,12 @@ from domainkit.backends import BackendError
 from domainkit.runtime import openai_api as api
 from domainkit.runtime.answers import Answer, ConversationError
 from domainkit.runtime.assistant import Assistant
+from domainkit.runtime.auth import authorize
 from domainkit.runtime.metrics import ServerMetrics
 from domainkit.runtime.openai_api import APIError, ServerLimits, StopScanner
 from domainkit.runtime.scheduler import BusyError
 
 log = logging.getLogger(__name__)
-
-API_KEYS_ENV = "DOMAINKIT_API_KEYS"
-
-
-def load_api_keys(path: Path | None = None) -> set[str]:
-    """Keys from ``$DOMAINKIT_API_KEYS`` (comma-separated) and from a file (one per line,
-    ``#`` comments). An empty set means the API is open."""
-    keys = {k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()}
-    if path is not None:
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                keys.add(line)
-    return keys
 
 
 class _ClientGone(Exception):
@@ -111,31 +95,17 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        scheduler = assistant.scheduler
-        return {
-            "status": "ok",
-            "ready": chat.active < limits.max_active,
-            "model": model_name,
-            "tuned": assistant.tuned,
-            "policy": assistant.settings.policy,
-            "active": chat.active,
-            "max_active": limits.max_active,
-            "waiting": scheduler.waiting,
-            "generating": scheduler.running,
-        }
+        return chat.health()
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
-        _authorize(request, keys)
+        authorize(request, keys)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
-        _authorize(request, keys)
-        return {
-            "object": "list",
-            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "domainkit"}],
-        }
+        authorize(request, keys)
+        return api.models_body(model_name)
 
     return app
 
@@ -190,25 +160,6 @@ async def _answer_of(request: Request, pending) -> Answer:
     return pending.result()
 
 
-def _authorize(request: Request, keys: list[str]) -> None:
-    """401 unless the request carries one of ``keys`` (none: the API is open)."""
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    # Compare against every key, in constant time, so timing reveals nothing.
-    valid = False
-    for key in keys:
-        valid |= hmac.compare_digest(given.encode(), key.encode())
-    if not valid:
-        raise APIError(
-            401,
-            "invalid or missing API key (send 'Authorization: Bearer KEY')",
-            "invalid_request_error",
-            code="invalid_api_key",
-        )
-
-
 class _ChatEndpoint:
     """``POST /v1/chat/completions``: admission (at most ``limits.max_active`` requests in
     progress, 503 beyond), the answer, streamed (SSE) or whole, and its metrics."""
@@ -217,6 +168,21 @@ class _ChatEndpoint:
         self.assistant, self.model_name, self.keys = assistant, model_name, keys
         self.limits, self.metrics = limits, metrics
         self.active = 0  # requests being answered; the event loop is the only writer
+
+    def health(self) -> dict:
+        """``/healthz``: readiness (room for another request) and what is in progress."""
+        scheduler = self.assistant.scheduler
+        return {
+            "status": "ok",
+            "ready": self.active < self.limits.max_active,
+            "model": self.model_name,
+            "tuned": self.assistant.tuned,
+            "policy": self.assistant.settings.policy,
+            "active": self.active,
+            "max_active": self.limits.max_active,
+            "waiting": scheduler.waiting,
+            "generating": scheduler.running,
+        }
 
     async def __call__(self, request: Request):
         if self.active >= self.limits.max_active:
@@ -240,7 +206,7 @@ class _ChatEndpoint:
     async def _chat(self, request: Request):
         started = time.perf_counter()
         try:
-            _authorize(request, self.keys)
+            authorize(request, self.keys)
             chat = await api.read_chat(request, self.limits)
             messages = [{"role": m.role, "content": m.text} for m in chat.messages]
             if chat.policy and chat.policy not in self.assistant.settings.client_policies:
@@ -303,7 +269,16 @@ class _ChatEndpoint:
             asyncio.wrap_future(pending.future).add_done_callback(pipe.close)
         else:
             pipe.close()
-        sse, scanner = api.ChunkStream(self.model_name), StopScanner(stops)
+        return StreamingResponse(
+            self._events(pending, pipe, disclaimer, StopScanner(stops), include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _events(self, pending, pipe, disclaimer, scanner: StopScanner, include_usage):
+        """The SSE events of one streamed answer: its text up to a client's stop sequence,
+        the final chunk with the ``domainkit`` fields, usage when asked, then ``[DONE]``."""
+        sse = api.ChunkStream(self.model_name)
 
         def content(text: str):
             """The text up to a stop sequence; once one is seen the generation stops."""
@@ -315,44 +290,37 @@ class _ChatEndpoint:
             if shown:
                 yield sse.delta({"content": shown})
 
-        async def events():
-            finished = False
+        finished = False
+        try:
+            yield sse.delta({"role": "assistant", "content": ""})
+            while (text := await pipe.queue.get()) is not None:
+                for event in content(text):
+                    yield event
             try:
-                yield sse.delta({"role": "assistant", "content": ""})
-                while (text := await pipe.queue.get()) is not None:
-                    for event in content(text):
-                        yield event
-                try:
-                    answer = pending.result()
-                except Exception as e:  # already streaming: report in-band, as OpenAI does
-                    log.error("generation failed while streaming: %s", e)
-                    self.metrics.failed(500)
-                    finished = True
-                    yield sse.error(e)
-                    return
-                for text in pipe.rest():  # text queued after the result was ready
-                    for event in content(text):
-                        yield event
-                if rest := scanner.flush():
-                    yield sse.delta({"content": rest})
-                self.metrics.answered(answer, pipe.started, pipe.first_token)
-                finish = "stop" if scanner.stopped else answer.finish_reason
+                answer = pending.result()
+            except Exception as e:  # already streaming: report in-band, as OpenAI does
+                log.error("generation failed while streaming: %s", e)
+                self.metrics.failed(500)
                 finished = True
-                yield sse.delta({}, finish, domainkit=api.extra_fields(answer, disclaimer))
-                if include_usage:
-                    yield sse.usage(answer)
-                yield sse.DONE
-            finally:
-                if not finished:  # the client went away mid-answer
-                    pending.cancel()
-                    self.metrics.failed(499)
-                self.active -= 1
-
-        return StreamingResponse(
-            events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+                yield sse.error(e)
+                return
+            for text in pipe.rest():  # text queued after the result was ready
+                for event in content(text):
+                    yield event
+            if rest := scanner.flush():
+                yield sse.delta({"content": rest})
+            self.metrics.answered(answer, pipe.started, pipe.first_token)
+            finish = "stop" if scanner.stopped else answer.finish_reason
+            finished = True
+            yield sse.delta({}, finish, domainkit=api.extra_fields(answer, disclaimer))
+            if include_usage:
+                yield sse.usage(answer)
+            yield sse.DONE
+        finally:
+            if not finished:  # the client went away mid-answer
+                pending.cancel()
+                self.metrics.failed(499)
+            self.active -= 1
 
 
 class _TextPipe:
@@ -409,4 +377,4 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0):
         thread.join(10)
 
 
-__all__ = ["ServerLimits", "create_app", "load_api_keys", "serve_in_thread"]
+__all__ = ["ServerLimits", "create_app", "serve_in_thread"]
