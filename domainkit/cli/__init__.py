@@ -71,12 +71,15 @@ def _main(
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
 
 
-from domainkit.cli import build as _build  # noqa: E402,F401  (registers commands)
-from domainkit.cli import domain as _domain  # noqa: E402,F401
-from domainkit.cli import index as _index  # noqa: E402,F401
-from domainkit.cli import runtime as _runtime  # noqa: E402,F401
-from domainkit.cli import synth as _synth  # noqa: E402,F401
-from domainkit.cli import train as _train  # noqa: E402,F401
+# Registration order is the order `--help` lists the commands in: the usual path first.
+from domainkit.cli import domain as _domain  # noqa: E402,F401  isort: skip  (registers commands)
+from domainkit.cli import build as _build  # noqa: E402,F401  isort: skip
+from domainkit.cli import runtime as _runtime  # noqa: E402,F401  isort: skip
+from domainkit.cli import eval as _eval  # noqa: E402,F401  isort: skip
+from domainkit.cli import index as _index  # noqa: E402,F401  isort: skip
+from domainkit.cli import synth as _synth  # noqa: E402,F401  isort: skip
+from domainkit.cli import train as _train  # noqa: E402,F401  isort: skip
+from domainkit.cli import export as _export  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

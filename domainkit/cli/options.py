@@ -23,3 +23,11 @@ BuildDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        min=1,
+        help="Small first run: about N synth samples and at most N questions per eval set.",
+    ),
+]

@@ -197,22 +197,28 @@ def serve(
         # in progress = waiting + generating
         max_active=queue_size + assistant.scheduler.max_batch,
     )
-    loopback = host in ("127.0.0.1", "localhost", "::1")
-    allowed = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None
-    if not loopback and not keys:
-        err_console.print(
-            f"[yellow]warning:[/] listening on {escape(host)} with no API key: anyone who can "
-            "reach this machine can use the assistant (--api-keys-file)"
-        )
     app_ = create_app(
         assistant,
         model_name=loaded.config.name,
         api_keys=keys,
         limits=limits,
-        allowed_hosts=allowed,
+        allowed_hosts=_allowed_hosts(host, keys),
     )
     err_console.print(
         f"Serving {loaded.config.name} ({'tuned' if assistant.tuned else 'base model'}) on "
         f"http://{host}:{port}/ — API at /v1, {'API keys required' if keys else 'no API key'}"
     )
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _allowed_hosts(host: str, keys: set[str]) -> list[str] | None:
+    """The Host values a server on loopback accepts (a web page re-pointed at 127.0.0.1 by
+    DNS rebinding sends its own name); a public address warns when it has no key."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return ["127.0.0.1", "localhost", "::1", "[::1]"]
+    if not keys:
+        err_console.print(
+            f"[yellow]warning:[/] listening on {escape(host)} with no API key: anyone who can "
+            "reach this machine can use the assistant (--api-keys-file)"
+        )
+    return None

@@ -35,19 +35,16 @@ def _size_category(n: int) -> str:
     return "100K<n<1M"
 
 
-def dataset_card(domain: Domain, summary: dict, data_files: dict[str, str]) -> str:
-    """README.md for the dataset folder; ``data_files`` maps split name to its file name."""
-    from huggingface_hub import DatasetCard, DatasetCardData
+def _card_data(name: str, total: int, data_files: dict[str, str]):
+    """The card's YAML header: license, tasks, tags, size and the split files."""
+    from huggingface_hub import DatasetCardData
 
-    config = domain.config
-    splits = summary.get("splits", {})
-    total = sum(splits.values())
-    data = DatasetCardData(
+    return DatasetCardData(
         license="other",
         task_categories=["question-answering", "text-generation"],
         tags=["synthetic", "domainkit", "raft", "retrieval-augmented-generation"],
         size_categories=[_size_category(total)],
-        pretty_name=f"{config.name} (domainkit synthetic instructions)",
+        pretty_name=f"{name} (domainkit synthetic instructions)",
         configs=[
             {
                 "config_name": "default",
@@ -55,6 +52,15 @@ def dataset_card(domain: Domain, summary: dict, data_files: dict[str, str]) -> s
             }
         ],
     )
+
+
+def dataset_card(domain: Domain, summary: dict, data_files: dict[str, str]) -> str:
+    """README.md for the dataset folder; ``data_files`` maps split name to its file name."""
+    from huggingface_hub import DatasetCard
+
+    config = domain.config
+    splits = summary.get("splits", {})
+    data = _card_data(config.name, sum(splits.values()), data_files)
     teacher = config.synth.teacher
     kept = summary.get("kept", {})
     rejected = summary.get("rejected", {})

@@ -142,21 +142,14 @@ def run_train(
     histories, state = _run_phases(
         phases, student, settings, accelerator, resume, on_step, domain.config.name, out
     )
-    final = out / "sft" / "best"
-    preference = None
+    final, preference = out / "sft" / "best", None
     if settings.preference.method != "none" and accelerator.num_processes == 1:
         preference = _preference(student, splits["train"], settings, out / "preference", final)
-        if preference:
-            final = out / "preference" / "best"
+        final = out / "preference" / "best" if preference else final
     adapter, plot = domain.layout.adapter, domain.layout.loss_plot
     sft_history = histories.get("sft", [])
     if accelerator.is_main_process:  # one writer per file under `accelerate launch`
-        _publish_adapter(final, adapter)
-        plot = plot_loss(sft_history, plot, f"{domain.config.name}: SFT loss")
-        write_jsonl(
-            [{"phase": name, **row} for name, rows in histories.items() for row in rows],
-            out / "metrics.jsonl",
-        )
+        plot = _publish(domain, final, histories, out)
     rates = [r["tokens_per_s"] for r in sft_history if "tokens_per_s" in r]
     report = TrainReport(
         out_dir=out,
@@ -178,6 +171,20 @@ def run_train(
     if accelerator.is_main_process:
         atomic_write_json(out / "summary.json", summary_dict(report))
     return report
+
+
+def _publish(domain: Domain, final: Path, histories: dict, out: Path) -> Path | None:
+    """The best adapter where the runtime reads it, the SFT loss plot, and every phase's
+    metrics; returns the plot's path (None when there was nothing to plot)."""
+    _publish_adapter(final, domain.layout.adapter)
+    plot = plot_loss(
+        histories.get("sft", []), domain.layout.loss_plot, f"{domain.config.name}: SFT loss"
+    )
+    write_jsonl(
+        [{"phase": name, **row} for name, rows in histories.items() for row in rows],
+        out / "metrics.jsonl",
+    )
+    return plot
 
 
 def _forget_earlier_run(out: Path) -> None:
