@@ -154,11 +154,11 @@ def _synth(domain: Domain, limits: Limits, progress) -> dict:
 
 def _train(domain: Domain, limits: Limits, progress) -> dict:
     """Train, or continue a killed training of the same inputs from its last checkpoint."""
-    from domainkit.train import run_train, train_dir
+    from domainkit.train import run_train
 
     run = {"fingerprint": fingerprints(domain, limits)["train"]}
-    marker = train_dir(domain) / "run.json"
-    finished = (train_dir(domain) / "sft" / "done.json").is_file()
+    marker = domain.layout.train_run
+    finished = domain.layout.phase_done("sft").is_file()
     same = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == run
     resume = same and not finished  # a finished run is re-run from scratch (--from train)
     if not resume:  # before training: a kill from here on leaves checkpoints of this run
@@ -179,7 +179,7 @@ def _eval(domain: Domain, limits: Limits, progress) -> dict:
     r = run_eval(domain, limit=limits.questions, progress=progress)
     return {
         "headline": r.headline,
-        "report": str(r.path / "report.md"),
+        "report": str(domain.layout.eval_report),
         "calibration": {k: v for k, v in r.calibration.items() if k != "curve"},
     }
 
@@ -202,8 +202,8 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
                 shutil.copyfile(path, tmp / path.name)
         config = domain.config.model_dump(mode="json")
         (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        summary = cards.read_train_summary(domain.layout.adapter.parent)
-        evaluation = cards.read_eval_report(domain.layout.eval)
+        summary = cards.read_train_summary(domain.layout)
+        evaluation = cards.read_eval_report(domain.layout)
         for kind, folder in (("bundle", target), ("adapter", target / "adapter")):
             card = cards.model_card(domain, kind, summary, evaluation, path=str(folder))
             (tmp / folder.relative_to(target) / "README.md").write_text(card, encoding="utf-8")
@@ -320,7 +320,7 @@ PIPELINE = (
         "eval",
         ("eval", "runtime"),
         _eval_inputs,
-        lambda layout: (layout.eval / "report.json").is_file(),
+        lambda layout: layout.eval_report_json.is_file(),
         _eval,
         lambda domain, c: (f"about {c.answers} answers", c.answers * _SECONDS_PER["answer"]),
     ),

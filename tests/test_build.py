@@ -291,6 +291,10 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
     assert again.exit_code == 0 and again.output.split("report:")[0] in printed.output
     markdown = (buildable / ".domainkit" / "eval" / "report.md").read_text()
     assert "| tuned, runtime policy |" in markdown and report["headline"] in markdown
+    # The first report after training shows its loss plot (it once looked for the plot in
+    # the folder the new report was about to replace).
+    assert "![training loss](loss.png)" in markdown
+    assert (buildable / ".domainkit" / "eval" / "loss.png").is_file()
     assert report["retrieval"]["questions"] == 2
     # The scripted teacher judges by shared words: the judge column is filled.
     assert all(0.0 <= metrics["judge"] <= 1.0 for metrics in table.values())

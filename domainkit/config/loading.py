@@ -181,6 +181,25 @@ class Layout:
         return self.train / "loss.png"
 
     @property
+    def train_run(self) -> Path:
+        """The fingerprint of the training run the checkpoints belong to (resume)."""
+        return self.train / "run.json"
+
+    def phase_done(self, phase: str) -> Path:
+        """Marks a training phase (``pretrain``, ``sft``, ``preference``) as finished."""
+        return self.train / phase / "done.json"
+
+    @property
+    def train_summary(self) -> Path:
+        """What the last training run did (``train.pipeline.summary_dict``)."""
+        return self.train / "summary.json"
+
+    @property
+    def train_metrics(self) -> Path:
+        """Every phase's logged steps, one JSON object a line."""
+        return self.train / "metrics.jsonl"
+
+    @property
     def calibration(self) -> Path:
         return self.root / "runtime" / "calibration.json"
 
@@ -191,6 +210,28 @@ class Layout:
     @property
     def eval_report(self) -> Path:
         return self.eval / "report.md"
+
+    @property
+    def eval_report_json(self) -> Path:
+        return self.eval / "report.json"
+
+    @property
+    def eval_answers(self) -> Path:
+        return self.eval / "answers.jsonl"
+
+    @property
+    def accuracy_plot(self) -> Path:
+        return self.eval / "accuracy.png"
+
+    @property
+    def gate_plot(self) -> Path:
+        """The gate's answered / refused trade-off by threshold."""
+        return self.eval / "gate.png"
+
+    @property
+    def eval_loss_plot(self) -> Path:
+        """The report's copy of training's loss plot."""
+        return self.eval / "loss.png"
 
     @property
     def eval_resume(self) -> Path:

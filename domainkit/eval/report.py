@@ -39,7 +39,7 @@ def table(conditions: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
-def markdown(report) -> str:
+def markdown(report, with_loss: bool = False) -> str:
     lines = [f"# Evaluation: {report.headline}", ""]
     for set_name, conditions in report.conditions.items():
         first = next(iter(conditions.values()))
@@ -74,7 +74,7 @@ def markdown(report) -> str:
     ]
     if report.calibration.get("curve"):
         lines.append("![answered and refused by gate threshold](gate.png)")
-    if (report.path / "loss.png").is_file():
+    if with_loss:
         lines.append("![training loss](loss.png)")
     return "\n".join(lines) + "\n"
 
@@ -189,17 +189,23 @@ def write_report(domain, report, rows: list[dict]) -> None:
     """Write the report's files (tables, answers, plots) into a new folder and swap it in
     for the previous report: a killed run leaves one whole report, never a mix of two."""
 
+    layout = domain.layout
+
     def write(out: Path) -> None:
-        loss = domain.layout.loss_plot
+        def inside(path: Path) -> Path:  # the same file in the new folder
+            return out / path.relative_to(layout.eval)
+
+        loss = layout.loss_plot
         if loss.is_file():
-            shutil.copyfile(loss, out / "loss.png")
+            shutil.copyfile(loss, inside(layout.eval_loss_plot))
         first = next(iter(report.conditions.values()))
-        plot_accuracy(first, out / "accuracy.png")
+        plot_accuracy(first, inside(layout.accuracy_plot))
         if report.calibration.get("curve"):
             threshold = report.calibration["gate"]["threshold"]
-            plot_gate(report.calibration["curve"], threshold, out / "gate.png")
-        atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        atomic_write_text(out / "report.md", markdown(report))
-        atomic_write_json(out / "report.json", report_dict(report))
+            plot_gate(report.calibration["curve"], threshold, inside(layout.gate_plot))
+        answers = "".join(json.dumps(r) + "\n" for r in rows)
+        atomic_write_text(inside(layout.eval_answers), answers)
+        atomic_write_text(inside(layout.eval_report), markdown(report, with_loss=loss.is_file()))
+        atomic_write_json(inside(layout.eval_report_json), report_dict(report))
 
     replace_dir(report.path, write)

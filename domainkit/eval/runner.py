@@ -365,5 +365,5 @@ def _percent(share: float) -> str:
 
 
 def load_report(domain: Domain) -> dict | None:
-    path = eval_dir(domain) / "report.json"
+    path = domain.layout.eval_report_json
     return json.loads(path.read_text()) if path.is_file() else None

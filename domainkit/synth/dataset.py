@@ -74,6 +74,11 @@ def current(synth_dir: Path) -> Path:
     return version
 
 
+def load_summary(synth_dir: Path) -> dict:
+    """What the current dataset's synth run did (kept, rejected, teacher calls, splits)."""
+    return json.loads((current(synth_dir) / _MARKER).read_text(encoding="utf-8"))
+
+
 def load_samples(synth_dir: Path) -> dict[str, list[Sample]]:
     from datasets import load_from_disk
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-from domainkit.config.loading import Domain
+from domainkit.config.loading import Domain, Layout
 from domainkit.models import model_origin
 
 # What each kind of folder holds and how to load it.
@@ -152,11 +151,11 @@ def _caveats(config, license_id: str | None) -> str:
     return "## Limitations\n\n" + "\n".join(f"- {p}" for p in points)
 
 
-def read_train_summary(train_dir: Path) -> dict | None:
-    path = train_dir / "summary.json"
+def read_train_summary(layout: Layout) -> dict | None:
+    path = layout.train_summary
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def read_eval_report(eval_dir: Path) -> str | None:
-    path = eval_dir / "report.md"
+def read_eval_report(layout: Layout) -> str | None:
+    path = layout.eval_report
     return path.read_text(encoding="utf-8") if path.is_file() else None

@@ -13,7 +13,6 @@ only once it is complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -84,8 +83,8 @@ def export_model(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(out_dir)
-    summary = cards.read_train_summary(adapter_dir.parent)
-    evaluation = cards.read_eval_report(domain.layout.eval)
+    summary = cards.read_train_summary(domain.layout)
+    evaluation = cards.read_eval_report(domain.layout)
 
     def card(kind: str, path: Path) -> str:
         return cards.model_card(domain, kind, summary, evaluation, path=str(path))
@@ -146,7 +145,7 @@ def export_dataset(domain: Domain, target: Path) -> Path:
     from domainkit.synth.pipeline import synth_dir
 
     root = synth_dir(domain)
-    summary = json.loads((dataset.current(root) / "summary.json").read_text(encoding="utf-8"))
+    summary = dataset.load_summary(root)
     splits = dataset.load_samples(root)
     files = {name: f"{name}.jsonl" for name in splits if splits[name]}
 

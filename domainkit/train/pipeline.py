@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from domainkit.config.loading import Domain
+from domainkit.config.loading import Domain, Layout
 from domainkit.errors import DomainkitError
 from domainkit.synth import dataset, synth_dir
 from domainkit.train.data import (
@@ -133,14 +133,14 @@ def run_train(
         raise DomainkitError("the synth dataset has no training samples")
     out = train_dir(domain)
     if not resume:
-        _forget_earlier_run(out)
+        _forget_earlier_run(domain.layout)
     accelerator = make_accelerator(settings)
     student = load_student(settings)
     stats = DataStats()
     phases = _phases(domain, student, splits, out, stats)
     settings = _within_memory(student, settings, stats, out, resume, on_plan)
     histories, state = _run_phases(
-        phases, student, settings, accelerator, resume, on_step, domain.config.name, out
+        phases, student, settings, accelerator, resume, on_step, domain.config.name, domain.layout
     )
     final, preference = out / "sft" / "best", None
     if settings.preference.method != "none" and accelerator.num_processes == 1:
@@ -169,7 +169,7 @@ def run_train(
         preference={k: v for k, v in preference.items() if k != "history"} if preference else None,
     )
     if accelerator.is_main_process:
-        atomic_write_json(out / "summary.json", summary_dict(report))
+        atomic_write_json(domain.layout.train_summary, summary_dict(report))
     return report
 
 
@@ -182,17 +182,18 @@ def _publish(domain: Domain, final: Path, histories: dict, out: Path) -> Path | 
     )
     write_jsonl(
         [{"phase": name, **row} for name, rows in histories.items() for row in rows],
-        out / "metrics.jsonl",
+        domain.layout.train_metrics,
     )
     return plot
 
 
-def _forget_earlier_run(out: Path) -> None:
+def _forget_earlier_run(layout: Layout) -> None:
     """A fresh run: nothing of an earlier one may pass for this one's."""
+    out = layout.train
     for phase in ("sft", "pretrain"):
         for stale in ("checkpoints", "best"):
             shutil.rmtree(out / phase / stale, ignore_errors=True)
-        (out / phase / "done.json").unlink(missing_ok=True)
+        layout.phase_done(phase).unlink(missing_ok=True)
     (out / CHOICES).unlink(missing_ok=True)
 
 
@@ -235,15 +236,15 @@ def _within_memory(student, settings, stats: DataStats, out: Path, resume: bool,
     return settings.model_copy(update={"optimizer": choices["optimizer"]})
 
 
-def _run_phases(phases, student, settings, accelerator, resume, on_step, name, out: Path):
+def _run_phases(phases, student, settings, accelerator, resume, on_step, name, layout: Layout):
     """Each phase in turn (a resumed run skips the finished ones); the adapter continues
     from where continued pre-training left it into SFT. Returns the histories by phase and
     the last phase's final state."""
     histories: dict[str, list[dict]] = {}
     state = None
-    loggers = external_loggers(settings.report_to, out, name)
+    loggers = external_loggers(settings.report_to, layout.train, name)
     for phase in phases:
-        done = phase.out_dir / "done.json"
+        done = layout.phase_done(phase.name)
         if resume and done.is_file():
             continue
         run = TrainingRun(
