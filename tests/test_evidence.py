@@ -199,6 +199,23 @@ def test_a_lead_in_or_table_header_is_never_the_answer():
     assert evidence.answer_from(evidence.best(), 40).startswith("Period | Opening hours.")
 
 
+def test_a_sentence_that_a_later_one_refers_back_to_can_be_the_answer():
+    """"This makes ..." depends on the sentence before it, which states a fact of its own:
+    it is the answer when it scores best (it was once passed over for any other line)."""
+    text = (
+        "Upper and lower bounds are usually stated using the big O notation. "
+        "This makes the bounds independent of the computational model used. "
+        "Bounds can be proved for the time an algorithm takes."
+    )
+    chunk = _chunk(text, source="complexity.md", headings=("Bounds",))
+    evidence = _selector([chunk]).select("What notation states upper and lower bounds?", [chunk])
+    fact = evidence.ranked[0]
+    assert fact.text.startswith("Upper and lower bounds"), "the fact scores best"
+    assert any(s.lead == (fact.start, fact.end) for s in evidence.sentences), "it is a lead"
+    assert evidence.best() is fact
+    assert evidence.answer_from(fact, 40).startswith("Upper and lower bounds")
+
+
 def test_a_question_asking_for_a_figure_prefers_a_sentence_that_gives_one():
     policy = _chunk(
         "The returns window applies to all speakers bought online. "

@@ -110,10 +110,10 @@ class Evidence:
 
     def best(self) -> EvidenceSentence | None:
         """The highest-scoring sentence that is not a lead-in ("The options are:", a table's
-        header row): a lead-in introduces facts without stating them."""
-        leads = {s.lead for s in self.sentences if s.lead}
+        header row): a lead-in introduces facts without stating them. A sentence that a
+        later "This ..." refers back to states a fact of its own and may be the answer."""
         for sentence in self.ranked:
-            if not sentence.lead_in and (sentence.start, sentence.end) not in leads:
+            if not sentence.lead_in:
                 return sentence
         return self.ranked[0] if self.ranked else None
 
