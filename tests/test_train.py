@@ -465,23 +465,27 @@ def test_sigkill_at_any_moment_then_the_rerun_finishes_consistently(
     assert not list(out.glob("**/.*.tmp")), "no half-written folder is left"
 
 
-@pytest.mark.parametrize("peft_type", ["IA3", "LOHA"])
+@pytest.mark.parametrize("peft_type", ["IA3", "LOHA", "ADALORA"])
 def test_any_weight_adapter_peft_offers_trains_by_name_and_merges(tiny_model, tmp_path, peft_type):
     """``train.peft`` names a peft method and its settings as peft writes them: the adapter
-    trains (its weights move, the base stays), is saved with its own config, and merges
-    into a model that computes what base + adapter does."""
+    trains (its weights move, the base stays; AdaLoRA re-allocates its ranks), is saved
+    with its own config, and merges into a model that computes what base + adapter does."""
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
 
-    peft = {"peft_type": peft_type} | (
-        {"r": 4, "target_modules": "all-linear"} if peft_type == "LOHA" else {}
-    )
+    peft = {"peft_type": peft_type} | {
+        "IA3": {},
+        "LOHA": {"r": 4, "target_modules": "all-linear"},
+        "ADALORA": {"init_r": 4, "target_r": 2, "total_step": 3, "target_modules": "all-linear"},
+    }[peft_type]
     settings = _settings(tiny_model, max_steps=3, peft=peft)
     student = load_student(settings)
     trainable = {n: p.clone() for n, p in student.model.named_parameters() if p.requires_grad}
     frozen = {n: p.clone() for n, p in student.model.named_parameters() if not p.requires_grad}
-    assert trainable and not any("lora_" in n for n in trainable)
+    assert trainable and (peft_type == "ADALORA") == any("lora_E" in n for n in trainable)
     _run(student, settings, tmp_path / "run")
+    if peft_type == "ADALORA":  # its rank budget re-allocated by the loop, as peft asks
+        assert student.model.peft_config["default"].rank_pattern
     after = dict(student.model.named_parameters())
     assert any(not torch.equal(after[n], p) for n, p in trainable.items()), "the adapter learnt"
     assert all(torch.equal(after[n], p) for n, p in frozen.items()), "the base is untouched"

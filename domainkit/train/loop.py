@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from domainkit.config.schema import TrainConfig
 from domainkit.train.data import IGNORE, Row, collate, make_batches
-from domainkit.train.objective import LabelledTokenLoss
+from domainkit.train.objective import AdaLoraSchedule, LabelledTokenLoss
 from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class TrainingRun:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, settings, accelerator.device.type, phase.learning_rate)
         self.model, self.optimizer = accelerator.prepare(LabelledTokenLoss(model), optimizer)
+        self.adalora = AdaLoraSchedule.of(model)
         self.params = params
         self._cached: tuple[int | None, list[list[Row]]] = (None, [])
         self.micro_per_epoch = self._micro_per_epoch()
@@ -201,11 +202,15 @@ class TrainingRun:
             context = self.accelerator.no_sync(self.model) if not last else nullcontext()
             with context:
                 loss = self.model(**batch) / total
+                if last and self.adalora is not None:  # once a step, as peft adds it
+                    loss = loss + self.adalora.penalty()
                 self.accelerator.backward(loss)
             loss_sum += float(loss.detach())
         self.accelerator.clip_grad_norm_(self.params, self.settings.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if self.adalora is not None:
+            self.adalora.after_step(self.state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         return loss_sum

@@ -53,3 +53,38 @@ class LabelledTokenLoss(torch.nn.Module):
         hidden = self.base.get_decoder()(input_ids=input_ids, **inputs).last_hidden_state
         logits = self.base.get_output_embeddings()(hidden[:, :-1][keep])
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+class AdaLoraSchedule:
+    """What AdaLoRA adds to a training step, which peft does only inside its own forward
+    with labels (this loop computes its own loss): the orthogonality penalty on the
+    singular vectors, and the rank budget re-allocated after each optimizer step.
+    ``of(model)`` is None for any other method."""
+
+    def __init__(self, tuner, adapter: str):
+        self.tuner, self.adapter = tuner, adapter
+        self.weight = tuner.peft_config[adapter].orth_reg_weight
+
+    @classmethod
+    def of(cls, model) -> AdaLoraSchedule | None:
+        tuner = getattr(model, "base_model", None)
+        if not hasattr(tuner, "update_and_allocate"):
+            return None
+        return cls(tuner, tuner.trainable_adapter_name)
+
+    def penalty(self) -> torch.Tensor | float:
+        """``orth_reg_weight`` times the mean distance of each P Pᵀ and Qᵀ Q from I."""
+        if self.weight <= 0:
+            return 0.0
+        terms = []
+        for name, p in self.tuner.model.named_parameters():
+            if ("lora_A" in name or "lora_B" in name) and self.adapter in name:
+                cov = p @ p.T if "lora_A" in name else p.T @ p
+                identity = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
+                terms.append(torch.linalg.matrix_norm(cov - identity))
+        return self.weight * torch.stack(terms).mean() if terms else 0.0
+
+    def after_step(self, step: int) -> None:
+        """Re-allocate the rank budget; needs this step's gradients, so before they are
+        cleared."""
+        self.tuner.update_and_allocate(step)
