@@ -200,7 +200,7 @@ def test_a_lead_in_or_table_header_is_never_the_answer():
 
 
 def test_a_sentence_that_a_later_one_refers_back_to_can_be_the_answer():
-    """"This makes ..." depends on the sentence before it, which states a fact of its own:
+    """ "This makes ..." depends on the sentence before it, which states a fact of its own:
     it is the answer when it scores best (it was once passed over for any other line)."""
     text = (
         "Upper and lower bounds are usually stated using the big O notation. "

@@ -247,3 +247,24 @@ def test_documents_and_keys_go_only_to_hosts_the_user_approved(monkeypatch):
         _teacher("http://api.openai.com/v1")
     monkeypatch.setenv("DOMAINKIT_APPROVED_HOSTS", "gpu-box.lan, evil.example")
     assert _teacher("https://evil.example/v1").id == "openai:https://evil.example/v1:tiny"
+
+
+def test_a_backend_failure_is_a_teacher_error_whether_raised_or_returned():
+    """Synth stops with a ``TeacherError`` saying what failed, however the backend reports
+    it: an exception in one request's place, or the whole call raising."""
+    from domainkit.backends import BackendError
+    from domainkit.synth.teachers import BackendTeacher
+
+    class Failing:
+        def __init__(self, raises: bool):
+            self.raises = raises
+
+        def generate(self, requests):
+            if self.raises:
+                raise BackendError("the model could not be loaded")
+            return [BackendError("request 1 was refused") for _ in requests]
+
+    for raises, message in ((True, "could not be loaded"), (False, "request 1 was refused")):
+        teacher = BackendTeacher("failing", 4, lambda r=raises: Failing(r))
+        with pytest.raises(TeacherError, match=message):
+            teacher.generate(_conversations(2), Sampling())

@@ -85,7 +85,11 @@ class BackendTeacher:
         step = max(1, self.batch_size)
         for start in range(0, len(conversations), step):
             requests = [_request(c, sampling) for c in conversations[start : start + step]]
-            for result in self.backend.generate(requests):
+            try:
+                results = self.backend.generate(requests)
+            except BackendError as e:  # the whole call failed, not one request
+                raise TeacherError(str(e)) from e
+            for result in results:
                 if isinstance(result, BackendError):
                     raise TeacherError(str(result)) from result
                 if isinstance(result, Exception):
