@@ -9,8 +9,8 @@ Built-ins register exactly as a user's plug-in would::
 
 An installed package can also offer parts without being imported by the user: each
 registry reads an entry-point group (``domainkit.loaders``, ``domainkit.embedders``,
-``domainkit.teachers``, ``domainkit.generators``) the first time it is used, and registers
-each entry point's object under the entry point's name::
+``domainkit.teachers``, ``domainkit.generators``, ``domainkit.backends``) the first time it
+is used, and registers each entry point's object under the entry point's name::
 
     # the plug-in's pyproject.toml
     [project.entry-points."domainkit.loaders"]
