@@ -95,9 +95,11 @@ def _saved_bytes(student, batch) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("dropout", [0.05, 0.0])
-def test_plan_matches_what_autograd_keeps(tiny_model, dropout):
-    settings = _settings(tiny_model, lora_dropout=dropout, precision="bf16", batch_size=4)
+@pytest.mark.parametrize(("method", "dropout"), [("lora", 0.05), ("lora", 0.0), ("qlora", 0.0)])
+def test_plan_matches_what_autograd_keeps(tiny_model, method, dropout):
+    settings = _settings(
+        tiny_model, method=method, lora_dropout=dropout, precision="bf16", batch_size=4
+    )
     student = load_student(settings)
     student.model.train()
     batch = _batch(student)
@@ -115,8 +117,24 @@ def test_plan_matches_what_autograd_keeps(tiny_model, dropout):
         estimated = plan.parts["activations"] + plan.parts["loss head (labelled tokens only)"]
         if checkpointing:  # the one layer rebuilt at a time in the backward pass is extra
             estimated -= tokens * memory.layer_activation_bytes(shapes, sized, 2)
-        assert plan.micro_tokens == tokens
+        assert plan.pass_tokens == tokens
         assert abs(estimated - measured) <= 0.3 * measured, (checkpointing, estimated, measured)
+
+
+def test_qlora_keeps_the_activations_in_the_compute_precision_as_lora_does(tiny_model):
+    """Only the adapters train: the frozen norms and embeddings stay in bf16 under QLoRA
+    (peft's kbit preparation would cast them to fp32, and the whole hidden stream with
+    them), so autograd keeps no more for QLoRA than for LoRA."""
+    saved = {}
+    for method in ("lora", "qlora"):
+        student = load_student(_settings(tiny_model, method=method, precision="bf16"))
+        student.model.train()
+        frozen = [
+            p for p in student.model.parameters() if not p.requires_grad and p.is_floating_point()
+        ]
+        assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+        saved[method] = _saved_bytes(student, _batch(student))
+    assert saved["qlora"] <= 1.05 * saved["lora"], saved
 
 
 def test_adapter_weights_and_optimizer_state_are_counted_exactly(tiny_model):
@@ -152,7 +170,7 @@ def test_a_peft_method_by_name_is_planned_with_its_own_parameter_count(tiny_mode
 
 
 def test_auto_turns_checkpointing_on_only_when_needed(tiny_model):
-    settings = _settings(tiny_model, batch_tokens=4096, max_seq_len=1024)
+    settings = _settings(tiny_model, batch_tokens=4096, max_seq_len=1024, forward_tokens=4096)
     shapes = memory.model_shapes(str(tiny_model), settings.target_modules)
     roomy = memory.plan(shapes, settings, "cpu", 2, available=64 * GiB)
     assert not roomy.checkpointing and roomy.optimizer == "adamw" and roomy.fits
@@ -167,6 +185,22 @@ def test_auto_turns_checkpointing_on_only_when_needed(tiny_model):
         available=int(tight / memory.HEADROOM),
     )
     assert not forced.checkpointing and not forced.fits
+
+
+def test_auto_splits_a_micro_batch_into_passes_before_anything_else(tiny_model):
+    settings = _settings(tiny_model, batch_size=8, batch_tokens=4096, max_seq_len=512)
+    shapes = memory.model_shapes(str(tiny_model), settings.target_modules)
+    on_cpu = memory.plan(shapes, settings, "cpu", 2, available=64 * GiB)
+    assert on_cpu.pass_tokens == memory.CPU_PASS_TOKENS and not on_cpu.checkpointing
+    roomy = memory.plan(shapes, settings, "cuda", 2, available=64 * GiB)
+    assert roomy.pass_tokens == 4096 and not roomy.checkpointing
+    # Room for passes of one 512-token row, not for the whole micro-batch at once.
+    one_row = memory.estimate(shapes, settings, "cuda", 2, False, "paged_adamw_8bit", tokens=512)
+    tight = memory.plan(
+        shapes, settings, "cuda", 2, available=int(one_row.total / memory.HEADROOM) + 1
+    )
+    assert tight.fits and tight.pass_tokens == 512 and not tight.checkpointing
+    assert one_row.parts["activations"] < roomy.parts["activations"] / 4
 
 
 def test_a_run_that_cannot_fit_stops_before_loading_anything(

@@ -22,10 +22,12 @@ from tqdm.auto import tqdm
 
 from domainkit.config.schema import TrainConfig
 from domainkit.train.data import IGNORE, Row, collate, make_batches
+from domainkit.train.memory import pass_tokens
 from domainkit.train.objective import AdaLoraSchedule, LabelledTokenLoss
 from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
 log = logging.getLogger(__name__)
+CPU_PAD_MULTIPLE = 32
 
 
 @dataclass
@@ -119,6 +121,18 @@ class TrainingRun:
     def _token_budget(self) -> int | None:
         return None if self.phase.packed else self.settings.batch_tokens
 
+    @property
+    def _pass_tokens(self) -> int:
+        wanted = self.settings.forward_tokens
+        if wanted == "auto":
+            return pass_tokens(self.settings, self.accelerator.device.type)
+        return wanted
+
+    def _passes(self, batch: list[Row]) -> list[list[Row]]:
+        """A micro-batch as forward and backward passes of at most ``forward_tokens`` tokens
+        (one row at least); the step's gradient is the same however it is split."""
+        return make_batches(batch, len(batch), 0, self._pass_tokens)
+
     def _epoch_batches(self, epoch: int) -> list[list[Row]]:
         """This process's micro-batches of an epoch, the same count on every process."""
         if self._cached[0] == epoch:
@@ -139,9 +153,13 @@ class TrainingRun:
 
     def _tensors(self, batch: list[Row]) -> dict:
         pad = self.tokenizer.pad_token_id
+        # On a CPU, oneDNN keeps about 30 MB per distinct matrix shape it has run (SmolLM2,
+        # measured), so passes of every possible length would grow the process by that much
+        # a step; lengths rounded up to a multiple of 32 bound the shapes for a little padding.
+        multiple = CPU_PAD_MULTIPLE if self.accelerator.device.type == "cpu" else 1
         return {
             k: v.to(self.accelerator.device)
-            for k, v in collate(batch, pad, self.phase.packed).items()
+            for k, v in collate(batch, pad, self.phase.packed, None, multiple).items()
         }
 
     # -- the loop -----------------------------------------------------------------------
@@ -194,7 +212,7 @@ class TrainingRun:
         self.model.train()
         rows = self._step_batches()
         self.tokens_seen += sum(len(r.input_ids) for batch in rows for r in batch)
-        micro = [self._tensors(batch) for batch in rows]
+        micro = [self._tensors(part) for batch in rows for part in self._passes(batch)]
         total = max(1, sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro))
         loss_sum = 0.0
         for i, batch in enumerate(micro):

@@ -225,7 +225,7 @@ def _phases(domain: Domain, student: Student, splits, out: Path, stats: DataStat
 def _within_memory(student, settings, stats: DataStats, out: Path, resume: bool, on_plan):
     """The memory plan for the real data (its share of labelled tokens sizes the loss
     head), checked; checkpointing and the optimizer it chose (or a resumed run kept)
-    applied. Returns the settings with the chosen optimizer."""
+    applied. Returns the settings with the chosen optimizer and pass length."""
     memory = plan_for(settings, stats.label_tokens / max(stats.tokens, 1))
     if memory is not None:
         (on_plan or (lambda plan: log.info("%s", plan.table())))(memory)
@@ -233,7 +233,10 @@ def _within_memory(student, settings, stats: DataStats, out: Path, resume: bool,
     choices = _memory_choices(out, memory, settings, resume)
     if choices["checkpointing"]:
         enable_checkpointing(student.model)
-    return settings.model_copy(update={"optimizer": choices["optimizer"]})
+    chosen = {"optimizer": choices["optimizer"]}
+    if memory is not None and settings.forward_tokens == "auto":
+        chosen["forward_tokens"] = memory.pass_tokens
+    return settings.model_copy(update=chosen)
 
 
 def _run_phases(phases, student, settings, accelerator, resume, on_step, name, layout: Layout):
