@@ -186,7 +186,7 @@ WORKERS = {
         "Trainer + peft, padding, bf16",
         lambda d, c, m: run_baseline(d, c, m, bf16=True),
     ),
-    "domainkit": ("domainkit default (grouped, bf16, labelled-only head)", run_domainkit),
+    "domainkit": ("domainkit default (grouped, passes of 1,024, labelled-only)", run_domainkit),
     "domainkit-ckpt": (
         "domainkit + gradient checkpointing",
         lambda d, c, m: run_domainkit(d, c, m, checkpointing="on"),

@@ -133,6 +133,17 @@ def test_labelled_token_loss_equals_the_models_own_loss_and_gradients(tiny_model
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
 
 
+def test_padding_to_a_multiple_changes_the_shape_not_the_loss(tiny_model):
+    student = load_student(_settings(tiny_model, lora_dropout=0.0))
+    rows, pad = _rows(student, n=3, packed=False), student.tokenizer.pad_token_id
+    exact = collate(rows, pad, False)
+    rounded = collate(rows, pad, False, pad_to_multiple_of=32)
+    assert rounded["input_ids"].shape[1] % 32 == 0
+    assert rounded["input_ids"].shape[1] > exact["input_ids"].shape[1]
+    loss = LabelledTokenLoss(student.model)
+    torch.testing.assert_close(loss(**rounded), loss(**exact), atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_precision_keeps_adapters_fp32_and_trains(tiny_model, tmp_path):
     settings = _settings(tiny_model, precision="bf16", max_steps=3)
     student = load_student(settings)
@@ -185,6 +196,46 @@ def test_an_epoch_trains_each_sample_once_and_steps_stay_inside_it(tiny_model, t
     state = run.run()
     assert (run.total_steps, state.step, state.epoch) == (3, 3, 0)
     assert run.tokens_seen == sum(len(r.input_ids) for r in rows)
+
+
+def test_a_micro_batch_split_into_passes_trains_the_same(tiny_model, tmp_path):
+    """forward_tokens changes how many tokens one forward and backward pass holds, not the
+    step: one pass per micro-batch and one row per pass end at the same adapter."""
+    adapters, passes = {}, {}
+    for forward_tokens in (10**6, 1):
+        settings = _settings(
+            tiny_model,
+            lora_dropout=0.0,
+            batch_size=4,
+            grad_accum=2,
+            max_steps=2,
+            eval_every=100,
+            save_every=100,
+            forward_tokens=forward_tokens,
+        )
+        student = load_student(settings)
+        rows = _rows(student, n=16, packed=False)
+        phase = Phase(
+            "sft",
+            rows,
+            [],
+            settings.learning_rate,
+            1.0,
+            tmp_path / str(forward_tokens),
+            packed=False,
+        )
+        run = TrainingRun(student.model, student.tokenizer, settings, phase, _Accel())
+        tensors, passes[forward_tokens] = run._tensors, []
+        run._tensors = lambda batch, tensors=tensors, seen=passes[forward_tokens]: (
+            seen.append(len(batch)) or tensors(batch)
+        )
+        run.run()
+        adapters[forward_tokens] = {
+            n: p.detach().clone() for n, p in student.model.named_parameters() if p.requires_grad
+        }
+    assert passes[10**6] == [4] * 4 and passes[1] == [1] * 16
+    for name, value in adapters[1].items():
+        torch.testing.assert_close(value, adapters[10**6][name], atol=1e-6, rtol=1e-5)
 
 
 def test_lora_moves_the_adapter_and_leaves_the_base_alone(tiny_model, tmp_path):

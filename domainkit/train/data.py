@@ -155,14 +155,21 @@ def make_batches(
     return batches
 
 
-def collate(batch: list[Row], pad_id: int, packed: bool, stats: DataStats | None = None) -> dict:
-    """Tensors for one batch, right-padded.
+def collate(
+    batch: list[Row],
+    pad_id: int,
+    packed: bool,
+    stats: DataStats | None = None,
+    pad_to_multiple_of: int = 1,
+) -> dict:
+    """Tensors for one batch, right-padded to its longest row, rounded up to a multiple of
+    ``pad_to_multiple_of`` (few distinct shapes: see ``TrainingRun``).
 
     Packed rows get no attention mask: their position ids mark where each sample starts,
     and padding forms a segment of its own that nothing attends to. Unpacked rows get an
     ordinary padding mask.
     """
-    width = max(len(r.input_ids) for r in batch)
+    width = -(-max(len(r.input_ids) for r in batch) // pad_to_multiple_of) * pad_to_multiple_of
     input_ids, labels, positions, mask = [], [], [], []
     for row in batch:
         pad = width - len(row.input_ids)
