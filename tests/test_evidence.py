@@ -146,6 +146,25 @@ def test_unknown_names_and_codes_of_a_question():
     ]
 
 
+def test_a_users_own_figures_and_plurals_are_not_unknown_terms():
+    # "I got 37 overall" or "arrive at 7am" describe the user's case, not a thing the
+    # documents must name (a near miss never swaps a figure: "within 45 days" when the
+    # documents say 30 has an answer, "no"); "Sundays" is the corpus's "Sunday".
+    vocabulary = CorpusVocabulary(
+        ["The library opens on Sunday during exams. Pass mark: 40. Model KP-200 only."]
+    )
+    assert vocabulary.unknown_specific_terms("I got 37 overall. Do I have to resit?") == []
+    assert vocabulary.unknown_specific_terms("I arrive at 7am and wrote 2,150 words.") == []
+    assert vocabulary.unknown_specific_terms("Is the library open on Sundays?") == []
+    assert vocabulary.unknown_specific_terms("Are the KP-200's buttons lit?") == []
+    # Codes and names still count, in the plural too.
+    assert vocabulary.unknown_specific_terms("Does the KP-900 work? Do Falcons?") == [
+        "KP-900",
+        "Falcons",
+    ]
+    assert vocabulary.unknown_specific_terms("What does error E401 mean?") == ["E401"]
+
+
 def test_title_lines_are_context_not_evidence():
     # A PDF's numbered section title and a web page's breadcrumb state nothing: they are
     # left out of the units and kept as the topic of the lines under them.

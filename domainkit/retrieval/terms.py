@@ -19,6 +19,9 @@ from domainkit.retrieval.bm25 import content_terms
 
 _WORD = re.compile(r"[A-Za-z0-9][\w'’.+-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _HAS_DIGIT = re.compile(r"\d")
+# A quantity, price, year or time of day ("37", "2,150", "£4.99", "7am", "23rd", "1990s"):
+# a figure, not a model number or code ("KP-200", "E401", "2.8.3").
+_FIGURE = re.compile(r"[£$€]?\d+(?:,\d{3})*(?:[.:]\d+)?(?:%|am|pm|st|nd|rd|th|s)?", re.I)
 _CONTRACTION = re.compile(r"(?:i|you|we|they|he|she|it|that|there)'(?:m|s|ve|ll|d|re)")
 # Words that open or fill questions in capitals without naming anything.
 _NOT_NAMES = frozenset(
@@ -91,10 +94,10 @@ class CorpusVocabulary:
         return math.log(1 + (self.size + 1) / (self.df.get(term, 0) + 0.5))
 
     def knows(self, word: str) -> bool:
-        """Whether the corpus uses this word (case-insensitive; a hyphenated word counts as
-        known when all its parts are)."""
+        """Whether the corpus uses this word (case-insensitive; a plural counts as known
+        when its singular is, a hyphenated word when all its parts are)."""
         lowered = normalize_word(word)
-        if lowered in self.words:
+        if lowered in self.words or _singular(lowered) in self.words:
             return True
         parts = [p for p in re.split(r"[-/.]", lowered) if p]
         return len(parts) > 1 and all(p in self.words for p in parts)
@@ -105,8 +108,24 @@ class CorpusVocabulary:
         return sum(self.df.get(t, 0) == 0 for t in terms) / len(terms) if terms else 0.0
 
     def unknown_specific_terms(self, question: str) -> list[str]:
-        """The question's names, codes and figures the corpus never uses."""
-        return [t for t in specific_terms(question) if not self.knows(t)]
+        """The question's names and codes the corpus never uses.
+
+        Figures do not count: "I got 37 overall" or "arrive at 7am" describe the asker's
+        case, and a figure the documents do not give ("is the warranty 5 years?") still
+        has an answer, the one they do give. Near misses never swap figures either
+        (``synth.facts.near_miss``)."""
+        return [
+            t for t in specific_terms(question) if not _FIGURE.fullmatch(t) and not self.knows(t)
+        ]
+
+
+def _singular(word: str) -> str:
+    """"sundays" -> "sunday", "classes" -> "class"; other words unchanged."""
+    if word.endswith(("ses", "xes", "ches", "shes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
 
 
 def weighted_coverage(
