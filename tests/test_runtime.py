@@ -129,6 +129,45 @@ def test_the_gate_refuses_an_answer_without_the_kind_of_value_asked_for(assistan
     assert hit.gate["missing_type"] == 0 and hit.route != "refusal"
 
 
+def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant):
+    """Calibrated to the selector's line (reader weight 0) and a gate without the model's
+    refusal, ``auto`` answers without the model, exactly as when it reads."""
+    calls: list[int] = []
+    generator = assistant.scheduler.generator
+    original = generator.generate
+
+    def counting(requests):
+        calls.append(len(requests))
+        return original(requests)
+
+    def made(gate):
+        made = _with(assistant, gate=gate)
+        made.reader_weight = 0.0
+        return made
+
+    reads = Gate(weights={**NAMES_ONLY.weights, "model_refusal": -1e-9}, bias=5.0)
+    generator.generate = counting
+    try:
+        for question in (WARRANTY_Q, "How long is the warranty on a Falcon speaker?"):
+            read = made(reads).answer(_ask(question))
+            assert calls, "a gate that weighs the model's refusal reads"
+            calls.clear()
+            unread = made(NAMES_ONLY)
+            assert not unread.reads_matter()
+            answer = unread.answer(_ask(question))
+            assert calls == [], "no model call"
+            assert (answer.text, answer.route, answer.sources) == (
+                read.text,
+                read.route,
+                read.sources,
+            )
+            assert answer.gate["p_answerable"] == pytest.approx(read.gate["p_answerable"])
+        assert answer.route == "refusal"
+        assert made(NAMES_ONLY).recheck(answer, gated=True).text == answer.text
+    finally:
+        generator.generate = original
+
+
 def test_evidence_policy_uses_no_model_and_other_policies(assistant):
     calls: list[int] = []
     generator = assistant.scheduler.generator

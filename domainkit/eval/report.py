@@ -8,6 +8,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from domainkit.runtime.gate import reading_counts
 from domainkit.utils.atomic import atomic_write_json, atomic_write_text, replace_dir
 
 COLUMNS = [
@@ -112,6 +113,14 @@ def _calibration_lines(calibration: dict) -> list[str]:
         ),
         f"- on validation: {calibration['answered']:.0%} of answerable answered, "
         f"{calibration['refused']:.0%} of unanswerable refused",
+        "- the runtime policy "
+        + (
+            "reads the model's choice of line and refusal"
+            if "reader_weight" not in calibration
+            or reading_counts(calibration["reader_weight"], gate["weights"])
+            else "runs no model: with reader weight 0 and no weight on the model's refusal, "
+            "its reading could not change an answer"
+        ),
     ]
 
 

@@ -120,7 +120,7 @@ class CorpusVocabulary:
 
 
 def _singular(word: str) -> str:
-    """"sundays" -> "sunday", "classes" -> "class"; other words unchanged."""
+    """ "sundays" -> "sunday", "classes" -> "class"; other words unchanged."""
     if word.endswith(("ses", "xes", "ches", "shes")):
         return word[:-2]
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:

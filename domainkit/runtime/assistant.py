@@ -50,7 +50,7 @@ from domainkit.runtime.answers import (
     evidence_answer,
 )
 from domainkit.runtime.context import fit_prompt, split_conversation
-from domainkit.runtime.gate import Gate, GateFeatures
+from domainkit.runtime.gate import Gate, GateFeatures, reading_counts
 from domainkit.runtime.scheduler import Scheduler
 from domainkit.runtime.verify import match_quote
 
@@ -205,12 +205,15 @@ class Assistant:
             return self._from_evidence(evidence, policy, on_text, started)
         plan = self._plan(question, history, evidence, max_tokens)
 
-        def finish(result: GenResult) -> Answer:
+        def finish(result: GenResult | None) -> Answer:
             answer = self._checked(plan, result, gated=policy == "auto")
             answer.seconds = time.perf_counter() - started
             if on_text is not None:
                 on_text(answer.text)
             return answer
+
+        if policy == "auto" and not self.reads_matter():
+            return PendingAnswer(finish, None)
 
         # The reply is one of the evidence lines or the refusal: scored as choices where the
         # backend can (always a valid quote), generated and checked where it cannot.
@@ -219,6 +222,13 @@ class Assistant:
             plan.prompt, max_tokens, sampling.temperature, None, choices, sampling.seed
         )
         return PendingAnswer(finish, self.scheduler.submit(request), request)
+
+    def reads_matter(self) -> bool:
+        """Whether the model's reading can change an ``auto`` answer. It cannot when
+        calibration gave the reader no weight (the selector's line is the answer) and the
+        gate no weight on the model's refusal: then ``auto`` answers without running the
+        model, the same answer in a fraction of the time."""
+        return reading_counts(self.reader_weight, self.gate.weights)
 
     # -- the evidence route ----------------------------------------------------------------
 
@@ -244,15 +254,21 @@ class Assistant:
         )
         return _Plan(prompt, evidence=evidence, trimmed=trimmed)
 
-    def _checked(self, plan: _Plan, result: GenResult, gated: bool) -> Answer:
-        """The model's reply, verified against the evidence, through the gate when ``gated``."""
-        evidence = plan.evidence
-        sentence, refusal = self._reading(evidence, result)
+    def _checked(self, plan: _Plan, result: GenResult | None, gated: bool) -> Answer:
+        """The model's reply, verified against the evidence, through the gate when ``gated``.
+        With no reply (``result`` None: the model's reading would not count) the selector's
+        best line is the answer and the gate does without the model's refusal."""
+        evidence, read = plan.evidence, result
+        if result is None:
+            sentence, refusal = max(evidence.sentences, key=lambda s: s.score), None
+            result = GenResult("", 0, 0, "stop", None)
+        else:
+            sentence, refusal = self._reading(evidence, result)
         # A generated reply that refuses (a backend that cannot score) is the model's own
         # decision; scored refusal probabilities go through the gate instead.
         refused = not result.choice_logprobs and refusal == 1.0
         answer = evidence_answer(evidence, self.settings.answer_words)
-        answer.reading = (plan, result)
+        answer.reading = (plan, read)
         answer.quote = quote_reply(sentence.text) if sentence is not None else result.text or None
         answer.confidence = result.confidence
         answer.prompt_tokens = result.prompt_tokens
@@ -274,7 +290,7 @@ class Assistant:
         answer.gate = {**features.to_dict(), "p_answerable": round(probability, 4)}
         if gated and (refused or probability < self.gate.threshold):
             answer.text, answer.route, answer.sources = self.config.refusal, "refusal", []
-        if result.choice_logprobs:  # scored, not generated: the client receives this text
+        if read is None or result.choice_logprobs:  # scored or not read: the reply is this text
             answer.completion_tokens = self.scheduler.generator.count_text(answer.text)
         return answer
 

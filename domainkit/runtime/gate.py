@@ -109,6 +109,12 @@ class Gate:
         )
 
 
+def reading_counts(reader_weight: float, weights: dict[str, float]) -> bool:
+    """Whether the model's reading of the evidence can change an answer: its choice of line
+    has weight, or the gate weighs its probability of refusing."""
+    return reader_weight > 0 or weights.get("model_refusal", 0.0) != 0.0
+
+
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-max(-60.0, min(60.0, x))))
 
