@@ -216,6 +216,20 @@ def test_a_lead_in_or_table_header_is_never_the_answer():
     assert evidence.ranked[0].text.startswith("| Period"), "the header scores best lexically"
     assert evidence.best().text.startswith(("| Term time", "| Holidays"))
     assert evidence.answer_from(evidence.best(), 40).startswith("Period | Opening hours.")
+    # Nor the runtime's pick, whatever weight the model's choice has: here the model
+    # scores the header highest and the selector ranks it first.
+    from types import SimpleNamespace
+
+    from domainkit.backends import GenResult
+    from domainkit.runtime.assistant import Assistant
+
+    header = [s.lead_in for s in evidence.sentences].index(True)
+    logprobs = [-1.0 if i == header else -5.0 for i in range(len(evidence.sentences))]
+    result = GenResult("", 10, 0, "stop", None, choice_logprobs=[*logprobs, -9.0])
+    for weight in (0.0, 0.5, 1.0):
+        reader = SimpleNamespace(reader_weight=weight)
+        line, _ = Assistant._reading(reader, evidence, result)
+        assert not line.lead_in and line.text.startswith(("| Term time", "| Holidays"))
 
 
 def test_a_sentence_that_a_later_one_refers_back_to_can_be_the_answer():

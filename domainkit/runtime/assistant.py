@@ -260,7 +260,7 @@ class Assistant:
         best line is the answer and the gate does without the model's refusal."""
         evidence, read = plan.evidence, result
         if result is None:
-            sentence, refusal = max(evidence.sentences, key=lambda s: s.score), None
+            sentence, refusal = evidence.best(), None
             result = GenResult("", 0, 0, "stop", None)
         else:
             sentence, refusal = self._reading(evidence, result)
@@ -307,11 +307,14 @@ class Assistant:
             refusal = weights[-1] / sum(weights)
             lines = _softmax(scores[:-1])
             w = self.reader_weight
+            # A lead-in ("The options are:", a table's header row) introduces facts without
+            # stating them: never the answer's main line (``Evidence.best``).
             combined = [
-                (1 - w) * s.score + w * p for s, p in zip(evidence.sentences, lines, strict=True)
+                (s, (1 - w) * s.score + w * p)
+                for s, p in zip(evidence.sentences, lines, strict=True)
             ]
-            best = max(range(len(combined)), key=combined.__getitem__)
-            return evidence.sentences[best], round(refusal, 4)
+            stated = [c for c in combined if not c[0].lead_in] or combined
+            return max(stated, key=lambda c: c[1])[0], round(refusal, 4)
         from domainkit.eval.metrics import is_refusal
 
         quoted = parse_quote(result.text)
