@@ -166,6 +166,20 @@ def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant)
         assert made(NAMES_ONLY).recheck(answer, gated=True).text == answer.text
     finally:
         generator.generate = original
+    # A backend that generates (an endpoint) is always read: its quote is the pick and its
+    # refusal is final, whatever the reader weight.
+    refusing = FakeGenerator(reply=assistant.config.refusal)
+    endpoint = Assistant(
+        assistant.config,
+        assistant.settings,
+        Scheduler(refusing, max_batch=1, max_queue=4),
+        assistant.retriever,
+        True,
+        NAMES_ONLY,
+        reader_weight=0.0,
+    )
+    assert endpoint.reads_matter()
+    assert endpoint.answer(_ask(WARRANTY_Q)).route == "refusal"
 
 
 def test_evidence_policy_uses_no_model_and_other_policies(assistant):

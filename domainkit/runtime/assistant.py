@@ -6,6 +6,8 @@ Policy ``auto`` (the default):
    bear on the question (``retrieval.evidence``), each under its passage's number;
 2. the tuned student reads the evidence block and quotes the line it relies on with its
    number, or refuses (the format it was trained on, ``prompting.evidence_question``);
+   skipped when calibration found its reading could not change the answer
+   (``reads_matter``);
 3. the gate (``runtime.gate``) decides answer or refuse from the evidence's similarity,
    the question's names and figures the corpus never mentions, and the model's own
    probability of refusing, with thresholds calibrated by ``domainkit eval``;
@@ -224,11 +226,14 @@ class Assistant:
         return PendingAnswer(finish, self.scheduler.submit(request), request)
 
     def reads_matter(self) -> bool:
-        """Whether the model's reading can change an ``auto`` answer. It cannot when
-        calibration gave the reader no weight (the selector's line is the answer) and the
-        gate no weight on the model's refusal: then ``auto`` answers without running the
-        model, the same answer in a fraction of the time."""
-        return reading_counts(self.reader_weight, self.gate.weights)
+        """Whether the model's reading can change an ``auto`` answer. With a backend that
+        scores the lines it cannot when calibration gave the reader no weight (the
+        selector's line is the answer) and the gate no weight on the model's refusal: then
+        ``auto`` answers without running the model, the same answer in a fraction of the
+        time. A backend that generates always counts: its quote is the pick and its refusal
+        is final."""
+        scores = getattr(self.scheduler.generator, "scores_choices", False)
+        return not scores or reading_counts(self.reader_weight, self.gate.weights)
 
     # -- the evidence route ----------------------------------------------------------------
 
