@@ -3,6 +3,7 @@ server (with the official client), its errors and limits, and the web page in Ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,6 +70,24 @@ def _ask(question: str) -> list[dict]:
     return [{"role": "user", "content": question}]
 
 
+@contextlib.contextmanager
+def _model_calls(assistant):
+    """The sizes of the batches the assistant's backend generates while the block runs."""
+    calls: list[int] = []
+    generator = assistant.scheduler.generator
+    original = generator.generate
+
+    def counting(requests):
+        calls.append(len(requests))
+        return original(requests)
+
+    generator.generate = counting
+    try:
+        yield calls
+    finally:
+        generator.generate = original
+
+
 # A gate that answers unless the question names something the documents never mention.
 NAMES_ONLY = Gate(
     weights={"dense": 0.0, "coverage": 0.0, "unknown": -10.0, "novel": 0.0, "model_refusal": 0.0},
@@ -132,13 +151,6 @@ def test_the_gate_refuses_an_answer_without_the_kind_of_value_asked_for(assistan
 def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant):
     """Calibrated to the selector's line (reader weight 0) and a gate without the model's
     refusal, ``auto`` answers without the model, exactly as when it reads."""
-    calls: list[int] = []
-    generator = assistant.scheduler.generator
-    original = generator.generate
-
-    def counting(requests):
-        calls.append(len(requests))
-        return original(requests)
 
     def made(gate):
         made = _with(assistant, gate=gate)
@@ -146,8 +158,7 @@ def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant)
         return made
 
     reads = Gate(weights={**NAMES_ONLY.weights, "model_refusal": -1e-9}, bias=5.0)
-    generator.generate = counting
-    try:
+    with _model_calls(assistant) as calls:
         for question in (WARRANTY_Q, "How long is the warranty on a Falcon speaker?"):
             read = made(reads).answer(_ask(question))
             assert calls, "a gate that weighs the model's refusal reads"
@@ -164,8 +175,6 @@ def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant)
             assert answer.gate["p_answerable"] == pytest.approx(read.gate["p_answerable"])
         assert answer.route == "refusal"
         assert made(NAMES_ONLY).recheck(answer, gated=True).text == answer.text
-    finally:
-        generator.generate = original
     # A backend that generates (an endpoint) is always read: its quote is the pick and its
     # refusal is final, whatever the reader weight.
     refusing = FakeGenerator(reply=assistant.config.refusal)
@@ -183,16 +192,7 @@ def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant)
 
 
 def test_evidence_policy_uses_no_model_and_other_policies(assistant):
-    calls: list[int] = []
-    generator = assistant.scheduler.generator
-    original = generator.generate
-
-    def spy(requests):
-        calls.append(len(requests))
-        return original(requests)
-
-    generator.generate = spy
-    try:
+    with _model_calls(assistant) as calls:
         evidence = assistant.answer(_ask(WARRANTY_Q), policy="evidence")
         assert calls == [] and evidence.route == "evidence"
         assert "Every Perch speaker has a two-year limited warranty." in evidence.text
@@ -200,8 +200,6 @@ def test_evidence_policy_uses_no_model_and_other_policies(assistant):
         assert naive.route == "rag" and len(naive.sources) == 2, "naive uses the top passages"
         closed = assistant.answer(_ask(WARRANTY_Q), policy="closed")
         assert closed.route == "closed" and closed.sources == []
-    finally:
-        generator.generate = original
     assert len(calls) == 2
 
 
@@ -288,22 +286,10 @@ def test_a_question_that_cannot_fit_is_an_error(assistant):
 
 def test_concurrent_requests_are_batched_with_their_own_limits(assistant):
     closed = _with(assistant, policy="closed")
-    batches: list[int] = []
-    generator = assistant.scheduler.generator
-    original = generator.generate
-
-    def spy(requests):
-        batches.append(len(requests))
-        return original(requests)
-
-    generator.generate = spy
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(
-                pool.map(lambda n: closed.answer(_ask(f"warranty {n}?"), max_tokens=n), range(1, 9))
-            )
-    finally:
-        generator.generate = original
+    with _model_calls(assistant) as batches, ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda n: closed.answer(_ask(f"warranty {n}?"), max_tokens=n), range(1, 9))
+        )
     assert all(a.completion_tokens <= n for a, n in zip(answers, range(1, 9), strict=True))
     assert max(batches) > 1, "waiting requests were generated together"
 
