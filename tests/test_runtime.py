@@ -173,6 +173,11 @@ def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant)
                 read.sources,
             )
             assert answer.gate["p_answerable"] == pytest.approx(read.gate["p_answerable"])
+            if question == WARRANTY_Q:
+                # The line is the selector's, not the model's: the user is told so, and no
+                # model quote is shown for a model that was never asked.
+                assert answer.route == "evidence" and answer.quote is None
+                assert read.route == "evidence" and read.quote, "read: the model's own quote"
         assert answer.route == "refusal"
         assert made(NAMES_ONLY).recheck(answer, gated=True).text == answer.text
     # A backend that generates (an endpoint) is always read: its quote is the pick and its

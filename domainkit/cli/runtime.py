@@ -53,8 +53,8 @@ def _stream_text(text: str) -> None:
 
 
 _ROUTES = {
-    "answer": "quoted from the documents, quote checked",
-    "evidence": "the documents' best sentence (the model's quote did not check out)",
+    "answer": "quoted from the documents, the model's choice of line, quote checked",
+    "evidence": "quoted from the documents, the best-matching lines (no model choice)",
     "rag": "answered by the model from whole passages, unchecked",
     "closed": "answered by the model without the documents",
     "refusal": "not answered: the documents do not cover it",

@@ -265,23 +265,26 @@ class Assistant:
         best line is the answer and the gate does without the model's refusal."""
         evidence, read = plan.evidence, result
         if result is None:
-            sentence, refusal = evidence.best(), None
+            sentence, refusal, quote = evidence.best(), None, None
             result = GenResult("", 0, 0, "stop", None)
         else:
-            sentence, refusal = self._reading(evidence, result)
+            sentence, refusal, quote = self._reading(evidence, result)
         # A generated reply that refuses (a backend that cannot score) is the model's own
         # decision; scored refusal probabilities go through the gate instead.
         refused = not result.choice_logprobs and refusal == 1.0
         answer = evidence_answer(evidence, self.settings.answer_words)
         answer.reading = (plan, read)
-        answer.quote = quote_reply(sentence.text) if sentence is not None else result.text or None
+        answer.quote = quote
         answer.confidence = result.confidence
         answer.prompt_tokens = result.prompt_tokens
         answer.completion_tokens = result.completion_tokens
         answer.finish_reason, answer.trimmed_turns = result.finish_reason, plan.trimmed
         if sentence is not None:
             answer.text = evidence.answer_from(sentence, self.settings.answer_words)
-            answer.route = "answer"
+            # "answer" only when the model's choice of line counted: unread, or read with no
+            # weight, the line is the selector's and the user is told so.
+            chose = read is not None and (not read.choice_logprobs or self.reader_weight > 0)
+            answer.route = "answer" if chose else "evidence"
         vocabulary = self.retriever.vocabulary
         features = GateFeatures(
             dense=evidence.best_dense,
@@ -300,11 +303,13 @@ class Assistant:
         return answer
 
     def _reading(self, evidence, result: GenResult):
-        """(the evidence line the model quotes or None, its probability of refusing).
+        """(the answer's line or None, the model's probability of refusing, its own quote).
 
-        Scored choices give both directly: the best-scoring line, and the refusal's share of
-        the probability over all choices. A generated reply is checked against the evidence
-        (``verify.match_quote``); a refusal counts as probability 1."""
+        Scored choices give the first two directly: the line that wins the selector's and
+        the model's scores combined by the reader weight, and the refusal's share of the
+        probability over all choices; the model's quote is its own best line. A generated
+        reply is checked against the evidence (``verify.match_quote``); a refusal counts as
+        probability 1."""
         if result.choice_logprobs:
             scores = result.choice_logprobs
             top = max(scores)
@@ -319,12 +324,16 @@ class Assistant:
                 for s, p in zip(evidence.sentences, lines, strict=True)
             ]
             stated = [c for c in combined if not c[0].lead_in] or combined
-            return max(stated, key=lambda c: c[1])[0], round(refusal, 4)
+            own = evidence.sentences[lines.index(max(lines))]
+            pick = max(stated, key=lambda c: c[1])[0]
+            return pick, round(refusal, 4), quote_reply(own.text)
         from domainkit.eval.metrics import is_refusal
 
         quoted = parse_quote(result.text)
         refused = quoted is None and is_refusal(result.text, self.config.refusal)
-        return match_quote(quoted, evidence), (1.0 if refused else 0.0)
+        matched = match_quote(quoted, evidence)
+        quote = quote_reply(matched.text) if matched is not None else result.text or None
+        return matched, (1.0 if refused else 0.0), quote
 
     def recheck(self, answer: Answer, gated: bool) -> Answer:
         """``answer`` made again from its reading with this assistant's current gate and
