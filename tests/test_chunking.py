@@ -69,6 +69,18 @@ def test_long_sections_are_split_within_budget_with_overlap():
         assert doc.text[right.start : right.end] == right.text
 
 
+def test_a_long_paragraph_is_cut_between_sentences_not_inside_one():
+    sentences = [f"Sentence {i} says the speaker plays {i} songs in a row. " for i in range(40)]
+    paragraph = "".join(sentences).strip() + " 1. Open the app. 2. Tap Pair."
+    doc = _doc(paragraph, source="long.txt", markup="plain")
+    chunks = _chunker(size=50, overlap=10).chunk(doc)
+    assert len(chunks) >= 4
+    for chunk in chunks:
+        assert doc.text[chunk.start : chunk.end] == chunk.text
+        assert chunk.text.startswith(("Sentence", "1. Open")), chunk.text[:30]
+        assert chunk.text.endswith(("in a row.", "Tap Pair.")), chunk.text[-30:]
+
+
 def test_chunk_ids_are_stable_and_change_only_with_content():
     chunker = _chunker()
     first = chunker.chunk(_doc(MANUAL))

@@ -21,6 +21,11 @@ from domainkit.ingest.document import Document
 from domainkit.ingest.normalize import atx_heading
 from domainkit.utils.hashing import text_hash
 
+# langchain's default separators are paragraphs, lines, then spaces: a long paragraph is cut
+# mid-sentence, and the evidence selector then offers a fragment ("Nevertheless,") as a line.
+# Between lines and spaces, cut at a sentence's end: . ! or ? after a word, before a capital
+# (not "1. Open the app", a numbered step run into one line).
+_SEPARATORS = ["\n\n", "\n", r"(?<=[a-z)][.!?])\s+(?=[A-Z\"'(])", " ", ""]
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _LIST_OR_QUOTE = re.compile(r"^([-*+>|]|\d+[.)])(\s|$)")
@@ -147,6 +152,8 @@ class Chunker:
         self.count_tokens = count_tokens
         self.settings = settings
         self._splitter = RecursiveCharacterTextSplitter(
+            separators=_SEPARATORS,
+            is_separator_regex=True,
             chunk_size=settings.chunk_size,
             chunk_overlap=settings.chunk_overlap,
             length_function=count_tokens,
