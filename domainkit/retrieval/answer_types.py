@@ -181,3 +181,19 @@ FIGURE = re.compile(
 def asks_for_figure(question: str) -> bool:
     """Whether the question asks for a quantity, time, date or price."""
     return bool(_ASKS_FIGURE.search(question))
+
+
+# "How long", "how often", "how heavy": the adjective asks for a value of a kind; the
+# sentence that answers states the value ("2 years", "weekly", "1.2 kg"), not the word. As a
+# term to match, it favours lines that happen to use it ("for as long as you subscribe").
+_DEGREE = re.compile(
+    r"\bhow\s+(long|much|many|often|far|old|soon|big|large|small|heavy|tall|wide|fast|"
+    r"quickly|early|late|high|deep|thick|loud|bright|hot|cold|warm)\b",
+    re.IGNORECASE,
+)
+
+
+def degree_words(question: str) -> list[str]:
+    """The words of a question's "how long"-style phrases that name the kind of value it
+    asks for ("long" in "How long is the warranty?"), to leave out of its lexical terms."""
+    return [m.group(1).lower() for m in _DEGREE.finditer(question)]

@@ -25,7 +25,7 @@ import numpy as np
 
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
-from domainkit.retrieval.answer_types import FIGURE, asks_for_figure
+from domainkit.retrieval.answer_types import FIGURE, asks_for_figure, degree_words
 from domainkit.retrieval.bm25 import content_terms
 from domainkit.retrieval.terms import CorpusVocabulary, weighted_coverage
 from domainkit.retrieval.units import Unit, text_units
@@ -261,6 +261,8 @@ class EvidenceSelector:
         vectors = self._embed(texts)
         dense = vectors @ query_vector
         q_terms = content_terms([question])[0]
+        degree = set(content_terms([" ".join(degree_words(question))])[0])
+        q_terms = [t for t in q_terms if t not in degree] or q_terms
         u_terms = content_terms(
             [chunk.text[units[i].start : units[i].end] for _, chunk, units, i in candidates]
         )
