@@ -110,7 +110,9 @@ def test_the_demo_questions_on_the_embedded_models(support):
         [{"role": "user", "content": "How long is the warranty on the Talon speaker?"}]
     )
     assert warranty.route in ("answer", "evidence") and "2-year" in warranty.text
-    cited = int(warranty.text.rsplit("[", 1)[1].rstrip("]"))
+    # The citation that closes the "2-year" line's passage names the Talon's own guide.
+    after = warranty.text[warranty.text.index("2-year") :]
+    cited = int(after.split("[", 1)[1].split("]", 1)[0])
     assert "talon" in warranty.sources[cited - 1].document.lower()
     bitcoin = assistant.answer(
         [{"role": "user", "content": "Can I pay for my order with Bitcoin?"}]

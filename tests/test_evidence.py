@@ -91,6 +91,22 @@ def _selector(chunks, **settings) -> EvidenceSelector:
     return EvidenceSelector(HashEmbedder(), vocabulary, EvidenceConfig(**settings))
 
 
+def test_how_long_asks_for_a_duration_not_for_the_word_long():
+    """ "long" in "How long ..." names the kind of value asked for; a line that happens to say
+    "for as long as" is not the better match for it."""
+    plus = _chunk(
+        "With Plus the warranty on speakers is extended for as long as you subscribe.",
+        source="plus.md",
+    )
+    talon = _chunk("Talon is covered by a 2-year limited warranty.", source="talon.md")
+    others = [
+        _chunk(f"Topic {i} is long and covered elsewhere.", source=f"o{i}.md") for i in range(4)
+    ]
+    selector = _selector([plus, talon, *others], dense_weight=0.0)
+    evidence = selector.select("How long is the warranty on the Talon speaker?", [plus, talon])
+    assert evidence.best().text.startswith("Talon is covered")
+
+
 WARRANTY = _chunk(
     "Register your speaker in the app. The Talon warranty lasts two years from delivery. "
     "Keep your receipt safe. Accessories are covered for one year.",
@@ -228,7 +244,7 @@ def test_a_lead_in_or_table_header_is_never_the_answer():
     result = GenResult("", 10, 0, "stop", None, choice_logprobs=[*logprobs, -9.0])
     for weight in (0.0, 0.5, 1.0):
         reader = SimpleNamespace(reader_weight=weight)
-        line, _ = Assistant._reading(reader, evidence, result)
+        line, _, _ = Assistant._reading(reader, evidence, result)
         assert not line.lead_in and line.text.startswith(("| Term time", "| Holidays"))
 
 

@@ -46,6 +46,10 @@ def runtime_domain(tmp_path_factory):
     )
     loaded = load_domain(domain)
     build_index(loaded, HashEmbedder(), progress=False)
+    # The model's choice of line counts (as calibration decides where it helps), so these
+    # tests exercise the reading path; the prior gate stays.
+    loaded.layout.calibration.parent.mkdir(parents=True, exist_ok=True)
+    loaded.layout.calibration.write_text(json.dumps({"reader_weight": 0.5}))
     return loaded
 
 
@@ -63,6 +67,7 @@ def _with(assistant, gate=None, **settings):
         assistant.retriever,
         assistant.tuned,
         gate or assistant.gate,
+        assistant.reader_weight,
     )
 
 
