@@ -162,8 +162,9 @@ class RuntimeConfig(Section):
         0.10,
         ge=0,
         le=1,
-        description="Share of answerable validation questions the calibrated gate may refuse; "
-        "the gate refuses as much as that allows. null: the cut of best balanced accuracy.",
+        description="Expected share of new answerable questions the calibrated gate may "
+        "refuse, judged from the validation questions; the gate refuses as much as that "
+        "allows. null: the cut of best balanced accuracy.",
     )
     max_new_tokens: int = Field(
         96, ge=1, le=8192, description="Longest reply generated (a quote is one sentence)."

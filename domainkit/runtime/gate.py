@@ -163,6 +163,18 @@ def tradeoff(probabilities: list[float], answerable: list[bool]) -> list[dict]:
     return curve
 
 
+def allowed_misses(n: int, budget: float) -> int:
+    """How many of ``n`` answerable validation questions the cut may refuse so that new
+    answerable questions are refused at most ``budget`` of the time, on average.
+
+    A cut at the (m+1)-th lowest score of n answerable questions refuses, of a new one from
+    the same distribution, (m+1)/(n+1) in expectation (order statistics), not m/n: on ten
+    validation questions, refusing one of them refuses 18% of new ones. So m is the largest
+    with (m+1)/(n+1) <= budget, and 0 (the cut at the lowest answerable score) below that.
+    """
+    return max(0, math.floor(budget * (n + 1) + 1e-9) - 1)
+
+
 # Fewer validation questions of either kind than this and the prior gate stays.
 MIN_PER_KIND = 10
 # Shrinkage towards the prior (per standardized feature; the data term sums over questions).
@@ -179,9 +191,9 @@ def calibrate(
     the model) is a quirk of that set that real questions do not share, so the feature is
     dropped (weight 0) and the rest refitted, rather than learnt backwards.
 
-    With ``max_false_refusals`` the threshold is the highest cut that still answers
-    ``1 - max_false_refusals`` of the answerable questions: as many refusals as that budget
-    of false refusals allows. Without it, the cut maximizes balanced accuracy (the mean of
+    With ``max_false_refusals`` the threshold is the highest cut whose expected share of
+    *new* answerable questions refused stays within that budget (``allowed_misses``): as
+    many refusals as the budget allows. Without it, the cut maximizes balanced accuracy (the mean of
     answerable questions answered and unanswerable ones refused), so neither kind
     dominates because it is more common.
 
@@ -212,7 +224,9 @@ def calibrate(
     if max_false_refusals is None:
         best = max(curve, key=lambda c: (c["answered"] + c["refused"], -abs(c["threshold"] - 0.5)))
     else:  # the curve is ordered by threshold; the lowest cut answers everything
-        best = [c for c in curve if c["answered"] >= 1 - max_false_refusals - 1e-9][-1]
+        n = int(y.sum())
+        floor = (n - allowed_misses(n, max_false_refusals)) / n
+        best = [c for c in curve if c["answered"] >= floor - 1e-9][-1]
     gate.threshold = min(best["threshold"], 1.0)
     report = {
         "questions": len(features),
