@@ -155,7 +155,7 @@ def main() -> int:
     from domainkit.retrieval import build_index
     from domainkit.retrieval.embedders import make_embedder
     from domainkit.runtime import Assistant
-    from domainkit.runtime.generation import Scheduler
+    from domainkit.runtime.scheduler import Scheduler
     from domainkit.runtime.server import create_app, serve_in_thread
 
     domain = load_domain(args.domain)
