@@ -1138,3 +1138,37 @@ def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkey
         UnknownNameError, match="teacher .vllm-typo.; available: hf, local, openai, quoting"
     ):
         make_teacher(TeacherConfig(backend="vllm-typo"))
+
+
+def test_a_scored_request_whose_caller_went_while_its_batch_was_scored_is_not_scored():
+    """Scored requests of one batch are scored one by one; one whose caller has gone by its
+    turn (an eval that stopped on an error, a client that disconnected) is skipped."""
+    from concurrent.futures import CancelledError
+
+    scored: list[str] = []
+    hold = threading.Event()
+
+    class Scoring:
+        scores_choices = True
+        context_limit = 4096
+
+        def generate(self, requests):
+            assert hold.wait(30)
+            for r in requests:
+                scored.append(r.messages[0]["content"])
+                if r.messages[0]["content"] == "first":
+                    second.cancelled.set()  # the second's caller goes meanwhile
+            return [GenResult("", 1, 0, "stop", None, choice_logprobs=[0.0]) for _ in requests]
+
+    scheduler = Scheduler(Scoring(), max_batch=4, max_queue=8)
+    ask = [
+        GenRequest([{"role": "user", "content": c}], 4, choices=["a"])
+        for c in ("held", "first", "second", "third")
+    ]
+    second = ask[2]
+    futures = [scheduler.submit(r) for r in ask]  # "held" blocks; the rest queue as one batch
+    hold.set()
+    assert futures[1].result(10).choice_logprobs and futures[3].result(10).choice_logprobs
+    with pytest.raises(CancelledError):
+        futures[2].result(10)
+    assert "second" not in scored and scored[-1] == "third"

@@ -131,10 +131,17 @@ def _answer_all(
         for i in order
     }
     answers = {}
-    for i in order:
-        answers[i] = pending[i].result()
-        if bar is not None:
-            bar.update(1)
+    try:
+        for i in order:
+            answers[i] = pending[i].result()
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        # The run stops here: the questions still queued must not go on generating in the
+        # scheduler's thread (in a process that carries on, e.g. a resumed run's).
+        for answer in pending.values():
+            answer.cancel()
+        raise
     return [answers[i] for i in range(len(items))], (time.perf_counter() - started) / max(
         1, len(items)
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 
 from domainkit.backends.base import GenRequest
@@ -87,6 +87,9 @@ class Scheduler:
             # A backend that scores choices scores one request at a time: in one call with
             # others, each answer would wait for the whole batch to be scored.
             for job in [j for j in live if j.request.choices]:
+                if job.request.cancelled.is_set():  # its caller went while others were scored
+                    job.future.set_exception(CancelledError())
+                    continue
                 self._call([job])
             live = [j for j in live if not j.request.choices]
         if live:
