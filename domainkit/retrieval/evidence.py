@@ -261,8 +261,9 @@ class EvidenceSelector:
         vectors = self._embed(texts)
         dense = vectors @ query_vector
         q_terms = content_terms([question])[0]
-        degree = set(content_terms([" ".join(degree_words(question))])[0])
-        q_terms = [t for t in q_terms if t not in degree] or q_terms
+        if degree := degree_words(question):
+            left_out = set(content_terms([" ".join(degree)])[0])
+            q_terms = [t for t in q_terms if t not in left_out] or q_terms
         u_terms = content_terms(
             [chunk.text[units[i].start : units[i].end] for _, chunk, units, i in candidates]
         )

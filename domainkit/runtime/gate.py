@@ -193,9 +193,9 @@ def calibrate(
 
     With ``max_false_refusals`` the threshold is the highest cut whose expected share of
     *new* answerable questions refused stays within that budget (``allowed_misses``): as
-    many refusals as the budget allows. Without it, the cut maximizes balanced accuracy (the mean of
-    answerable questions answered and unanswerable ones refused), so neither kind
-    dominates because it is more common.
+    many refusals as the budget allows. Without it, the cut maximizes balanced accuracy
+    (the mean of answerable questions answered and unanswerable ones refused), so neither
+    kind dominates because it is more common.
 
     Returns:
         The gate and a report: counts, features dropped, balanced accuracy and the
