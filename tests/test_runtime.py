@@ -77,20 +77,29 @@ def _ask(question: str) -> list[dict]:
 
 @contextlib.contextmanager
 def _model_calls(assistant):
-    """The sizes of the batches the assistant's backend generates while the block runs."""
+    """The requests the assistant's backend is asked for while the block runs: the size of
+    each ``generate`` call, and 1 for each request joining the continuous batch."""
     calls: list[int] = []
     generator = assistant.scheduler.generator
-    original = generator.generate
+    original, row = generator.generate, getattr(generator, "row", None)
 
     def counting(requests):
         calls.append(len(requests))
         return original(requests)
 
+    def joining(request, done):
+        calls.append(1)
+        return row(request, done)
+
     generator.generate = counting
+    if row is not None:
+        generator.row = joining
     try:
         yield calls
     finally:
         generator.generate = original
+        if row is not None:
+            generator.row = row
 
 
 # A gate that answers unless the question names something the documents never mention.
@@ -296,12 +305,19 @@ def test_a_question_that_cannot_fit_is_an_error(assistant):
 
 def test_concurrent_requests_are_batched_with_their_own_limits(assistant):
     closed = _with(assistant, policy="closed")
-    with _model_calls(assistant) as batches, ThreadPoolExecutor(8) as pool:
-        answers = list(
-            pool.map(lambda n: closed.answer(_ask(f"warranty {n}?"), max_tokens=n), range(1, 9))
-        )
+    batch = assistant.scheduler.batch
+    rows: list[int] = []
+    step = batch.step
+    batch.step = lambda: rows.append(len(batch.running)) or step()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda n: closed.answer(_ask(f"warranty {n}?"), max_tokens=n), range(1, 9))
+            )
+    finally:
+        batch.step = step
     assert all(a.completion_tokens <= n for a, n in zip(answers, range(1, 9), strict=True))
-    assert max(batches) > 1, "waiting requests were generated together"
+    assert max(rows) > 1, "requests were decoded together"
 
 
 # -- a fake backend for the server's error paths ----------------------------------------------
@@ -635,10 +651,8 @@ def test_cli_chat_keeps_the_conversation_and_shows_sources(runtime_domain):
 
 
 def test_a_row_stops_where_the_model_starts_imitating_the_prompt():
-    import torch
-
     from domainkit.backends import GenRequest
-    from domainkit.backends.local import _RowStreamer
+    from domainkit.backends.decoding import Row, RowText
 
     from .tiny_lm import tiny_tokenizer
 
@@ -646,14 +660,18 @@ def test_a_row_stops_where_the_model_starts_imitating_the_prompt():
     pieces: list[str] = []
     request = GenRequest([], max_new_tokens=100, on_text=pieces.append)
     teacher = GenRequest([], max_new_tokens=100, stop=())  # a teacher writes "Question:" lines
-    streamer = _RowStreamer(tokenizer, [request, teacher], eos_ids=set())
-    streamer.put(torch.tensor([[1, 2, 3], [1, 2, 3]]))  # the prompt
+    text = RowText(tokenizer, eos_ids=set())
+    rows = [Row(request, [1, 2, 3], print), Row(teacher, [1, 2, 3], print)]
     for token in tokenizer.encode("Two years.\nQuestion: and returns?\nAnswer"):
-        streamer.put(torch.tensor([token, token]))
-    streamer.end()
-    assert "".join(pieces) == "Two years." and streamer.finished == [True, False]
+        for row in rows:
+            if not row.finished:
+                text.take(row, token)
+    for row in rows:
+        text.end(row)
+    assert "".join(pieces) == "Two years." and [r.finished for r in rows] == [True, False]
     assert all("\n" not in p for p in pieces), "the marker's start was held back, not streamed"
-    assert streamer.texts[1] == "Two years.\nQuestion: and returns?\nAnswer"
+    assert rows[1].text == "Two years.\nQuestion: and returns?\nAnswer"
+    assert rows[0].result().finish_reason == "stop"
 
 
 def test_requests_a_web_page_could_forge_are_refused(fake):
@@ -929,6 +947,107 @@ def test_a_cancelled_row_of_the_local_backend_stops_at_the_next_step(assistant):
     staying = GenRequest(messages, max_new_tokens=40)
     gone, kept = generator.generate([leaving, staying])
     assert gone.completion_tokens <= 3 < kept.completion_tokens
+
+
+def _decoded(generator, requests, chunk=8, steps_before=None):
+    """Run ``requests`` through one continuous batch of ``generator``: each joins after
+    the step count given in ``steps_before`` (all at once by default). Returns the results
+    by request and, per step, (rows running, tokens each request has so far)."""
+    batch = generator.decoder(max_rows=len(requests))
+    batch.prefill_chunk = chunk
+    steps_before = steps_before or [0] * len(requests)
+    results: dict[int, object] = {}
+    rows = [
+        generator.row(r, lambda x, i=i: results.__setitem__(i, x)) for i, r in enumerate(requests)
+    ]
+    trace = []
+    step = 0
+    while len(results) < len(requests):
+        for i, row in enumerate(rows):
+            if steps_before[i] == step:
+                batch.add(row)
+        batch.step()
+        step += 1
+        trace.append((len(batch.running), [len(r.tokens) for r in rows]))
+        assert step < 500, "the batch did not finish"
+    assert len(batch) == 0
+    return [results[i] for i in range(len(requests))], trace
+
+
+def test_a_request_joins_a_running_batch_and_answers_as_it_would_alone(assistant):
+    """Continuous batching: a request arriving while another is generating joins it between
+    decoding steps (it does not wait for the first to finish); its prompt, longer than a
+    prefill chunk, is prefilled a chunk per step while the first keeps streaming; each
+    reply is the one it gets alone; a finished row leaves at once."""
+    generator = assistant.scheduler.generator
+    first = [{"role": "user", "content": "Tell me about the Perch."}]
+    second = [{"role": "user", "content": "Tell me everything about the Kestrel " * 6}]
+    prompt = len(generator.row(GenRequest(second, 1), print).prompt)
+    chunk = prompt // 5 + 1  # the second's prompt takes 5 steps to prefill
+    alone = [generator.generate([GenRequest(m, 40, stop=())])[0] for m in (first, second)]
+    (one, two), trace = _decoded(
+        generator,
+        [GenRequest(first, 40, stop=()), GenRequest(second, 40, stop=())],
+        chunk=chunk,
+        steps_before=[0, 3],
+    )
+    assert (one.text, two.text) == (alone[0].text, alone[1].text)
+    assert one.completion_tokens == alone[0].completion_tokens > 12
+    assert abs(one.mean_logprob - alone[0].mean_logprob) < 1e-3
+    second_started = next(s for s, (_, tokens) in enumerate(trace) if tokens[1] > 0)
+    first_done = next(s for s, (_, tokens) in enumerate(trace) if tokens[0] == 40)
+    assert second_started < first_done, "the second joined while the first was generating"
+    assert second_started - 3 == 4, (
+        "its prompt was prefilled a chunk per step (the 5th gives a token)"
+    )
+    streamed = trace[second_started][1][0] - trace[2][1][0]
+    assert streamed == 5, "the first row got a token at every prefill step"
+    assert max(n for n, _ in trace) == 2 and trace[-1][0] == 0
+
+
+def test_a_row_that_finishes_leaves_the_batch_and_its_columns_are_freed(assistant):
+    generator = assistant.scheduler.generator
+    long_prompt = [{"role": "user", "content": "Tell me everything about the Kestrel " * 8}]
+    short_prompt = [{"role": "user", "content": "Hi"}]
+    batch = generator.decoder(max_rows=2)
+    done: list = []
+    batch.add(generator.row(GenRequest(long_prompt, 2, stop=()), done.append))
+    batch.add(generator.row(GenRequest(short_prompt, 40, stop=()), done.append))
+    while not done:
+        batch.step()
+    remaining = batch.running[0]
+    assert len(batch.running) == 1 and remaining.request.messages == short_prompt
+    layer = batch._cache.layers[0]
+    assert layer.keys.shape[0] == 1, "the finished row's cache went with it"
+    assert layer.keys.shape[2] == len(remaining.prompt) + len(remaining.tokens) - 1
+    while len(batch):
+        batch.step()
+    assert len(done) == 2 and done[1].completion_tokens > done[0].completion_tokens
+
+
+def test_the_server_queue_lets_a_new_request_start_before_a_long_one_ends(assistant):
+    """Through the scheduler, as the server uses it: a request submitted while a long
+    answer is generating gets its first text before that answer is done."""
+    scheduler = Scheduler(assistant.scheduler.generator, max_batch=4, max_queue=4)
+    events: list[str] = []
+    started = threading.Event()
+
+    def streamed(name):
+        def on_text(_):
+            events.append(name)
+            started.set()
+
+        return on_text
+
+    messages = [{"role": "user", "content": "Tell me about the Perch."}]
+    long = GenRequest(messages, 200, on_text=streamed("long"), stop=())
+    first = scheduler.submit(long)
+    assert started.wait(30)
+    second = scheduler.submit(GenRequest(messages, 3, on_text=streamed("short"), stop=()))
+    assert second.result(30).completion_tokens <= 3
+    assert not first.done(), "the short request did not wait for the long one"
+    assert first.result(60).completion_tokens == 200, "the tiny model's reply runs to its limit"
+    assert events.index("short") < len(events) - 1 - events[::-1].index("long")
 
 
 def test_stop_sequences_seed_and_usage_as_openai_defines_them(fake):

@@ -1,8 +1,9 @@
 """The ``local`` backend: transformers in this process.
 
-Waiting requests are generated together in one left-padded batch, each row with its own
-sampling settings and stop markers, streaming each row's text as it is produced; requests
-with ``choices`` are scored instead (the log-probability of each choice), one by one. The
+Requests are generated together in one batch that new requests join between decoding
+steps (``backends.decoding``), each row with its own sampling settings and stop markers,
+streaming its text as it is produced; requests with ``choices`` are scored instead (the
+log-probability of each choice), one by one. The
 runtime loads it with the trained adapter merged into the base; the teacher with the
 teacher model; preference tuning wraps the student it is training (``LocalBackend(lm)``).
 """
@@ -12,10 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from domainkit.backends.base import BACKENDS, BackendError, GenRequest, GenResult
 from domainkit.llm import LoadedLM
 from domainkit.prompting import Message
+
+if TYPE_CHECKING:
+    from domainkit.backends.decoding import DecodeBatch, Row
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +81,37 @@ class LocalBackend:
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Complete ``requests`` together: replies with ``choices`` are scored, the others
-        generated in one left-padded batch, each row greedy or sampled by its own
-        temperature and seed."""
-        results: dict[int, GenResult] = {}
-        generated = [i for i, r in enumerate(requests) if not r.choices]
+        generated in one batch (``backends.decoding``), each row greedy or sampled by its
+        own temperature and seed, streaming its text as it is produced."""
+        results: dict[int, GenResult | BaseException] = {}
         for i, request in enumerate(requests):
             if request.choices:
                 results[i] = self._score(request)
+        generated = [i for i, r in enumerate(requests) if not r.choices]
         if generated:
-            outputs = self._generate([requests[i] for i in generated])
-            for i, result in zip(generated, outputs, strict=True):
-                results[i] = result
+            batch = self.decoder(max_rows=len(generated))
+            for i in generated:
+                batch.add(self.row(requests[i], lambda result, i=i: results.__setitem__(i, result)))
+            while len(batch):
+                batch.step()
+        for result in results.values():
+            if isinstance(result, BaseException):
+                raise result
         return [results[i] for i in range(len(requests))]
+
+    def decoder(self, max_rows: int) -> DecodeBatch:
+        """A batch that rows join and leave between decoding steps (the runtime's scheduler
+        keeps one running)."""
+        from domainkit.backends.decoding import DecodeBatch, RowText
+
+        text = RowText(self.tokenizer, self.eos_ids)
+        return DecodeBatch(self.lm.model, text, _cache_argument(self.lm.model), max_rows)
+
+    def row(self, request: GenRequest, done) -> Row:
+        """``request`` as a row of a ``decoder`` batch; ``done`` receives its result."""
+        from domainkit.backends.decoding import Row
+
+        return Row(request, self._ids(request.messages), done)
 
     def _score(self, request: GenRequest) -> GenResult:
         """The log-probability of each choice as the complete reply (through the end of the
@@ -132,130 +156,6 @@ class LocalBackend:
             scores.append(logprob)
         return GenResult("", len(prompt), 0, "stop", None, choice_logprobs=scores)
 
-    def _generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        import torch
-        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
-        tokenizer, model = self.tokenizer, self.lm.model
-        prompts = [self._ids(r.messages) for r in requests]
-        width = max(len(p) for p in prompts)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        limits = torch.tensor([r.max_new_tokens for r in requests])
-        streamer = _RowStreamer(tokenizer, requests, self.eos_ids)
-        chosen = _ChosenLogprobs()
-
-        class _PerRowLimit(StoppingCriteria):
-            def __call__(self, ids, scores, **kwargs):
-                chosen.keep(ids[:, -1])
-                return (ids.shape[1] - width >= limits.to(ids.device)) | streamer.done_mask(
-                    ids.device
-                )
-
-        # generate() decodes greedily; rows that sample draw their token in _RowSampler
-        # (after _ChosenLogprobs has seen the model's own distribution), so every row keeps
-        # its own temperature and seed in one batch.
-        sampler = _RowSampler(requests, self.lm.device)
-        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with torch.inference_mode():
-            model.generate(
-                input_ids=input_ids.to(self.lm.device),
-                attention_mask=mask.to(self.lm.device),
-                max_new_tokens=int(limits.max()),
-                logits_processor=LogitsProcessorList([chosen, sampler]),
-                stopping_criteria=StoppingCriteriaList([_PerRowLimit()]),
-                streamer=streamer,
-                pad_token_id=pad,
-                **greedy,
-            )
-        streamer.end()
-        results = []
-        for i in range(len(requests)):
-            n = len(streamer.tokens[i])
-            results.append(
-                GenResult(
-                    text=streamer.texts[i].strip(),
-                    prompt_tokens=len(prompts[i]),
-                    completion_tokens=n,
-                    finish_reason="stop" if streamer.finished[i] else "length",
-                    mean_logprob=chosen.mean(i, max(1, n)),
-                )
-            )
-        return results
-
-
-class _ChosenLogprobs:
-    """The log-probability of each token a batch keeps, one step at a time.
-
-    As a logits processor it runs before sampling's temperature and top-p, so it sees the
-    model's own distribution, and keeps only the current step's log-softmax; the stopping
-    check (which runs once the step's tokens are chosen) then records each row's chosen
-    token. Memory is one batch x vocabulary buffer plus batch x steps floats, never the
-    batch x steps x vocabulary history that ``output_logits`` would keep.
-    """
-
-    def __init__(self):
-        self._step = None
-        self._kept: list = []
-
-    def __call__(self, input_ids, scores):
-        self._step = scores.float().log_softmax(-1)
-        return scores
-
-    def keep(self, tokens) -> None:
-        if self._step is not None:
-            self._kept.append(self._step.gather(-1, tokens[:, None]).squeeze(-1).cpu())
-            self._step = None
-
-    def mean(self, row: int, steps: int) -> float:
-        values = [float(step[row]) for step in self._kept[:steps]]
-        return sum(values) / len(values) if values else 0.0
-
-
-class _RowSampler:
-    """Per-row sampling as a logits processor: each row with a temperature draws its token
-    (temperature, then top-k and nucleus top-p, transformers' defaults for sampling) with
-    its own random generator and leaves only that token possible, so the batch's greedy
-    step takes it; greedy rows pass unchanged. Rows need not share a temperature, and a
-    seeded row gives the same reply whatever its batch-mates."""
-
-    TOP_K = 50
-
-    def __init__(self, requests: list[GenRequest], device):
-        import torch
-
-        self.rows = [i for i, r in enumerate(requests) if r.temperature > 0]
-        self.temperatures = [requests[i].temperature for i in self.rows]
-        self.top_ps = [requests[i].top_p for i in self.rows]
-        self.generators = []
-        for i in self.rows:
-            generator = torch.Generator(device=device)
-            if requests[i].seed is None:
-                generator.seed()  # a fresh, non-deterministic seed; the global RNG is untouched
-            else:
-                generator.manual_seed(requests[i].seed)
-            self.generators.append(generator)
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if not self.rows:
-            return scores
-        out = scores.clone()
-        for row, temperature, top_p, generator in zip(
-            self.rows, self.temperatures, self.top_ps, self.generators, strict=True
-        ):
-            probs = (scores[row].float() / temperature).softmax(-1)
-            ordered, order = probs.topk(min(self.TOP_K, probs.shape[-1]))
-            ordered = ordered / ordered.sum()
-            beyond = ordered.cumsum(-1) - ordered > top_p  # keep the smallest head >= P
-            ordered[beyond] = 0.0
-            pick = order[torch.multinomial(ordered, 1, generator=generator)]
-            out[row] = float("-inf")
-            out[row, pick] = 0.0
-        return out
-
 
 def _cache_argument(model) -> str:
     """The forward argument that takes a KV cache (transformers 5 renamed
@@ -263,66 +163,3 @@ def _cache_argument(model) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-class _RowStreamer:
-    """A transformers streamer for a whole batch: splits each step's tokens by row, stops
-    a row at its end-of-turn token or one of its request's stop markers, and hands each
-    row's new text to its request. Text that may be the start of a marker is held back
-    until it is not."""
-
-    def __init__(self, tokenizer, requests: list[GenRequest], eos_ids: set[int]):
-        self.tokenizer, self.requests, self.eos_ids = tokenizer, requests, eos_ids
-        n = len(requests)
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.texts = [""] * n  # what has been handed out
-        self.finished = [False] * n
-        self.prompt_seen = False
-
-    def done_mask(self, device):
-        import torch
-
-        for i, request in enumerate(self.requests):
-            if request.cancelled.is_set():
-                self.finished[i] = True
-        return torch.tensor(self.finished, device=device)
-
-    def put(self, value) -> None:
-        if not self.prompt_seen:  # generate() first passes the prompt
-            self.prompt_seen = True
-            return
-        for i, token in enumerate(value.reshape(len(self.requests), -1)[:, -1].tolist()):
-            if self.finished[i] or len(self.tokens[i]) >= self.requests[i].max_new_tokens:
-                continue
-            if token in self.eos_ids:
-                self.finished[i] = True
-                continue
-            self.tokens[i].append(token)
-            self._emit(i, final=False)
-
-    def _emit(self, i: int, final: bool) -> None:
-        text = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True).lstrip()
-        for marker in self.requests[i].stop:
-            if marker in text:
-                text, self.finished[i] = text[: text.index(marker)], True
-        if not final and not self.finished[i]:
-            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-                return
-            text = text[: len(text) - _marker_prefix(text, self.requests[i].stop)]
-        if len(text) <= len(self.texts[i]):
-            return
-        new, self.texts[i] = text[len(self.texts[i]) :], text
-        if self.requests[i].on_text is not None:
-            self.requests[i].on_text(new)
-
-    def end(self) -> None:
-        for i in range(len(self.requests)):
-            self._emit(i, final=True)
-
-
-def _marker_prefix(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest end of ``text`` that begins a stop marker."""
-    for size in range(min(len(text), max(map(len, markers), default=0)), 0, -1):
-        if any(m.startswith(text[-size:]) for m in markers):
-            return size
-    return 0

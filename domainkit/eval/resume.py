@@ -57,6 +57,26 @@ class ResumingBackend:
             results.update(zip(missing, fresh, strict=True))
         return [results[i] for i in range(len(requests))]
 
+    def row(self, request: GenRequest, done):
+        """``request`` as a row of the backend's continuous batch, its result kept when it
+        is done; None when a kept reply answered it at once (``done`` has it)."""
+        key = self._key(request)
+        kept = self.cache.get_many([key]) if key is not None else {}
+        if key in kept:
+            result = GenResult(**json.loads(kept[key]))
+            self.reused += 1
+            if request.on_text is not None:
+                request.on_text(result.text)
+            done(result)
+            return None
+
+        def keep(result) -> None:
+            if key is not None and isinstance(result, GenResult):
+                self.cache.put_many({key: json.dumps(asdict(result))})
+            done(result)
+
+        return self.backend.row(request, keep)
+
     def _key(self, request: GenRequest) -> str | None:
         if request.temperature > 0:
             return None

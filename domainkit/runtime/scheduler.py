@@ -26,12 +26,16 @@ class _Job:
 
 
 class Scheduler:
-    """A bounded queue in front of a generator. One worker thread takes every waiting
-    request (up to the generator's batch size) and generates them as one batch, each row
-    with its own sampling settings; when ``max_queue`` requests are already waiting,
-    ``submit`` raises ``BusyError`` at once instead of letting latency grow without bound.
-    A request whose caller has gone (``GenRequest.cancelled``) is dropped from the queue, or
-    stops within one decoding step when it is already generating.
+    """A bounded queue in front of a generator. One worker thread generates waiting
+    requests together, each row with its own sampling settings; when ``max_queue`` requests
+    are already waiting, ``submit`` raises ``BusyError`` at once instead of letting latency
+    grow without bound. A request whose caller has gone (``GenRequest.cancelled``) is
+    dropped from the queue, or stops within one decoding step when it is already generating.
+
+    With a generator that offers a ``decoder`` (the ``local`` backend), batching is
+    continuous: a request joins the running batch between decoding steps, up to
+    ``max_batch`` rows, and leaves it as soon as it is done. Any other generator gets every
+    waiting request (up to ``max_batch``) in one ``generate`` call.
     """
 
     def __init__(self, generator, max_batch: int = 8, max_queue: int = 64):
@@ -39,6 +43,8 @@ class Scheduler:
         self.max_batch = max_batch
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
         self._running = 0
+        # The continuous batch (a generator with a ``decoder``), else None.
+        self.batch = generator.decoder(max_batch) if hasattr(generator, "decoder") else None
         self._worker = threading.Thread(target=self._run, name="domainkit-generate", daemon=True)
         self._worker.start()
 
@@ -67,6 +73,8 @@ class Scheduler:
         return job.future
 
     def _run(self) -> None:
+        if self.batch is not None:
+            self._run_continuous(self.batch)
         while True:
             jobs = [self._queue.get()]
             while len(jobs) < self.max_batch:
@@ -75,6 +83,42 @@ class Scheduler:
                 except queue.Empty:
                     break
             self._generate(jobs)
+
+    def _run_continuous(self, batch) -> None:
+        """Between decoding steps: take waiting requests while the batch has room (scored
+        ones are scored there and then, one by one), then one step of the batch."""
+        while True:
+            jobs = [] if len(batch) else [self._queue.get()]
+            while batch.free > len(jobs):
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for job in jobs:
+                self._start(job, batch)
+            self._running = len(batch)
+            if len(batch):
+                batch.step()
+            self._running = len(batch)
+
+    def _start(self, job: _Job, batch) -> None:
+        if job.request.cancelled.is_set():
+            job.future.cancel()
+        if not job.future.set_running_or_notify_cancel():
+            return
+        if job.request.choices and getattr(self.generator, "scores_choices", False):
+            self._call([job])
+            return
+        if not hasattr(self.generator, "row"):  # swapped for a generator of another kind
+            self._call([job])
+            return
+        try:
+            row = self.generator.row(job.request, lambda result: _deliver(job, result))
+        except Exception as e:  # e.g. a prompt the chat template cannot render
+            job.future.set_exception(e)
+            return
+        if row is not None:  # None: answered at once (a reply kept from an earlier run)
+            batch.add(row)
 
     def _generate(self, jobs: list[_Job]) -> None:
         live = []
@@ -109,7 +153,11 @@ class Scheduler:
         finally:
             self._running = 0
         for job, result in zip(live, results, strict=True):
-            if isinstance(result, Exception):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            _deliver(job, result)
+
+
+def _deliver(job: _Job, result) -> None:
+    if isinstance(result, BaseException):
+        job.future.set_exception(result)
+    else:
+        job.future.set_result(result)
