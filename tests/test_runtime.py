@@ -846,6 +846,41 @@ def test_streaming_clients_that_disconnect_free_their_places(support_domain):
         assert ok.status_code == 200 and time.perf_counter() - after < 3
 
 
+def test_streaming_clients_of_the_local_model_that_hang_up_free_the_batch(assistant):
+    """The real decode loop behind the server: 8 streaming clients hang up at their first
+    words; their rows leave the batch at the next step (not after 400 tokens), the server
+    drains and answers the next request at once."""
+    generator = assistant.scheduler.generator
+    rows: list = []
+    row = generator.row
+    generator.row = lambda request, done: rows.append(row(request, done)) or rows[-1]
+    app = create_app(_with(assistant, policy="closed"), model_name="kestrel-test")
+    try:
+        with serve_in_thread(app) as url:
+
+            def hang_up(i):
+                body = {"messages": _ask(f"Tell me about the Perch {i}."), "stream": True}
+                body["max_tokens"] = 400
+                with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
+                    for line in r.iter_lines():
+                        if '"content": "' in line and '"content": ""' not in line:
+                            return True  # its first words arrived
+
+            with ThreadPoolExecutor(8) as pool:
+                assert all(pool.map(hang_up, range(8)))
+            deadline = time.time() + 20
+            while (health := httpx.get(f"{url}/healthz").json())["active"] or health["generating"]:
+                assert time.time() < deadline, health
+                time.sleep(0.05)
+            assert len(rows) == 8 and max(len(r.tokens) for r in rows) < 400
+            started = time.perf_counter()
+            body = {"messages": _ask("Hi"), "max_tokens": 8}
+            ok = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+            assert ok.status_code == 200 and time.perf_counter() - started < 5
+    finally:
+        generator.row = row
+
+
 def test_a_waiting_client_that_disconnects_is_dropped_from_the_queue(support_domain):
     generator = SlowGenerator(steps=40, delay=0.05)  # 2 s
     assistant, app = _slow_server(support_domain, generator, max_queue=4, max_batch=1)
