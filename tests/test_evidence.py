@@ -312,6 +312,39 @@ def test_an_answer_adds_a_second_passages_line_only_when_nearly_as_relevant():
     assert f"[{best.number}] " in joined and joined.endswith(f"[{number}]")
 
 
+def test_a_second_passages_close_line_comes_before_the_main_lines_weak_neighbours():
+    """Within the word budget, lines join by score: a line of another passage scored just
+    under the main one gets in ahead of the main line's barely relevant neighbours, which
+    used to take all the words first."""
+    main = _chunk(
+        "Babai and Luks found the best known algorithm for graph isomorphism. "
+        + " ".join(
+            f"Remark {n} concerns unrelated matters of notation and history." for n in range(6)
+        ),
+        source="iso.md",
+        headings=("Isomorphism",),
+    )
+    other = _chunk(
+        "Its running time is quasi-polynomial in the number of vertices.",
+        source="time.md",
+        headings=("Running time",),
+    )
+    selector = _selector([main, other])
+    evidence = selector.select("Who found the best graph isomorphism algorithm?", [main, other])
+    best = evidence.best()
+    assert best.chunk is main
+    close = next(s for s in evidence.ranked + evidence.pool if s.chunk is other)
+    weak = [s for s in evidence.ranked + evidence.pool if s.chunk is main and s is not best]
+    rescored = replace(close, score=0.95 * best.score)
+    evidence.ranked = [best, rescored] + [
+        replace(s, score=0.3 * best.score) for s in weak if s in evidence.ranked
+    ]
+    evidence.pool = [replace(s, score=0.3 * best.score) for s in weak if s in evidence.pool]
+    text = evidence.answer_from(best, 25)
+    assert "quasi-polynomial" in text, text
+    assert text.startswith("Babai and Luks") and text.count("Remark") <= 1
+
+
 @pytest.mark.parametrize(
     ("question", "text", "missing"),
     [

@@ -118,12 +118,12 @@ class Evidence:
         return self.ranked[0] if self.ranked else None
 
     def answer_from(self, primary: EvidenceSentence, max_words: int) -> str:
-        """The answer a user reads: ``primary`` with its lead-in, then the best other
-        sentences of its passage within ``max_words``, then, with the words left, the best
-        lines of the evidence's other passages that are nearly as relevant (a question
-        often needs two lines that sit apart). Each passage's sentences are in document
-        order, followed by its citation ``[n]``, the primary's passage first. Only the
-        documents' own words, so nothing needs trusting."""
+        """The answer a user reads: ``primary`` with its lead-in, then, within ``max_words``,
+        the best other lines by score: those of its passage, and those of the evidence's
+        other passages that are nearly as relevant (a question often needs two lines that
+        sit apart). Each passage's sentences are in document order, followed by its
+        citation ``[n]``, the primary's passage first. Only the documents' own words, so
+        nothing needs trusting."""
         from domainkit.prompting import citation, readable
 
         def key(sentence: EvidenceSentence) -> tuple[str, int]:
@@ -151,18 +151,15 @@ class Evidence:
         others = [  # sentences of the other cited passages, nearly as relevant as the primary
             s for s in self.ranked if s.chunk.id != primary.chunk.id and s.score >= floor
         ]
-        # The main line's own passage first: its neighbours are what the line is about
-        # ("Perch: 2 years." sits in the list that holds the Talon's line).
-        for sentence in sorted(own, key=lambda s: -s.score):
-            if not sentence.lead_in and key(sentence) not in {key(s) for s in chosen}:
-                add(sentence, leads=False)
-        for sentence in sorted(others, key=lambda s: -s.score):
+        # Then the best of the rest by score, wherever they stand: the main line's
+        # neighbours ("Perch: 2 years." sits in the list that holds the Talon's line) and
+        # the other passages' lines nearly as relevant. Neighbours first, whatever their
+        # score, spent the words on lines of one passage while a second passage's line,
+        # scored just under the main one, held the answer (SQuAD validation questions).
+        for sentence in sorted(own + others, key=lambda s: -s.score):
             if sentence.lead_in or key(sentence) in {key(s) for s in chosen}:
                 continue
-            if not add(sentence):
-                # Not a lower-ranked line of another passage in its place: a short
-                # neighbour would pass for the answer.
-                break
+            add(sentence, leads=sentence.chunk.id != primary.chunk.id)
         numbers = {primary.chunk.id: primary.number}
         numbers.update({s.chunk.id: s.number for s in others})
         groups: dict[str, list[EvidenceSentence]] = {}
