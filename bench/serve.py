@@ -10,10 +10,11 @@ answers.
 
 ``--policy rag`` (the default) measures the runtime's real, evidence-first prompts: the
 answer is one of the evidence lines, scored in one forward pass, not generated token by
-token. ``--policy closed`` measures generation (the model's own words, no retrieval).
+token. ``--policy closed`` measures generation (the model's own words, no retrieval);
+``--policy naive`` generation from the top passages whole (~1,100-token prompts).
 
     .venv/bin/python bench/serve.py [--domain corpora/customer-support] [--max-tokens 64]
-        [--policy rag|closed] [--memory-only]
+        [--policy rag|closed|naive] [--memory-only | --no-memory]
 """
 
 from __future__ import annotations
@@ -176,9 +177,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
-    parser.add_argument("--policy", choices=["rag", "closed"], default="rag")
+    parser.add_argument("--policy", choices=["rag", "closed", "naive"], default="rag")
     parser.add_argument(
         "--memory-only", action="store_true", help="only the 8 x max_tokens 1024 memory check"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the 8 x max_tokens 1024 memory check"
     )
     args = parser.parse_args()
 
@@ -194,7 +198,7 @@ def main() -> int:
     build_index(domain, make_embedder(domain.config.retrieval), progress=False)  # no-op if current
     questions = [q.question for q in load_eval_set(domain.eval_path).questions if q.answerable]
     assistant = Assistant.from_domain(domain)
-    policies = sorted({*assistant.settings.client_policies, "rag", "closed"})
+    policies = sorted({*assistant.settings.client_policies, "rag", "closed", args.policy})
     assistant.settings = assistant.settings.model_copy(update={"client_policies": policies})
     if args.memory_only:
         memory_check(assistant, questions)
@@ -230,7 +234,8 @@ def main() -> int:
         ratio = rows["domainkit batching"]["tokens_per_s"] / rows["one at a time"]["tokens_per_s"]
         ttft = rows["domainkit batching"]["ttft_p50"] / rows["one at a time"]["ttft_p50"]
         print(f"  {'':>7} throughput ratio x{ratio:.2f}, median TTFT ratio x{ttft:.2f}\n")
-    memory_check(assistant, questions)
+    if not args.no_memory:
+        memory_check(assistant, questions)
     return 0
 
 

@@ -1040,6 +1040,29 @@ def test_a_request_joins_a_running_batch_and_answers_as_it_would_alone(assistant
     assert max(n for n, _ in trace) == 2 and trace[-1][0] == 0
 
 
+def test_requests_arriving_together_start_streaming_a_few_at_a_time(assistant):
+    """With ``join_tokens`` (the server's setting), requests that arrive together join in
+    groups of that many prompt tokens: the first streams while the others are prefilled,
+    instead of every one waiting for the prefill of all. Each reply is unchanged."""
+    generator = assistant.scheduler.generator
+    messages = [[{"role": "user", "content": f"Tell me about the Perch {i}."}] for i in range(3)]
+    prompt = len(generator.row(GenRequest(messages[0], 1), print).prompt)
+    batch = generator.decoder(max_rows=3, join_tokens=prompt)
+    results: dict[int, object] = {}
+    rows = [
+        generator.row(GenRequest(m, 12, stop=()), lambda x, i=i: results.__setitem__(i, x))
+        for i, m in enumerate(messages)
+    ]
+    for row in rows:
+        batch.add(row)
+    batch.step()
+    assert [len(r.tokens) > 0 for r in rows] == [True, False, False], "one group of one"
+    while len(batch):
+        batch.step()
+    alone = [generator.generate([GenRequest(m, 12, stop=())])[0].text for m in messages]
+    assert [results[i].text for i in range(3)] == alone
+
+
 def test_a_row_that_finishes_leaves_the_batch_and_its_columns_are_freed(assistant):
     generator = assistant.scheduler.generator
     long_prompt = [{"role": "user", "content": "Tell me everything about the Kestrel " * 8}]

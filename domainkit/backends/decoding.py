@@ -119,6 +119,10 @@ class DecodeBatch:
         cache_argument: The forward argument that takes the cache.
         max_rows: Most rows running and joining at once.
         prefill_chunk: Prompt tokens prefilled per step while other rows are running.
+        join_tokens: Most prompt tokens of rows that join together (at least one row);
+            None: every waiting row at once. A server keeps it small, so the first of many
+            requests arriving together start streaming while the rest are prefilled; a
+            batch job (the synth teacher) prefills them all in one pass.
     """
 
     def __init__(
@@ -128,9 +132,11 @@ class DecodeBatch:
         cache_argument: str,
         max_rows: int = 8,
         prefill_chunk: int = 256,
+        join_tokens: int | None = None,
     ):
         self.model, self.text, self.cache_argument = model, text, cache_argument
         self.max_rows, self.prefill_chunk = max_rows, prefill_chunk
+        self.join_tokens = join_tokens
         self.device = next(model.parameters()).device
         self.running: list[Row] = []
         self.waiting: list[Row] = []
@@ -166,8 +172,7 @@ class DecodeBatch:
         try:
             with torch.inference_mode():
                 if self._joining is None and self.waiting and self._may_join():
-                    self._joining = _Prefill(self, self.waiting)
-                    self.waiting = []
+                    self._joining = _Prefill(self, self._next_group())
                 if self._joining is not None:
                     self._prefill_step()
                 if self.running:
@@ -194,6 +199,18 @@ class DecodeBatch:
         """Rows join a running batch only where the cache can take them (a plain dynamic
         cache); otherwise they wait until it is empty (static batching)."""
         return not self.running or _joinable(self._cache)
+
+    def _next_group(self) -> list[Row]:
+        """The waiting rows that join next, first come first: all of them, or as many as
+        fit in ``join_tokens`` prompt tokens (at least one)."""
+        size, tokens = 0, 0
+        for row in self.waiting:
+            tokens += len(row.prompt)
+            if size and self.join_tokens is not None and tokens > self.join_tokens:
+                break
+            size += 1
+        group, self.waiting = self.waiting[:size], self.waiting[size:]
+        return group
 
     def _prefill_step(self) -> None:
         joining = self._joining
@@ -322,7 +339,8 @@ class _Prefill:
         """Run the next chunk; the last position's logits once the prompts are done. With
         no rows running there is nothing to interleave with: the whole prompt at once."""
         batch = self.batch
-        size = batch.prefill_chunk if batch.running else self.ids.shape[1]
+        size = max(1, batch.prefill_chunk // len(self.rows))  # columns: tokens over rows
+        size = size if batch.running else self.ids.shape[1]
         end = min(self.ids.shape[1], self.done + size)
         out = batch.model(
             input_ids=self.ids[:, self.done : end],

@@ -99,13 +99,14 @@ class LocalBackend:
                 raise result
         return [results[i] for i in range(len(requests))]
 
-    def decoder(self, max_rows: int) -> DecodeBatch:
+    def decoder(self, max_rows: int, join_tokens: int | None = None) -> DecodeBatch:
         """A batch that rows join and leave between decoding steps (the runtime's scheduler
-        keeps one running)."""
+        keeps one running); ``join_tokens`` as in ``DecodeBatch``."""
         from domainkit.backends.decoding import DecodeBatch, RowText
 
         text = RowText(self.tokenizer, self.eos_ids)
-        return DecodeBatch(self.lm.model, text, _cache_argument(self.lm.model), max_rows)
+        model = self.lm.model
+        return DecodeBatch(model, text, _cache_argument(model), max_rows, join_tokens=join_tokens)
 
     def row(self, request: GenRequest, done) -> Row:
         """``request`` as a row of a ``decoder`` batch; ``done`` receives its result."""

@@ -156,7 +156,7 @@ class RuntimeConfig(Section):
         ge=5,
         le=400,
         description="Most words of an answer built from the evidence (the quoted sentence, "
-        "its lead-in and the best other sentences of its passage).",
+        "its lead-in and the best other lines by score).",
     )
     max_false_refusals: float | None = Field(
         0.10,

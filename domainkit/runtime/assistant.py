@@ -12,7 +12,7 @@ Policy ``auto`` (the default):
    the question's names and figures the corpus never mentions, and the model's own
    probability of refusing, with thresholds calibrated by ``domainkit eval``;
 4. the quote is verified against the evidence (``runtime.verify``); the answer is the
-   quoted sentence with its lead-in and the best other sentences of its passage, verbatim,
+   quoted sentence with its lead-in and the best other lines by score, verbatim,
    with the citation. A quote that fails the check is replaced by the evidence's best
    sentence (route ``evidence``).
 
