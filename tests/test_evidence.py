@@ -9,7 +9,7 @@ import pytest
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
 from domainkit.retrieval.answer_types import asks_for_figure, expected_types, missing_type
-from domainkit.retrieval.evidence import EvidenceSelector
+from domainkit.retrieval.evidence import Evidence, EvidenceSelector
 from domainkit.retrieval.terms import CorpusVocabulary, specific_terms
 from domainkit.retrieval.units import text_units
 from tests.conftest import HashEmbedder
@@ -89,6 +89,12 @@ def test_table_rows_depend_on_the_header_and_abbreviations_do_not_split():
 def _selector(chunks, **settings) -> EvidenceSelector:
     vocabulary = CorpusVocabulary([c.embed_text for c in chunks])
     return EvidenceSelector(HashEmbedder(), vocabulary, EvidenceConfig(**settings))
+
+
+def _one_passage(text: str, question: str, **chunk) -> Evidence:
+    """The evidence for ``question`` from one passage of ``text``."""
+    passage = _chunk(text, **chunk)
+    return _selector([passage]).select(question, [passage])
 
 
 def test_how_long_asks_for_a_duration_not_for_the_word_long():
@@ -221,14 +227,13 @@ def test_a_title_gives_its_sentences_their_topic():
 
 
 def test_a_lead_in_or_table_header_is_never_the_answer():
-    table = _chunk(
+    evidence = _one_passage(
         "| Period | Opening hours |\n| Term time | 08:00 to 22:00 |\n"
         "| Holidays | 09:00 to 17:00 |\n",
+        "Library opening hours period",
         source="library.md",
         headings=("Library opening hours",),
     )
-    selector = _selector([table])
-    evidence = selector.select("Library opening hours period", [table])
     assert evidence.ranked[0].text.startswith("| Period"), "the header scores best lexically"
     assert evidence.best().text.startswith(("| Term time", "| Holidays"))
     assert evidence.answer_from(evidence.best(), 40).startswith("Period | Opening hours.")
@@ -343,6 +348,22 @@ def test_a_second_passages_close_line_comes_before_the_main_lines_weak_neighbour
     text = evidence.answer_from(best, 25)
     assert "quasi-polynomial" in text, text
     assert text.startswith("Babai and Luks") and text.count("Remark") <= 1
+
+
+def test_the_answer_opens_with_its_main_line_not_the_lists_first():
+    evidence = _one_passage(
+        "- Perch: plugged in, hold Microphone and Volume for 15 seconds.\n"
+        "- Roost: unplug, hold Play and plug back in.\n"
+        "- Talon: hold Power and Volume for 12 seconds.\n",
+        "How do I factory reset my Talon?",
+        source="faq.md",
+        headings=("How do I factory reset my speaker?",),
+    )
+    best = evidence.best()
+    assert best.text.startswith("- Talon")
+    text = evidence.answer_from(best, 40)
+    assert text.startswith("Talon: hold Power"), text
+    assert text.index("Perch") < text.index("Roost"), "the rest keep the document's order"
 
 
 @pytest.mark.parametrize(

@@ -165,9 +165,19 @@ class Evidence:
         groups: dict[str, list[EvidenceSentence]] = {}
         for sentence in chosen:
             groups.setdefault(sentence.chunk.id, []).append(sentence)
+        # The main line (after its lead-in) opens the answer; the rest of each passage follows
+        # in document order ("How do I reset my Talon?" opened with the Perch's line, the
+        # list's first).
+        lead = self.lead_of(primary)
+        opening = [key(s) for s in (lead, primary) if s is not None]
+
+        def order(sentence: EvidenceSentence) -> tuple[int, int]:
+            k = key(sentence)
+            return (opening.index(k), 0) if k in opening else (len(opening), sentence.start)
+
         pieces = []
         for chunk_id in sorted(groups, key=lambda c: (c != primary.chunk.id, numbers[c])):
-            parts = [readable(s.text) for s in sorted(groups[chunk_id], key=lambda s: s.start)]
+            parts = [readable(s.text) for s in sorted(groups[chunk_id], key=order)]
             text = " ".join(p if p.endswith((".", "!", "?", ":", ";")) else f"{p}." for p in parts)
             pieces.append(f"{text} {citation(numbers[chunk_id])}")
         return " ".join(pieces)
