@@ -91,10 +91,14 @@ def _selector(chunks, **settings) -> EvidenceSelector:
     return EvidenceSelector(HashEmbedder(), vocabulary, EvidenceConfig(**settings))
 
 
+def _select(question: str, *passages: Chunk) -> Evidence:
+    """The evidence for ``question`` from ``passages`` (in retrieval order)."""
+    return _selector(list(passages)).select(question, list(passages))
+
+
 def _one_passage(text: str, question: str, **chunk) -> Evidence:
     """The evidence for ``question`` from one passage of ``text``."""
-    passage = _chunk(text, **chunk)
-    return _selector([passage]).select(question, [passage])
+    return _select(question, _chunk(text, **chunk))
 
 
 def test_how_long_asks_for_a_duration_not_for_the_word_long():
@@ -303,8 +307,7 @@ def test_an_answer_adds_a_second_passages_line_only_when_nearly_as_relevant():
         source="boxes.md",
         headings=("Boxes",),
     )
-    selector = _selector([fees, boxes])
-    evidence = selector.select("What does a return of an opened soundbar cost?", [fees, boxes])
+    evidence = _select("What does a return of an opened soundbar cost?", fees, boxes)
     best = evidence.best()
     text = evidence.answer_from(best, 40)
     assert text.startswith(best.text.rstrip(".")) or best.text in text
@@ -334,8 +337,7 @@ def test_a_second_passages_close_line_comes_before_the_main_lines_weak_neighbour
         source="time.md",
         headings=("Running time",),
     )
-    selector = _selector([main, other])
-    evidence = selector.select("Who found the best graph isomorphism algorithm?", [main, other])
+    evidence = _select("Who found the best graph isomorphism algorithm?", main, other)
     best = evidence.best()
     assert best.chunk is main
     close = next(s for s in evidence.ranked + evidence.pool if s.chunk is other)

@@ -3,9 +3,9 @@
 Requests are generated together in one batch that new requests join between decoding
 steps (``backends.decoding``), each row with its own sampling settings and stop markers,
 streaming its text as it is produced; requests with ``choices`` are scored instead (the
-log-probability of each choice), one by one. The
-runtime loads it with the trained adapter merged into the base; the teacher with the
-teacher model; preference tuning wraps the student it is training (``LocalBackend(lm)``).
+log-probability of each choice), one by one. The runtime loads it with the trained
+adapter merged into the base; the teacher with the teacher model; preference tuning wraps
+the student it is training (``LocalBackend(lm)``).
 """
 
 from __future__ import annotations

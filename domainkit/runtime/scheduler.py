@@ -112,14 +112,10 @@ class Scheduler:
             self._running = len(batch)
 
     def _start(self, job: _Job, batch) -> None:
-        if job.request.cancelled.is_set():
-            job.future.cancel()
-        if not job.future.set_running_or_notify_cancel():
+        if not _claim(job):
             return
-        if job.request.choices and getattr(self.generator, "scores_choices", False):
-            self._call([job])
-            return
-        if not hasattr(self.generator, "row"):  # swapped for a generator of another kind
+        scored = job.request.choices and getattr(self.generator, "scores_choices", False)
+        if scored or not hasattr(self.generator, "row"):  # or swapped for another kind
             self._call([job])
             return
         try:
@@ -131,12 +127,7 @@ class Scheduler:
             batch.add(row)
 
     def _generate(self, jobs: list[_Job]) -> None:
-        live = []
-        for job in jobs:
-            if job.request.cancelled.is_set():
-                job.future.cancel()
-            if job.future.set_running_or_notify_cancel():
-                live.append(job)
+        live = [job for job in jobs if _claim(job)]
         if getattr(self.generator, "scores_choices", False):
             # A backend that scores choices scores one request at a time: in one call with
             # others, each answer would wait for the whole batch to be scored.
@@ -164,6 +155,13 @@ class Scheduler:
             self._running = 0
         for job, result in zip(live, results, strict=True):
             _deliver(job, result)
+
+
+def _claim(job: _Job) -> bool:
+    """Mark ``job`` running; False when its caller has gone (it is then cancelled)."""
+    if job.request.cancelled.is_set():
+        job.future.cancel()
+    return job.future.set_running_or_notify_cancel()
 
 
 def _deliver(job: _Job, result) -> None:
