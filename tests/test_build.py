@@ -43,6 +43,34 @@ def test_a_correct_a_wrong_and_a_refused_answer():
     assert m.key_fact_recall(wrong, reference) < 0.5
 
 
+def test_a_documents_own_words_are_not_a_refusal():
+    """A warranty corpus says "the warranty does not cover": an answer that quotes it is an
+    answer (it was scored as a refusal, right or wrong, and counted as refusing when the
+    question was unanswerable); a reply that says the documents do not cover it refuses."""
+    quoted = (
+        "Flat fees: Perch £49, Roost £119. [1] A product with damage the warranty does not "
+        "cover, such as liquid damage, is repaired at the out-of-warranty price. [2]"
+    )
+    assert not m.is_refusal(quoted, REFUSAL)
+    assert m.is_correct(quoted, "A flat fee of £119.", REFUSAL)
+    assert not m.is_refusal("Accidental damage is not covered. Nor is wear. [1]", REFUSAL)
+    assert not m.is_refusal("The Party Link does not say its name aloud. [1]", REFUSAL)
+    for reply in (
+        "The documents do not cover that.",
+        "The provided context doesn't mention a CEO.",
+        "I'm sorry, but the passages do not say how heavy the Roost is.",
+        "That is not in the documents.",
+        "I don't know.",
+        "I couldn't find that in the manuals. Please ask support.",
+    ):
+        assert m.is_refusal(reply), reply
+    assert m.is_refusal(f"{REFUSAL} This is general information, not advice.", REFUSAL)
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    for recipe in sorted(recipes.glob("*.yaml")):  # each recipe's own refusal
+        wording = yaml.safe_load(recipe.read_text())["refusal"]
+        assert m.is_refusal(f"{wording} A disclaimer follows."), recipe.name
+
+
 def test_yes_no_maybe_and_faithfulness():
     assert m.is_correct("Yes. The trial showed a benefit.", "yes")
     assert not m.is_correct("No, it did not.", "yes")

@@ -119,18 +119,10 @@ _STOP = _ARTICLES | set(
     ]
 )
 LABELS = ("yes", "no", "maybe")
+# Phrases that decline whatever they are said of.
 REFUSAL_PHRASES = (
-    "do not cover",
-    "don't cover",
-    "does not cover",
     "not in the documents",
     "not in the passages",
-    "do not answer",
-    "does not answer",
-    "don't answer",
-    "do not say",
-    "does not say",
-    "don't say",
     "not mentioned",
     "no information",
     "don't have information",
@@ -144,6 +136,20 @@ REFUSAL_PHRASES = (
     "i don't know",
     "i do not know",
 )
+# "Does not cover", "doesn't say": a refusal when said of the documents ("the documents I
+# have do not cover that"). The documents say it of their own subjects too ("damage the
+# warranty does not cover"), and an answer quoting that is an answer.
+_SOURCES = (
+    r"(?:documents?|documentation|passages?|sources?|context|evidence|texts?|materials?|"
+    r"information|manuals?|guides?|articles?|knowledge base)"
+)
+_SOURCES_DECLINE = re.compile(
+    rf"\b{_SOURCES}\b(?:\s+[\w']+){{0,3}}?\s+(?:do|does|did|can|could)(?:n't|\s+not)\s+"
+    r"(?:cover|say|mention|answer|contain|include|address|specify|state|provide|tell|discuss)"
+    r"|(?:\bnot|n't) (?:covered|mentioned|given|stated) (?:in|by) (?:the |our |my )?"
+    rf"(?:[\w-]+\s+){{0,2}}?{_SOURCES}\b"
+)
+_FIRST_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def tokens(text: str) -> list[str]:
@@ -180,13 +186,18 @@ def key_fact_recall(prediction: str, reference: str) -> float:
 
 
 def is_refusal(text: str, refusal_wording: str = "") -> bool:
-    """Whether ``text`` declines to answer: the recipe's wording or a common phrasing."""
-    lowered = text.lower().replace("’", "'")
-    if not lowered.strip():
+    """Whether ``text`` declines to answer: the recipe's wording, or an opening sentence that
+    declines ("I couldn't find that", "the documents do not cover it")."""
+    lowered = text.lower().replace("’", "'").strip()
+    if not lowered:
         return True
     if refusal_wording and token_f1(text, refusal_wording) >= 0.6:
         return True
-    return any(phrase in lowered for phrase in REFUSAL_PHRASES)
+    # A reply that declines says so first; a later sentence is the documents' own words.
+    opening = _FIRST_SENTENCE.split(lowered, maxsplit=1)[0]
+    return any(phrase in opening for phrase in REFUSAL_PHRASES) or bool(
+        _SOURCES_DECLINE.search(opening)
+    )
 
 
 def label_of(text: str) -> str | None:
