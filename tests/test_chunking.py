@@ -120,3 +120,17 @@ def test_setext_headings_in_markdown_and_plain_text():
 def test_a_list_followed_by_a_rule_is_not_a_heading():
     text = "- item one\n---\n\nAfter the rule.\n"
     assert [s.headings for s in heading_sections(text)] == [()]
+    assert [s.headings for s in heading_sections("1. Open the app\n---\n\nNext.\n")] == [()]
+
+
+def test_a_numbered_title_underlined_to_its_length_is_a_heading():
+    """Plain-text manuals number their underlined sections ("4. BATTERIES" over a dashed
+    line as long as the title): each is a heading, so its passages carry it and the
+    previous passage does not end with it (the sample safety leaflet's did)."""
+    text = (
+        "3. WATER AND LIQUIDS\n--------------------\n\nRinse the Talon in fresh water.\n\n"
+        "4. BATTERIES\n------------\n\nTalon's battery keeps 80% after 500 cycles.\n"
+    )
+    sections = [(s.headings, text[s.start : s.end].strip()) for s in heading_sections(text)]
+    assert (("3. WATER AND LIQUIDS",), "Rinse the Talon in fresh water.") in sections
+    assert sections[-1] == (("4. BATTERIES",), "Talon's battery keeps 80% after 500 cycles.")

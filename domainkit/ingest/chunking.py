@@ -119,9 +119,20 @@ def _heading(line: str, next_line: str) -> tuple[int, str, int] | None:
         return atx[0], atx[1], 1
     underline = _SETEXT.match(next_line)
     title = line.strip()
-    if underline and title and not _LIST_OR_QUOTE.match(title):
+    if (
+        underline
+        and title
+        and (not _LIST_OR_QUOTE.match(title) or _numbered_title(title, underline))
+    ):
         return (1 if underline.group(1)[0] == "=" else 2), title, 2
     return None
+
+
+def _numbered_title(title: str, underline: re.Match) -> bool:
+    """A numbered line over a rule as long as itself is a plain-text section title ("4.
+    BATTERIES" over twelve dashes); over a short rule ("---") it is a list item before a
+    thematic break, as Markdown reads it."""
+    return bool(re.match(r"\d+[.)]\s", title)) and len(underline.group(1)) >= len(title) - 2
 
 
 def _locate(text: str, pieces: list[str]) -> Iterator[tuple[int, str]]:
