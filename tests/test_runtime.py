@@ -1040,6 +1040,46 @@ def test_a_request_joins_a_running_batch_and_answers_as_it_would_alone(assistant
     assert max(n for n, _ in trace) == 2 and trace[-1][0] == 0
 
 
+def test_a_sliding_window_cache_falls_back_to_static_batching(tmp_path):
+    """A model whose cache is not plain ``DynamicLayer``s (Mistral's sliding window) cannot
+    take a newcomer's rows into its running cache: the newcomer waits until the batch is
+    empty, then answers as it would alone."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from domainkit.backends.local import LocalBackend
+
+    from .tiny_lm import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=16,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    generator = LocalBackend.load(str(tmp_path), device="cpu")
+    first = [{"role": "user", "content": "Tell me about the Perch."}]
+    second = [{"role": "user", "content": "And the Talon?"}]
+    alone = [generator.generate([GenRequest(m, 20, stop=())])[0].text for m in (first, second)]
+    (one, two), trace = _decoded(
+        generator, [GenRequest(first, 20, stop=()), GenRequest(second, 20, stop=())], 512, [0, 3]
+    )
+    assert (one.text, two.text) == tuple(alone)
+    second_started = next(s for s, (_, tokens) in enumerate(trace) if tokens[1] > 0)
+    first_done = next(s for s, (_, tokens) in enumerate(trace) if tokens[0] == 20)
+    assert second_started > first_done, "the newcomer waited for the batch to empty"
+    assert max(n for n, _ in trace) == 1
+
+
 def test_requests_arriving_together_start_streaming_a_few_at_a_time(assistant):
     """With ``join_tokens`` (the server's setting), requests that arrive together join in
     groups of that many prompt tokens: the first streams while the others are prefilled,
