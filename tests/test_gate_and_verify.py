@@ -252,3 +252,75 @@ def test_on_few_validation_questions_new_questions_are_refused_within_the_budget
         refused.append(sum(not gate.answers(f) for f in new) / len(new))
     assert sum(refused) / len(refused) <= 0.11
     assert [allowed_misses(n, 0.10) for n in (9, 10, 19, 33, 99)] == [0, 0, 1, 2, 9]
+
+
+def test_a_validation_question_answered_wrong_does_not_pull_the_cut_down():
+    """The budget keeps right answers: a synthetic validation question that the runtime
+    answers wrong anyway (education's "Is it possible to cover the item with a single square
+    foot of carpet?", P 0.02) does not set the cut. Counted, it sat below every unanswerable
+    question, the cut fell to it and the gate refused none of them (education eval: 0%)."""
+    rng = random.Random(5)
+    features, answerable, right = [], [], []
+    for _ in range(12):
+        features.append(_features(rng.gauss(0.65, 0.04)))
+        answerable.append(True)
+        right.append(True)
+    features.append(_features(0.05, coverage=0.1, novel=0.5))  # the garbage question
+    answerable.append(True)
+    right.append(False)
+    for _ in range(12):
+        features.append(_features(rng.gauss(0.42, 0.05)))
+        answerable.append(False)
+        right.append(False)
+    unanswerable = [f for f, ok in zip(features, answerable, strict=True) if not ok]
+
+    counted_all, _ = calibrate(features, answerable, max_false_refusals=0.10)
+    assert sum(not counted_all.answers(f) for f in unanswerable) <= 2, "the old rule's cut"
+
+    gate, fit = calibrate(features, answerable, max_false_refusals=0.10, right=right)
+    assert sum(not gate.answers(f) for f in unanswerable) >= 10
+    assert all(gate.answers(f) for f, ok in zip(features, right, strict=True) if ok)
+    assert fit["guarded"] == 12 and fit["refused"] >= 10 / 12
+
+
+def test_the_cut_is_the_exact_score_not_a_rounded_one():
+    """The chosen cut answers the validation question it was set at (rounding the cut to four
+    places put it above that question's score, so the next lower cut was taken)."""
+    features = [_features(0.5 + i / 1000 + 1 / 3 / 10_000) for i in range(12)]
+    features += [_features(0.30 + i / 1000) for i in range(12)]
+    answerable = [True] * 12 + [False] * 12
+    gate, fit = calibrate(features, answerable, max_false_refusals=0.10)
+    assert all(gate.answers(f) for f in features[:12])
+    assert not any(gate.answers(f) for f in features[12:])
+    assert fit["answered"] == 1.0 and fit["refused"] == 1.0
+
+
+def test_eval_calibration_counts_only_right_answers_towards_the_budget():
+    from types import SimpleNamespace
+
+    from domainkit.eval.calibration import calibrate_assistant
+
+    class Assistant:
+        reader_weight = 0.0
+        gate = None
+
+        def recheck(self, answer, gated=True):
+            return answer
+
+    def answer(dense, text, novel=0.0):
+        return SimpleNamespace(gate=GateFeatures(dense, 0.3, 0, novel, None).to_dict(), text=text)
+
+    oks = [True] * 13 + [False] * 12
+    items = [
+        SimpleNamespace(answerable=ok, question=f"q{i}", reference="fact" if ok else None)
+        for i, ok in enumerate(oks)
+    ]
+    answers = [answer(0.62 + i / 100, "fact") for i in range(12)]
+    answers += [answer(0.05, "nonsense", novel=0.6)]  # answerable, answered wrong
+    answers += [answer(0.40 + i / 200, "other") for i in range(12)]
+    assistant = Assistant()
+    out = calibrate_assistant(
+        assistant, answers, items, [], [], lambda i, a: a.text == i.reference, 0.10
+    )
+    assert out["guarded"] == 12
+    assert out["refused"] == 1.0 and not assistant.gate.answers(GateFeatures(0.45, 0.3, 0, 0, None))

@@ -107,7 +107,10 @@ def calibrate_assistant(
     }
     assistant.gate = Gate()  # the prior, unless the fit below replaces it
     try:
-        gate, fit = calibrate(features, [i.answerable for i, _ in pairs], max_false_refusals)
+        # The false-refusal budget protects right answers (``calibrate``).
+        right = [i.answerable and is_correct(i, a) for i, a in pairs]
+        labels = [i.answerable for i, _ in pairs]
+        gate, fit = calibrate(features, labels, max_false_refusals, right=right)
         assistant.gate = gate
         out |= {"gate": gate.to_dict(), **fit}
     except ValueError as e:

@@ -177,12 +177,17 @@ def allowed_misses(n: int, budget: float) -> int:
 
 # Fewer validation questions of either kind than this and the prior gate stays.
 MIN_PER_KIND = 10
+# Fewer answerable validation questions answered right than this and the budget counts all.
+MIN_GUARDED = 5
 # Shrinkage towards the prior (per standardized feature; the data term sums over questions).
 PRIOR_STRENGTH = 4.0
 
 
 def calibrate(
-    features: list[GateFeatures], answerable: list[bool], max_false_refusals: float | None = None
+    features: list[GateFeatures],
+    answerable: list[bool],
+    max_false_refusals: float | None = None,
+    right: list[bool] | None = None,
 ) -> tuple[Gate, dict]:
     """Fit the gate on validation questions with known answerability.
 
@@ -193,9 +198,13 @@ def calibrate(
 
     With ``max_false_refusals`` the threshold is the highest cut whose expected share of
     *new* answerable questions refused stays within that budget (``allowed_misses``): as
-    many refusals as the budget allows. Without it, the cut maximizes balanced accuracy
-    (the mean of answerable questions answered and unanswerable ones refused), so neither
-    kind dominates because it is more common.
+    many refusals as the budget allows. ``right`` marks the answerable questions the runtime
+    answers right; when at least ``MIN_GUARDED`` are, only they count towards the budget:
+    refusing a question that would be answered wrong loses no right answer, and one
+    nonsensical synthetic question far below the rest would otherwise set the cut (the gate
+    then refused nothing). Without a budget, the cut maximizes balanced accuracy (the mean
+    of answerable questions answered and unanswerable ones refused), so neither kind
+    dominates because it is more common.
 
     Returns:
         The gate and a report: counts, features dropped, balanced accuracy and the
@@ -221,21 +230,40 @@ def calibrate(
     gate = Gate(weights, bias, 0.5, True)
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)
+    guarded = [p for p, ok in zip(probabilities, answerable, strict=True) if ok]
     if max_false_refusals is None:
         best = max(curve, key=lambda c: (c["answered"] + c["refused"], -abs(c["threshold"] - 0.5)))
-    else:  # the curve is ordered by threshold; the lowest cut answers everything
-        n = int(y.sum())
-        floor = (n - allowed_misses(n, max_false_refusals)) / n
-        best = [c for c in curve if c["answered"] >= floor - 1e-9][-1]
-    gate.threshold = min(best["threshold"], 1.0)
+        cut = min(best["threshold"], 1.0)
+    else:
+        marks = right or answerable
+        kept = [p for p, ok, r in zip(probabilities, answerable, marks, strict=True) if ok and r]
+        guarded = kept if len(kept) >= MIN_GUARDED else guarded
+        # The exact score of the (m+1)-th lowest guarded question: it and all above are
+        # answered (the curve's cuts are rounded for the report).
+        cut = sorted(guarded)[allowed_misses(len(guarded), max_false_refusals)]
+    gate.threshold = cut
+    best = _at(cut, probabilities, answerable)
     report = {
         "questions": len(features),
         "answerable": int(y.sum()),
         "unanswerable": int(len(y) - y.sum()),
         "dropped": [name for name in FEATURES if weights[name] == 0.0],
         "max_false_refusals": max_false_refusals,
+        "guarded": len(guarded),
         "answered": best["answered"],
         "refused": best["refused"],
         "curve": curve,
     }
     return gate, report
+
+
+def _at(cut: float, probabilities: list[float], answerable: list[bool]) -> dict:
+    """Share of answerable questions answered and unanswerable refused at ``cut``."""
+    answered = [p >= cut for p in probabilities]
+    pos = [a for a, ok in zip(answered, answerable, strict=True) if ok]
+    neg = [not a for a, ok in zip(answered, answerable, strict=True) if not ok]
+    return {
+        "threshold": cut,
+        "answered": round(sum(pos) / (len(pos) or 1), 4),
+        "refused": round(sum(neg) / (len(neg) or 1), 4),
+    }
