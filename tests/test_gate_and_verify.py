@@ -293,6 +293,8 @@ def test_the_cut_is_the_exact_score_not_a_rounded_one():
     assert all(gate.answers(f) for f in features[:12])
     assert not any(gate.answers(f) for f in features[12:])
     assert fit["answered"] == 1.0 and fit["refused"] == 1.0
+    everything, fit = calibrate(features, answerable, max_false_refusals=1.0)  # may refuse all
+    assert fit["refused"] == 1.0 and everything.threshold == 1.0
 
 
 def test_eval_calibration_counts_only_right_answers_towards_the_budget():

@@ -240,7 +240,8 @@ def calibrate(
         guarded = kept if len(kept) >= MIN_GUARDED else guarded
         # The exact score of the (m+1)-th lowest guarded question: it and all above are
         # answered (the curve's cuts are rounded for the report).
-        cut = sorted(guarded)[allowed_misses(len(guarded), max_false_refusals)]
+        misses = allowed_misses(len(guarded), max_false_refusals)
+        cut = sorted(guarded)[misses] if misses < len(guarded) else 1.0  # a budget of 100%
     gate.threshold = cut
     best = _at(cut, probabilities, answerable)
     report = {
