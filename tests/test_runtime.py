@@ -1044,28 +1044,11 @@ def test_a_sliding_window_cache_falls_back_to_static_batching(tmp_path):
     """A model whose cache is not plain ``DynamicLayer``s (Mistral's sliding window) cannot
     take a newcomer's rows into its running cache: the newcomer waits until the batch is
     empty, then answers as it would alone."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
     from domainkit.backends.local import LocalBackend
 
-    from .tiny_lm import tiny_tokenizer
+    from .tiny_lm import save_tiny_model_with, tiny_tokenizer
 
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=16,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    MistralForCausalLM(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save_tiny_model_with(tiny_tokenizer(), tmp_path, sliding_window=16)
     generator = LocalBackend.load(str(tmp_path), device="cpu")
     first = [{"role": "user", "content": "Tell me about the Perch."}]
     second = [{"role": "user", "content": "And the Talon?"}]

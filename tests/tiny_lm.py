@@ -65,13 +65,20 @@ def embedded_tokenizer():
     return AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def save_tiny_model_with(tokenizer, folder: Path, seed: int = 0, max_positions: int = 512) -> Path:
-    """A 2-layer random Llama sized to ``tokenizer``'s vocabulary, saved with it."""
+def save_tiny_model_with(
+    tokenizer, folder: Path, seed: int = 0, max_positions: int = 512, sliding_window: int = 0
+) -> Path:
+    """A 2-layer random Llama sized to ``tokenizer``'s vocabulary, saved with it; with
+    ``sliding_window``, a Mistral of that window (its cache layers are not plain dynamic)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config_class, model_class = (
+        (MistralConfig, MistralForCausalLM) if sliding_window else (LlamaConfig, LlamaForCausalLM)
+    )
+    extra = {"sliding_window": sliding_window} if sliding_window else {}
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -81,7 +88,8 @@ def save_tiny_model_with(tokenizer, folder: Path, seed: int = 0, max_positions: 
         max_position_embeddings=max_positions,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
