@@ -13,8 +13,8 @@ answer is one of the evidence lines, scored in one forward pass, not generated t
 token. ``--policy closed`` measures generation (the model's own words, no retrieval);
 ``--policy naive`` generation from the top passages whole (~1,100-token prompts).
 
-    .venv/bin/python bench/serve.py [--domain corpora/customer-support] [--max-tokens 64]
-        [--policy rag|closed|naive] [--memory-only | --no-memory]
+    .venv/bin/python bench/serve.py [--domain corpora/customer-support] [--build-dir DIR]
+        [--max-tokens 64] [--policy rag|closed|naive] [--memory-only | --no-memory]
 """
 
 from __future__ import annotations
@@ -174,6 +174,11 @@ def memory_check(assistant, questions: list[str], rows: int = 8, max_tokens: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--domain", type=Path, default=ROOT / "corpora" / "customer-support")
+    parser.add_argument(
+        "--build-dir",
+        type=Path,
+        help="the domain's build folder, when not its default (domainkit build --build-dir)",
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
@@ -194,7 +199,7 @@ def main() -> int:
     from domainkit.runtime.scheduler import Scheduler
     from domainkit.runtime.server import create_app, serve_in_thread
 
-    domain = load_domain(args.domain)
+    domain = load_domain(args.domain, args.build_dir)
     build_index(domain, make_embedder(domain.config.retrieval), progress=False)  # no-op if current
     questions = [q.question for q in load_eval_set(domain.eval_path).questions if q.answerable]
     assistant = Assistant.from_domain(domain)
