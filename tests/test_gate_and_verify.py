@@ -178,6 +178,7 @@ def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate
     from types import SimpleNamespace
 
     from domainkit.eval.calibration import calibrate_assistant
+    from domainkit.eval.items import Item
     from domainkit.runtime.gate import GateFeatures
 
     class Assistant:
@@ -192,11 +193,10 @@ def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate
         return SimpleNamespace(gate=gate, text=text)
 
     items = [
-        SimpleNamespace(answerable=ok, question=f"q{i}", reference="fact" if ok else None)
-        for i, ok in enumerate([True] * 12 + [False] * 12)
+        Item(f"q{i}", "fact" if ok else None, ok) for i, ok in enumerate([True] * 12 + [False] * 12)
     ]
     answers = [answer(0.7, "fact") for _ in range(12)] + [answer(0.2, "other") for _ in range(12)]
-    twins = [SimpleNamespace(answerable=False, question=f"q{i}", reference=None) for i in range(12)]
+    twins = [Item(f"q{i}", None, False) for i in range(12)]
     # Six twins' evidence still gives the fact (restated elsewhere), six do not.
     twin_answers = [answer(0.69, "fact") for _ in range(6)] + [answer(0.45, "x") for _ in range(6)]
 
@@ -255,10 +255,10 @@ def test_on_few_validation_questions_new_questions_are_refused_within_the_budget
 
 
 def test_a_validation_question_answered_wrong_does_not_pull_the_cut_down():
-    """The budget keeps right answers: a synthetic validation question that the runtime
-    answers wrong anyway (education's "Is it possible to cover the item with a single square
-    foot of carpet?", P 0.02) does not set the cut. Counted, it sat below every unanswerable
-    question, the cut fell to it and the gate refused none of them (education eval: 0%)."""
+    """The budget keeps right answers: a users' validation question that the runtime answers
+    wrong anyway (like education's synthetic "Is it possible to cover the item with a single
+    square foot of carpet?", P 0.02) does not set the cut. Counted, it sat below every
+    unanswerable question, the cut fell to it and the gate refused none of them."""
     rng = random.Random(5)
     features, answerable, right = [], [], []
     for _ in range(12):
@@ -297,10 +297,17 @@ def test_the_cut_is_the_exact_score_not_a_rounded_one():
     assert fit["refused"] == 1.0 and everything.threshold == 1.0
 
 
-def test_eval_calibration_counts_only_right_answers_towards_the_budget():
+def test_eval_calibration_counts_only_users_right_answers_towards_the_budget():
+    """On a validation.yaml of users' questions the budget protects the right answers (a
+    question answered wrong anyway does not pull the cut down); on synthetic questions the
+    cut goes below every answerable one, right or wrong: they are easier than users' own, and
+    the budget's cut on them refused 43% of the support corpus's answerable eval questions."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from domainkit.eval.calibration import calibrate_assistant
+    from domainkit.eval.items import Item
+    from domainkit.eval.report import _calibration_lines
 
     class Assistant:
         reader_weight = 0.0
@@ -313,16 +320,50 @@ def test_eval_calibration_counts_only_right_answers_towards_the_budget():
         return SimpleNamespace(gate=GateFeatures(dense, 0.3, 0, novel, None).to_dict(), text=text)
 
     oks = [True] * 13 + [False] * 12
-    items = [
-        SimpleNamespace(answerable=ok, question=f"q{i}", reference="fact" if ok else None)
-        for i, ok in enumerate(oks)
-    ]
+    users = [Item(f"q{i}", "fact" if ok else None, ok) for i, ok in enumerate(oks)]
     answers = [answer(0.62 + i / 100, "fact") for i in range(12)]
     answers += [answer(0.05, "nonsense", novel=0.6)]  # answerable, answered wrong
     answers += [answer(0.40 + i / 200, "other") for i in range(12)]
+    unanswered = GateFeatures(0.45, 0.3, 0, 0, None)
+
     assistant = Assistant()
     out = calibrate_assistant(
-        assistant, answers, items, [], [], lambda i, a: a.text == i.reference, 0.10
+        assistant, answers, users, [], [], lambda i, a: a.text == i.reference, 0.10
     )
-    assert out["guarded"] == 12
-    assert out["refused"] == 1.0 and not assistant.gate.answers(GateFeatures(0.45, 0.3, 0, 0, None))
+    assert out["guarded"] == 12 and out["guarded_questions"] == "users'"
+    assert out["refused"] == 1.0 and not assistant.gate.answers(unanswered)
+
+    synthetic = [replace(i, synthetic=True) for i in users]
+    out = calibrate_assistant(
+        assistant, answers, synthetic, [], [], lambda i, a: a.text == i.reference, 0.10
+    )
+    assert out["guarded"] == 13 and out["guarded_questions"] == "synthetic"
+    assert out["answered"] == 1.0, "every synthetic answerable question is answered"
+    assert assistant.gate.answers(GateFeatures(0.06, 0.3, 0, 0.6, None))
+    assert "below all 13 answerable validation questions" in "\n".join(_calibration_lines(out))
+
+
+def test_the_budget_holds_on_users_questions_and_synthetic_ones_are_never_refused():
+    """Synthetic questions reuse their passage's words and score higher than users' questions
+    about the same facts: the budget is spent on users' own (validation.yaml) when there are
+    enough of them, and with too few the cut goes below every answerable question."""
+    rng = random.Random(11)
+    synthetic_scores = [rng.gauss(0.75, 0.03) for _ in range(30)]
+    users_scores = [rng.gauss(0.55, 0.04) for _ in range(19)]
+    unanswerable = [rng.gauss(0.40, 0.05) for _ in range(20)]
+    features = [_features(d) for d in synthetic_scores + users_scores + unanswerable]
+    answerable = [True] * 49 + [False] * 20
+    synthetic = [True] * 30 + [False] * 39
+
+    pooled, _ = calibrate(features, answerable, max_false_refusals=0.10)
+    gate, fit = calibrate(features, answerable, max_false_refusals=0.10, synthetic=synthetic)
+    users = features[30:49]
+    answered = sum(gate.answers(f) for f in users)
+    assert fit["guarded"] == 19 and fit["guarded_questions"] == "users'"
+    assert answered == 19 - allowed_misses(19, 0.10) == 18, "one of 19 refused, as budgeted"
+    assert sum(pooled.answers(f) for f in users) < answered, "pooled, the easy ones set the cut"
+
+    few = [True] * 46 + [False] * 23  # three answerable questions of the users' own
+    gate, fit = calibrate(features, answerable, max_false_refusals=0.10, synthetic=few)
+    assert fit["guarded_questions"] == "synthetic" and fit["guarded"] == 49
+    assert all(gate.answers(f) for f, ok in zip(features, answerable, strict=True) if ok)

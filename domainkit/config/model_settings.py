@@ -163,8 +163,9 @@ class RuntimeConfig(Section):
         ge=0,
         le=1,
         description="Expected share of new answerable questions the calibrated gate may "
-        "refuse, judged from the validation questions; the gate refuses as much as that "
-        "allows. null: the cut of best balanced accuracy.",
+        "refuse, judged from the users' own validation questions (validation.yaml); the gate "
+        "refuses as much as that allows. With synthetic validation questions only, the cut "
+        "goes below all of them. null: the cut of best balanced accuracy.",
     )
     max_new_tokens: int = Field(
         96, ge=1, le=8192, description="Longest reply generated (a quote is one sentence)."

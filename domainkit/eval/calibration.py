@@ -107,10 +107,13 @@ def calibrate_assistant(
     }
     assistant.gate = Gate()  # the prior, unless the fit below replaces it
     try:
-        # The false-refusal budget protects right answers (``calibrate``).
+        # The false-refusal budget protects users' right answers (``calibrate``).
         right = [i.answerable and is_correct(i, a) for i, a in pairs]
         labels = [i.answerable for i, _ in pairs]
-        gate, fit = calibrate(features, labels, max_false_refusals, right=right)
+        synthetic = [i.synthetic for i, _ in pairs]
+        gate, fit = calibrate(
+            features, labels, max_false_refusals, right=right, synthetic=synthetic
+        )
         assistant.gate = gate
         out |= {"gate": gate.to_dict(), **fit}
     except ValueError as e:

@@ -18,6 +18,7 @@ class Item:
     source: str | None = None  # document path relative to docs/
     spans: list[str] = field(default_factory=list)  # accepted short answers, if any
     chunk_id: str | None = None  # the passage it was written from (synth questions)
+    synthetic: bool = False  # written by synth, not by a user (calibration trusts it less)
 
 
 def eval_items(domain: Domain, limit: int | None = None, path: Path | None = None) -> list[Item]:
@@ -55,9 +56,9 @@ def validation_items(domain: Domain, limit: int | None = None) -> list[Item]:
             continue  # keyword questions are easier than users' own: not for calibration
         if s.generator == "raft" and s.meta.get("gold_present"):
             fact = s.meta.get("fact") or s.answers[-1]
-            items.append(Item(question, fact, True, s.source, chunk_id=s.chunk_id))
+            items.append(Item(question, fact, True, s.source, chunk_id=s.chunk_id, synthetic=True))
         elif s.generator in ("near_miss", "refusal"):
-            items.append(Item(question, None, False, None))
+            items.append(Item(question, None, False, None, synthetic=True))
     return _spread(items, limit)
 
 

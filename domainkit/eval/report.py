@@ -102,9 +102,16 @@ def _calibration_lines(calibration: dict) -> list[str]:
         f"- P(answerable) = sigmoid({weights}, bias {gate['bias']:+.2f}); "
         f"answer when >= {gate['threshold']:.3f}"
         + (
-            f" (the highest cut refusing at most {budget:.0%} of the "
-            f"{calibration.get('guarded', calibration['answerable'])} answerable validation "
-            "questions it counts: those answered right, when there are enough)"
+            (
+                f" (below all {calibration['guarded']} answerable validation questions: they "
+                "are synthetic, worded like their passage and easier than users' own, so the "
+                f"{budget:.0%} false-refusal budget applies only to a validation.yaml of real "
+                "questions)"
+                if calibration.get("guarded_questions") == "synthetic"
+                else f" (the highest cut refusing at most {budget:.0%} of the "
+                f"{calibration.get('guarded', calibration['answerable'])} answerable "
+                "validation questions it counts: those answered right, when there are enough)"
+            )
             if (budget := calibration.get("max_false_refusals")) is not None
             else " (the cut of best balanced accuracy)"
         ),
