@@ -212,9 +212,11 @@ def calibrate(
     a cut that refused none of those refused 31% of users' answerable questions (43% at the
     budget's cut). So unless at least ``MIN_GUARDED`` answerable questions are users' own (a
     domain's ``validation.yaml``), the cut goes below every answerable validation question,
-    right or wrong, whatever the budget. Without a budget, the cut maximizes balanced accuracy (the
-    mean of answerable questions answered and unanswerable ones refused), so neither kind
-    dominates because it is more common.
+    right or wrong, whatever the budget.
+
+    Without a budget, the cut maximizes balanced accuracy (the mean of answerable questions
+    answered and unanswerable ones refused), so neither kind dominates because it is more
+    common.
 
     Returns:
         The gate and a report: counts, features dropped, balanced accuracy and the
