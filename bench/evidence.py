@@ -43,11 +43,12 @@ DEFAULT_SETS = [
 
 
 def measure(spec: str) -> dict | None:
+    from domainkit.answer.compose import compose
+    from domainkit.answer.evidence import EvidenceSelector
     from domainkit.config import load_domain
     from domainkit.config.evalset import load_eval_set
     from domainkit.eval.metrics import is_correct
     from domainkit.retrieval import open_retriever
-    from domainkit.retrieval.evidence import EvidenceSelector
     from domainkit.retrieval.units import text_units
 
     folder, _, questions_file = spec.partition(":")
@@ -88,10 +89,10 @@ def measure(spec: str) -> dict | None:
                 lengths[f"top-{n} cosine"].append(len(text.split()))
         evidence = selector.select(q.question, [h.chunk for h in hits])
         if evidence.sentences:
-            answer = evidence.answer_from(evidence.best(), words)
+            answer = compose(evidence, evidence.best(), words)
             right["evidence"] += correct(answer)
             lengths["evidence"].append(len(answer.split()))
-            right["oracle"] += any(correct(evidence.answer_from(s, words)) for s in evidence.ranked)
+            right["oracle"] += any(correct(compose(evidence, s, words)) for s in evidence.ranked)
     n = max(1, len(questions))
     return {
         "set": spec,

@@ -191,12 +191,12 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    from domainkit.answer.assistant import Assistant
+    from domainkit.backends.scheduler import Scheduler
     from domainkit.config import load_domain
     from domainkit.config.evalset import load_eval_set
     from domainkit.retrieval import build_index
     from domainkit.retrieval.embedders import make_embedder
-    from domainkit.runtime import Assistant
-    from domainkit.runtime.scheduler import Scheduler
     from domainkit.runtime.server import create_app, serve_in_thread
 
     domain = load_domain(args.domain, args.build_dir)
@@ -204,7 +204,9 @@ def main() -> int:
     questions = [q.question for q in load_eval_set(domain.eval_path).questions if q.answerable]
     assistant = Assistant.from_domain(domain)
     policies = sorted({*assistant.settings.client_policies, "rag", "closed", args.policy})
-    assistant.settings = assistant.settings.model_copy(update={"client_policies": policies})
+    assistant = assistant.with_parts(
+        settings=assistant.settings.model_copy(update={"client_policies": policies})
+    )
     if args.memory_only:
         memory_check(assistant, questions)
         return 0
@@ -223,10 +225,8 @@ def main() -> int:
     for clients in [int(x) for x in args.levels.split(",")]:
         rows = {}
         for name, max_batch in (("one at a time", 1), ("domainkit batching", 16)):
-            assistant.scheduler = (
-                batched if max_batch > 1 else Scheduler(batched.generator, max_batch=1)
-            )
-            app = create_app(assistant, model_name="bench")
+            scheduler = batched if max_batch > 1 else Scheduler(batched.generator, max_batch=1)
+            app = create_app(assistant.with_parts(scheduler=scheduler), model_name="bench")
             with serve_in_thread(app) as url:
                 level(url, questions, 1, 1, 4, args.policy)  # warm-up
                 rows[name] = r = level(

@@ -318,7 +318,7 @@ PIPELINE = (
     ),
     Stage(
         "eval",
-        ("eval", "runtime"),
+        ("eval", "answer"),
         _eval_inputs,
         lambda layout: layout.eval_report_json.is_file(),
         _eval,

@@ -11,13 +11,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from domainkit.answer.answers import Answer, Source
 from domainkit.build import plan, run_build
 from domainkit.cli import app
 from domainkit.config import load_domain
 from domainkit.eval import metrics as m
 from domainkit.eval.items import Item
 from domainkit.eval.scoring import score
-from domainkit.runtime.answers import Answer, Source
 
 from .conftest import SUPPORT_DOCS, kill_after, sigkill_when, write_domain
 from .tiny_lm import save_tiny_chat_model
@@ -391,8 +391,8 @@ def test_a_stage_fingerprint_covers_the_code_it_imports_and_nothing_else(buildab
         return file_hash
 
     for name, changed in (
-        ("domainkit/prompting.py", {"index", "synth", "train", "eval", "bundle"}),
-        ("domainkit/runtime/verify.py", {"eval", "bundle"}),
+        ("domainkit/prompting.py", {"synth", "train", "eval", "bundle"}),
+        ("domainkit/answer/verify.py", {"eval", "bundle"}),
         ("domainkit/ingest/normalize.py", set(build.fingerprints(domain, limits))),
         ("domainkit/cli/__init__.py", set()),
     ):
@@ -550,16 +550,24 @@ def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies
     runner = CliRunner()
     built = runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
     assert built.exit_code == 0, built.output
-    real = LocalBackend.generate
+    real, real_score = LocalBackend.generate, LocalBackend.score_choices
     asked: list[int] = []
 
-    def counting(self, requests):
+    def ask(n):
         if kill_at is not None and len(asked) >= kill_at:
             raise RuntimeError("the machine went down")
-        asked.append(len(requests))
+        asked.append(n)
+
+    def counting(self, requests):
+        ask(len([r for r in requests if not r.choices]))
         return real(self, requests)
 
+    def scoring(self, request):
+        ask(1)
+        return real_score(self, request)
+
     monkeypatch.setattr(LocalBackend, "generate", counting)
+    monkeypatch.setattr(LocalBackend, "score_choices", scoring)
     kill_at = None
     whole = run_eval(load_domain(buildable), progress=False)
     unbroken = sum(asked)

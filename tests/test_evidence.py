@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import pytest
 
+from domainkit.answer.answer_types import asks_for_figure, expected_types, missing_type
+from domainkit.answer.compose import compose
+from domainkit.answer.evidence import Evidence, EvidenceSelector
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
-from domainkit.retrieval.answer_types import asks_for_figure, expected_types, missing_type
-from domainkit.retrieval.evidence import Evidence, EvidenceSelector
 from domainkit.retrieval.terms import CorpusVocabulary, specific_terms
 from domainkit.retrieval.units import text_units
 from tests.conftest import HashEmbedder
@@ -240,20 +241,15 @@ def test_a_lead_in_or_table_header_is_never_the_answer():
     )
     assert evidence.ranked[0].text.startswith("| Period"), "the header scores best lexically"
     assert evidence.best().text.startswith(("| Term time", "| Holidays"))
-    assert evidence.answer_from(evidence.best(), 40).startswith("Period | Opening hours.")
+    assert compose(evidence, evidence.best(), 40).startswith("Period | Opening hours.")
     # Nor the runtime's pick, whatever weight the model's choice has: here the model
     # scores the header highest and the selector ranks it first.
-    from types import SimpleNamespace
-
-    from domainkit.backends import GenResult
-    from domainkit.runtime.assistant import Assistant
+    from domainkit.answer.read import read_scores
 
     header = [s.lead_in for s in evidence.sentences].index(True)
     logprobs = [-1.0 if i == header else -5.0 for i in range(len(evidence.sentences))]
-    result = GenResult("", 10, 0, "stop", None, choice_logprobs=[*logprobs, -9.0])
     for weight in (0.0, 0.5, 1.0):
-        reader = SimpleNamespace(reader_weight=weight)
-        line, _, _ = Assistant._reading(reader, evidence, result)
+        line = read_scores(evidence, [*logprobs, -9.0], weight).line
         assert not line.lead_in and line.text.startswith(("| Term time", "| Holidays"))
 
 
@@ -271,7 +267,7 @@ def test_a_sentence_that_a_later_one_refers_back_to_can_be_the_answer():
     assert fact.text.startswith("Upper and lower bounds"), "the fact scores best"
     assert any(s.lead == (fact.start, fact.end) for s in evidence.sentences), "it is a lead"
     assert evidence.best() is fact
-    assert evidence.answer_from(fact, 40).startswith("Upper and lower bounds")
+    assert compose(evidence, fact, 40).startswith("Upper and lower bounds")
 
 
 def test_a_question_asking_for_a_figure_prefers_a_sentence_that_gives_one():
@@ -309,13 +305,13 @@ def test_an_answer_adds_a_second_passages_line_only_when_nearly_as_relevant():
     )
     evidence = _select("What does a return of an opened soundbar cost?", fees, boxes)
     best = evidence.best()
-    text = evidence.answer_from(best, 40)
+    text = compose(evidence, best, 40)
     assert text.startswith(best.text.rstrip(".")) or best.text in text
     assert text.endswith(f"[{best.number}]") and "Boxes are recycled" not in text
     close = [s for s in evidence.ranked if s.chunk is boxes]
     for sentence in close:  # made as relevant as the best line, it joins with its citation
         evidence.ranked[evidence.ranked.index(sentence)] = replace(sentence, score=best.score)
-    joined = evidence.answer_from(best, 40)
+    joined = compose(evidence, best, 40)
     number = evidence.passages.index(boxes) + 1
     assert f"[{best.number}] " in joined and joined.endswith(f"[{number}]")
 
@@ -347,7 +343,7 @@ def test_a_second_passages_close_line_comes_before_the_main_lines_weak_neighbour
         replace(s, score=0.3 * best.score) for s in weak if s in evidence.ranked
     ]
     evidence.pool = [replace(s, score=0.3 * best.score) for s in weak if s in evidence.pool]
-    text = evidence.answer_from(best, 25)
+    text = compose(evidence, best, 25)
     assert "quasi-polynomial" in text, text
     assert text.startswith("Babai and Luks") and text.count("Remark") <= 1
 
@@ -363,7 +359,7 @@ def test_the_answer_opens_with_its_main_line_not_the_lists_first():
     )
     best = evidence.best()
     assert best.text.startswith("- Talon")
-    text = evidence.answer_from(best, 40)
+    text = compose(evidence, best, 40)
     assert text.startswith("Talon: hold Power"), text
     assert text.index("Perch") < text.index("Roost"), "the rest keep the document's order"
 

@@ -6,19 +6,14 @@ import random
 
 import pytest
 
+from domainkit.answer.compose import compose
+from domainkit.answer.evidence import EvidenceSelector
+from domainkit.answer.gate import Gate, GateFeatures
+from domainkit.answer.verify import match_quote
 from domainkit.config.schema import EvidenceConfig
+from domainkit.eval.gate_fit import allowed_misses, calibrate, fit_logistic, tradeoff
 from domainkit.prompting import parse_quote, quote_reply
-from domainkit.retrieval.evidence import EvidenceSelector
 from domainkit.retrieval.terms import CorpusVocabulary
-from domainkit.runtime.gate import (
-    Gate,
-    GateFeatures,
-    allowed_misses,
-    calibrate,
-    fit_logistic,
-    tradeoff,
-)
-from domainkit.runtime.verify import match_quote
 from tests.conftest import HashEmbedder
 from tests.test_evidence import REPAIRS, WARRANTY
 
@@ -73,7 +68,7 @@ def test_the_answer_is_built_from_the_evidence_with_its_citation(evidence):
     import re
 
     best = evidence.best()
-    text = evidence.answer_from(best, max_words=40)
+    text = compose(evidence, best, 40)
     groups = re.findall(r"(.+?) \[(\d+)\](?: |$)", text)
     assert int(groups[0][1]) == best.number and best.text in groups[0][0], "its line comes first"
     assert len(re.sub(r"\[\d+\]", "", text).split()) <= 40
@@ -152,8 +147,11 @@ def test_a_handful_of_validation_questions_does_not_move_the_reader_weight():
     from domainkit.eval.calibration import MIN_READER_QUESTIONS, calibrate_assistant
 
     class Assistant:
-        reader_weight = 0.0
-        gate = None
+        def __init__(self, reader_weight=0.0):
+            self.reader_weight = reader_weight
+
+        def with_parts(self, reader_weight):
+            return Assistant(reader_weight)
 
         def recheck(self, answer, gated=True):
             return SimpleNamespace(correct=self.reader_weight > 0, gate=None)
@@ -163,11 +161,12 @@ def test_a_handful_of_validation_questions_does_not_move_the_reader_weight():
 
     few = items(MIN_READER_QUESTIONS - 1)
     assistant = Assistant()
-    out = calibrate_assistant(assistant, few, few, [], [], lambda i, a: a.correct)
-    assert assistant.reader_weight == 0.0 and "reader weight" in out["note"]  # left as it was
+    calibration, out = calibrate_assistant(assistant, few, few, [], [], lambda i, a: a.correct)
+    assert calibration.reader_weight == 0.0 and "reader weight" in out["note"]  # as it was
     many = items(MIN_READER_QUESTIONS)
-    out = calibrate_assistant(assistant, many, many, [], [], lambda i, a: a.correct)
-    assert assistant.reader_weight == 0.25, "with enough questions the best weight is taken"
+    calibration, out = calibrate_assistant(assistant, many, many, [], [], lambda i, a: a.correct)
+    assert calibration.reader_weight == 0.25, "with enough questions the best weight is taken"
+    assert assistant.reader_weight == 0.0, "the assistant calibrated is not changed"
 
 
 def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate_fit():
@@ -179,11 +178,12 @@ def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate
 
     from domainkit.eval.calibration import calibrate_assistant
     from domainkit.eval.items import Item
-    from domainkit.runtime.gate import GateFeatures
 
     class Assistant:
         reader_weight = 0.0
-        gate = None
+
+        def with_parts(self, reader_weight):
+            return self
 
         def recheck(self, answer, gated=True):
             return answer
@@ -203,7 +203,7 @@ def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate
     def correct(item, a):
         return a.text == item.reference
 
-    out = calibrate_assistant(Assistant(), answers, items, twin_answers, twins, correct)
+    _, out = calibrate_assistant(Assistant(), answers, items, twin_answers, twins, correct)
     assert out["gold_absent_twins"] == 12
     assert out["twins_still_answered"] == 6
     assert out["unanswerable"] == 12 + 6, "the six answered twins are not fitted as refusals"
@@ -311,7 +311,9 @@ def test_eval_calibration_counts_only_users_right_answers_towards_the_budget():
 
     class Assistant:
         reader_weight = 0.0
-        gate = None
+
+        def with_parts(self, reader_weight):
+            return self
 
         def recheck(self, answer, gated=True):
             return answer
@@ -327,19 +329,19 @@ def test_eval_calibration_counts_only_users_right_answers_towards_the_budget():
     unanswered = GateFeatures(0.45, 0.3, 0, 0, None)
 
     assistant = Assistant()
-    out = calibrate_assistant(
+    calibration, out = calibrate_assistant(
         assistant, answers, users, [], [], lambda i, a: a.text == i.reference, 0.10
     )
     assert out["guarded"] == 12 and out["guarded_questions"] == "users'"
-    assert out["refused"] == 1.0 and not assistant.gate.answers(unanswered)
+    assert out["refused"] == 1.0 and not calibration.gate.answers(unanswered)
 
     synthetic = [replace(i, synthetic=True) for i in users]
-    out = calibrate_assistant(
+    calibration, out = calibrate_assistant(
         assistant, answers, synthetic, [], [], lambda i, a: a.text == i.reference, 0.10
     )
     assert out["guarded"] == 13 and out["guarded_questions"] == "synthetic"
     assert out["answered"] == 1.0, "every synthetic answerable question is answered"
-    assert assistant.gate.answers(GateFeatures(0.06, 0.3, 0, 0.6, None))
+    assert calibration.gate.answers(GateFeatures(0.06, 0.3, 0, 0.6, None))
     assert "below all 13 answerable validation questions" in "\n".join(_calibration_lines(out))
 
 

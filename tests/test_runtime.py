@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from domainkit.answer.gate import Gate
 from domainkit.backends import GenRequest, GenResult
+from domainkit.backends.scheduler import Scheduler
 from domainkit.config import load_domain
 from domainkit.retrieval import build_index
 from domainkit.runtime import Assistant
-from domainkit.runtime.gate import Gate
-from domainkit.runtime.scheduler import Scheduler
 from domainkit.runtime.server import ServerLimits, create_app, serve_in_thread
 
 from .conftest import SUPPORT_DOCS, HashEmbedder, write_domain
@@ -60,15 +60,7 @@ def assistant(runtime_domain):
 
 def _with(assistant, gate=None, **settings):
     """The same model and index under other runtime settings (and gate)."""
-    return Assistant(
-        assistant.config,
-        assistant.settings.model_copy(update=settings),
-        assistant.scheduler,
-        assistant.retriever,
-        assistant.tuned,
-        gate or assistant.gate,
-        assistant.reader_weight,
-    )
+    return assistant.with_parts(gate=gate, settings=assistant.settings.model_copy(update=settings))
 
 
 def _ask(question: str) -> list[dict]:
@@ -78,28 +70,26 @@ def _ask(question: str) -> list[dict]:
 @contextlib.contextmanager
 def _model_calls(assistant):
     """The requests the assistant's backend is asked for while the block runs: the size of
-    each ``generate`` call, and 1 for each request joining the continuous batch."""
+    each ``generate`` call, and 1 for each request scored or joining the continuous batch."""
     calls: list[int] = []
     generator = assistant.scheduler.generator
-    original, row = generator.generate, getattr(generator, "row", None)
+    wrapped = {}
+    for name in ("generate", "score_choices", "row"):
+        original = getattr(generator, name, None)
+        if original is None:
+            continue
+        wrapped[name] = original
 
-    def counting(requests):
-        calls.append(len(requests))
-        return original(requests)
+        def counting(first, *rest, _original=original, _name=name):
+            calls.append(len(first) if _name == "generate" else 1)
+            return _original(first, *rest)
 
-    def joining(request, done):
-        calls.append(1)
-        return row(request, done)
-
-    generator.generate = counting
-    if row is not None:
-        generator.row = joining
+        setattr(generator, name, counting)
     try:
         yield calls
     finally:
-        generator.generate = original
-        if row is not None:
-            generator.row = row
+        for name, original in wrapped.items():
+            setattr(generator, name, original)
 
 
 # A gate that answers unless the question names something the documents never mention.
@@ -199,11 +189,11 @@ def test_auto_runs_no_model_when_its_reading_cannot_change_the_answer(assistant)
     refusing = FakeGenerator(reply=assistant.config.refusal)
     endpoint = Assistant(
         assistant.config,
-        assistant.settings,
         Scheduler(refusing, max_batch=1, max_queue=4),
-        assistant.retriever,
-        True,
-        NAMES_ONLY,
+        settings=assistant.settings,
+        retriever=assistant.retriever,
+        tuned=True,
+        gate=NAMES_ONLY,
         reader_weight=0.0,
     )
     assert endpoint.reads_matter()
@@ -230,7 +220,7 @@ def test_a_generated_quote_that_does_not_check_out_is_replaced_by_the_evidence(r
     config = runtime_domain.config
     generator = FakeGenerator(reply="Quote: Every Perch speaker has a ten-year limited warranty.")
     scheduler = Scheduler(generator, max_batch=1, max_queue=4)
-    assistant = Assistant(config, config.runtime, scheduler, open_retriever(runtime_domain), True)
+    assistant = Assistant(config, scheduler, retriever=open_retriever(runtime_domain), tuned=True)
     answer = assistant.answer(_ask(WARRANTY_Q), policy="rag")
     assert answer.route == "evidence" and "ten-year" not in answer.text
     assert answer.text.startswith("Every Perch speaker has a two-year limited warranty.")
@@ -241,11 +231,11 @@ def test_a_generated_quote_that_does_not_check_out_is_replaced_by_the_evidence(r
 def test_history_is_trimmed_oldest_first_and_the_evidence_is_kept(assistant):
     sent: list[list[dict]] = []
     generator = assistant.scheduler.generator
-    original = generator.generate
+    original = generator.score_choices
 
-    def spy(requests):
-        sent.extend(r.messages for r in requests)
-        return original(requests)
+    def spy(request):
+        sent.append(request.messages)
+        return original(request)
 
     history = []
     for i in range(6):
@@ -258,11 +248,11 @@ def test_history_is_trimmed_oldest_first_and_the_evidence_is_kept(assistant):
     newest_two = assistant._plan(WARRANTY_Q, history[-4:], evidence, 12).prompt
     budget = generator.count_tokens(newest_two) + 12  # room for exactly the 2 newest turns
     tight = _with(assistant, context_tokens=budget)
-    generator.generate = spy
+    generator.score_choices = spy
     try:
         answer = tight.answer(messages, max_tokens=12, policy="rag")
     finally:
-        generator.generate = original
+        generator.score_choices = original
     assert answer.route == "answer" and answer.trimmed_turns == 8
     prompt = sent[-1]
     assert prompt == newest_two
@@ -297,7 +287,7 @@ def test_a_long_history_is_trimmed_with_a_few_token_counts_not_one_per_turn(assi
 
 
 def test_a_question_that_cannot_fit_is_an_error(assistant):
-    from domainkit.runtime.answers import ConversationError
+    from domainkit.answer.answers import ConversationError
 
     with pytest.raises(ConversationError, match="context budget"):
         _with(assistant, context_tokens=256).answer(_ask("speaker " * 400), policy="closed")
@@ -356,7 +346,7 @@ def fake(support_domain):
     config = load_domain(support_domain).config
     generator = FakeGenerator()
     scheduler = Scheduler(generator, max_batch=1, max_queue=1)
-    assistant = Assistant(config, config.runtime, scheduler, retriever=None, tuned=False)
+    assistant = Assistant(config, scheduler)
     return assistant, generator
 
 
@@ -778,7 +768,7 @@ class SlowGenerator:
 def _slow_server(domain, generator, max_queue=4, max_active=8, disclaimer=None, max_batch=4):
     config = load_domain(domain).config.model_copy(update={"disclaimer": disclaimer})
     scheduler = Scheduler(generator, max_batch=max_batch, max_queue=max_queue)
-    assistant = Assistant(config, config.runtime, scheduler, retriever=None, tuned=False)
+    assistant = Assistant(config, scheduler)
     app = create_app(assistant, model_name="slow", limits=ServerLimits(max_active=max_active))
     return assistant, app
 
@@ -1212,14 +1202,24 @@ def test_a_backend_that_dies_fails_its_batch_and_the_queue_keeps_serving():
     assert later.result(10).text == "fine"
 
 
+class ScoringFakeGenerator(FakeGenerator):
+    """A fake backend that scores choices (``ScoresChoices``): the first choice wins."""
+
+    def score_choices(self, request):
+        assert self.gate.wait(30)
+        return GenResult("", 10, 0, "stop", None, [0.0] + [-5.0] * (len(request.choices) - 1))
+
+
 def _held_scheduler(scores_choices: bool = False):
-    """A scheduler over a fake backend that records its batches, its worker held by a
-    first request until ``generator.gate`` is set, so the next requests queue together."""
-    generator = FakeGenerator()
-    generator.scores_choices = scores_choices
+    """A scheduler over a fake backend that records its calls, its worker held by a first
+    request until ``generator.gate`` is set, so the next requests queue together."""
+    generator = ScoringFakeGenerator() if scores_choices else FakeGenerator()
     batches: list = []
     original = generator.generate
     generator.generate = lambda requests: batches.append(requests) or original(requests)
+    if scores_choices:
+        score = generator.score_choices
+        generator.score_choices = lambda request: batches.append([request]) or score(request)
     generator.gate.clear()
     scheduler = Scheduler(generator, max_batch=8, max_queue=8)
     first = scheduler.submit(GenRequest(_ask("a"), 4))
@@ -1310,7 +1310,7 @@ def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkey
     backends = Registry("chat backend", "domainkit.backends")
     backends._items = dict(base.BACKENDS._items)
     monkeypatch.setattr(base, "BACKENDS", backends)
-    monkeypatch.setattr("domainkit.runtime.assistant.BACKENDS", backends)
+    monkeypatch.setattr("domainkit.answer.assistant.BACKENDS", backends)
     monkeypatch.setattr("domainkit.synth.teachers.base.BACKENDS", backends)
 
     settings = runtime_domain.config.runtime.model_copy(update={"backend": "quoting"})
@@ -1349,16 +1349,17 @@ def test_a_scored_request_whose_caller_went_while_its_batch_was_scored_is_not_sc
     hold = threading.Event()
 
     class Scoring:
-        scores_choices = True
         context_limit = 4096
 
         def generate(self, requests):
+            return [self.score_choices(r) for r in requests]
+
+        def score_choices(self, request):
             assert hold.wait(30)
-            for r in requests:
-                scored.append(r.messages[0]["content"])
-                if r.messages[0]["content"] == "first":
-                    second.cancelled.set()  # the second's caller goes meanwhile
-            return [GenResult("", 1, 0, "stop", None, choice_logprobs=[0.0]) for _ in requests]
+            scored.append(request.messages[0]["content"])
+            if request.messages[0]["content"] == "first":
+                second.cancelled.set()  # the second's caller goes meanwhile
+            return GenResult("", 1, 0, "stop", None, choice_logprobs=[0.0])
 
     scheduler = Scheduler(Scoring(), max_batch=4, max_queue=8)
     ask = [

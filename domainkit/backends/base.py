@@ -14,13 +14,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from domainkit.errors import DomainkitError
 from domainkit.prompting import STOP_MARKERS, Message
 from domainkit.registry import Registry
 
 if TYPE_CHECKING:
+    from domainkit.backends.decoding import DecodeBatch, Row
     from domainkit.config.schema import RuntimeConfig, TeacherConfig
 
 
@@ -80,9 +81,8 @@ class ChatBackend(Protocol):
     """A model that answers conversations: the built-ins ``local`` and ``openai``, or a
     plug-in registered in the ``domainkit.backends`` entry-point group. The runtime builds
     one with ``from_runtime`` (chosen by ``runtime.backend``), the teacher with
-    ``from_teacher``. A backend that scores ``choices`` one request at a time sets
-    ``scores_choices = True``, so the runtime's scheduler hands it scored requests one by
-    one and each answer is delivered as soon as it is scored."""
+    ``from_teacher``. A backend may also offer the optional capabilities below
+    (``ScoresChoices``, ``JoinsRunningBatch``) by implementing their methods."""
 
     context_limit: int  # tokens of prompt + reply the model accepts
 
@@ -107,6 +107,34 @@ class ChatBackend(Protocol):
         """One result per request, in order (an exception in a request's place fails that
         request only). A backend that can score ``choices`` returns their
         ``choice_logprobs``; one that cannot generates a reply, which the runtime checks."""
+        ...
+
+
+@runtime_checkable
+class ScoresChoices(Protocol):
+    """Optional: the backend scores ``GenRequest.choices`` (the log-probability of each as
+    the whole reply) rather than generating. The runtime then asks it to score requests one
+    at a time, so each answer is delivered as soon as it is scored, and needs no check of a
+    generated quote."""
+
+    def score_choices(self, request: GenRequest) -> GenResult:
+        """``request``'s choices scored: ``GenResult.choice_logprobs``, one per choice."""
+        ...
+
+
+@runtime_checkable
+class JoinsRunningBatch(Protocol):
+    """Optional: requests join a running batch between decoding steps and leave it when done
+    (continuous batching, ``backends.decoding``). Without it, the scheduler hands waiting
+    requests to ``generate`` together."""
+
+    def decoder(self, max_rows: int, join_tokens: int | None = None) -> DecodeBatch:
+        """A batch that rows join and leave between decoding steps."""
+        ...
+
+    def row(self, request: GenRequest, done: Callable[[GenResult], None]) -> Row | None:
+        """``request`` as a row of a ``decoder`` batch; ``done`` receives its result. None
+        when the request was answered at once (``done`` has been called)."""
         ...
 
 

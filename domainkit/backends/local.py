@@ -60,10 +60,6 @@ class LocalBackend:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.eos_ids.add(self.tokenizer.eos_token_id)
 
-    # Scores ``choices`` itself (one request at a time; the scheduler does not hold a
-    # scored answer back for the rest of its batch).
-    scores_choices = True
-
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self._ids(messages))
 
@@ -86,7 +82,7 @@ class LocalBackend:
         results: dict[int, GenResult | BaseException] = {}
         for i, request in enumerate(requests):
             if request.choices:
-                results[i] = self._score(request)
+                results[i] = self.score_choices(request)
         generated = [i for i, r in enumerate(requests) if not r.choices]
         if generated:
             batch = self.decoder(max_rows=len(generated))
@@ -114,7 +110,7 @@ class LocalBackend:
 
         return Row(request, self._ids(request.messages), done)
 
-    def _score(self, request: GenRequest) -> GenResult:
+    def score_choices(self, request: GenRequest) -> GenResult:
         """The log-probability of each choice as the complete reply (through the end of the
         turn), tokenized exactly as in training. The prompt runs once; its cache is shared
         by all choices."""

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from domainkit.answer.assistant import Calibration
+from domainkit.answer.gate import FEATURES, Gate, GateFeatures
+from domainkit.eval.gate_fit import calibrate
 from domainkit.retrieval.terms import restates
-from domainkit.runtime.gate import FEATURES, Gate, GateFeatures, calibrate
 
 # Reader weights tried: 0 is the evidence selector's best line alone, 1 the model's choice.
 READER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -59,35 +61,41 @@ def gold_absent_twins(items, retriever) -> tuple[list, dict[str, frozenset[str]]
 
 def calibrate_assistant(
     assistant, answers, items, twin_answers, twins, is_correct, max_false_refusals=None
-) -> dict:
+) -> tuple[Calibration, dict]:
     """Fit the reader weight on the answerable items, then the gate on every item and
-    twin, and install both in ``assistant``.
+    twin.
 
     Args:
-        assistant: The tuned assistant (its ``recheck`` re-applies weight and gate).
+        assistant: The tuned assistant; calibration tries its answers again under other
+            reader weights and gates with ``with_parts``, never changing it.
         answers: Its ``rag`` answers to ``items``.
         twin_answers: Its ``rag`` answers to the gold-absent ``twins``.
         is_correct: ``(item, answer) -> bool``.
         max_false_refusals: The gate's budget of refused answerable questions (``calibrate``).
+
+    Returns:
+        The calibration (gate and reader weight) and a report of how it was fitted.
     """
     answerable = [(i, a) for i, a in zip(items, answers, strict=True) if i.answerable]
     accuracy, notes = {}, []
+    weight = assistant.reader_weight
     if len(answerable) >= MIN_READER_QUESTIONS:
-        for weight in READER_WEIGHTS:
-            assistant.reader_weight = weight
-            correct = [is_correct(i, assistant.recheck(a, gated=False)) for i, a in answerable]
-            accuracy[weight] = round(sum(correct) / len(correct), 4)
+        for w in READER_WEIGHTS:
+            trial = assistant.with_parts(reader_weight=w)
+            correct = [is_correct(i, trial.recheck(a, gated=False)) for i, a in answerable]
+            accuracy[w] = round(sum(correct) / len(correct), 4)
         # The lowest of the best weights: the selector needs no model and is cheaper.
-        assistant.reader_weight = max(accuracy, key=lambda w: (accuracy[w], -w))
+        weight = max(accuracy, key=lambda w: (accuracy[w], -w))
     else:
         notes.append(
             f"the reader weight was not calibrated ({len(answerable)} answerable validation "
-            f"questions, {MIN_READER_QUESTIONS} needed); {assistant.reader_weight} is used"
+            f"questions, {MIN_READER_QUESTIONS} needed); {weight} is used"
         )
+    weighted = assistant.with_parts(reader_weight=weight)
     # A twin answered right anyway is answerable: its fact is restated elsewhere.
     # Each answer made once with the calibrated reader weight, ungated.
-    answers = [assistant.recheck(a, gated=False) for a in answers]
-    twin_answers = [assistant.recheck(a, gated=False) for a in twin_answers]
+    answers = [weighted.recheck(a, gated=False) for a in answers]
+    twin_answers = [weighted.recheck(a, gated=False) for a in twin_answers]
     originals = {i.question: i for i in items if i.answerable}
     unanswered = [
         (t, a)
@@ -102,10 +110,10 @@ def calibrate_assistant(
         "validation_questions": len(items),
         "gold_absent_twins": len(twins),
         "twins_still_answered": len(twins) - len(unanswered),
-        "reader_weight": assistant.reader_weight,
+        "reader_weight": weight,
         "reader_accuracy": {str(w): a for w, a in accuracy.items()},
     }
-    assistant.gate = Gate()  # the prior, unless the fit below replaces it
+    gate = Gate()  # the prior, unless the fit below replaces it
     try:
         # The false-refusal budget protects users' right answers (``calibrate``).
         right = [i.answerable and is_correct(i, a) for i, a in pairs]
@@ -114,11 +122,11 @@ def calibrate_assistant(
         gate, fit = calibrate(
             features, labels, max_false_refusals, right=right, synthetic=synthetic
         )
-        assistant.gate = gate
         out |= {"gate": gate.to_dict(), **fit}
     except ValueError as e:
         notes.append(f"the gate was not calibrated ({e}); the prior gate is used")
-    return out | ({"note": "; ".join(notes)} if notes else {})
+    out |= {"note": "; ".join(notes)} if notes else {}
+    return Calibration(gate, weight), out
 
 
 def _features(answer) -> GateFeatures:

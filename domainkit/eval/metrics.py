@@ -8,11 +8,12 @@ judge is added by the runner when a teacher endpoint is configured.
 from __future__ import annotations
 
 import re
-import string
-from collections import Counter
 
-_ARTICLES = {"a", "an", "the"}
-_STOP = _ARTICLES | set(
+from domainkit.answer.refusal import ARTICLES, REFUSAL_PHRASES, is_refusal, token_f1, tokens
+
+__all__ = ["REFUSAL_PHRASES", "is_refusal", "token_f1", "tokens"]
+
+_STOP = ARTICLES | set(
     [
         "and",
         "or",
@@ -119,52 +120,6 @@ _STOP = _ARTICLES | set(
     ]
 )
 LABELS = ("yes", "no", "maybe")
-# Phrases that decline whatever they are said of.
-REFUSAL_PHRASES = (
-    "not in the documents",
-    "not in the passages",
-    "not mentioned",
-    "no information",
-    "don't have information",
-    "do not have information",
-    "couldn't find",
-    "could not find",
-    "cannot find",
-    "can't find",
-    "not able to answer",
-    "unable to answer",
-    "i don't know",
-    "i do not know",
-)
-# "Does not cover", "doesn't say": a refusal when said of the documents ("the documents I
-# have do not cover that"). The documents say it of their own subjects too ("damage the
-# warranty does not cover"), and an answer quoting that is an answer.
-_SOURCES = (
-    r"(?:documents?|documentation|passages?|sources?|context|evidence|texts?|materials?|"
-    r"information|manuals?|guides?|articles?|knowledge base)"
-)
-_SOURCES_DECLINE = re.compile(
-    rf"\b{_SOURCES}\b(?:\s+[\w']+){{0,3}}?\s+(?:do|does|did|can|could)(?:n't|\s+not)\s+"
-    r"(?:cover|say|mention|answer|contain|include|address|specify|state|provide|tell|discuss)"
-    r"|(?:\bnot|n't) (?:covered|mentioned|given|stated) (?:in|by) (?:the |our |my )?"
-    rf"(?:[\w-]+\s+){{0,2}}?{_SOURCES}\b"
-)
-_FIRST_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased words without punctuation or articles (SQuAD normalisation)."""
-    text = text.lower().translate(str.maketrans({c: " " for c in string.punctuation}))
-    return [t for t in text.split() if t not in _ARTICLES]
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = tokens(prediction), tokens(reference)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or not common:
-        return float(pred == ref)
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def _stem(word: str) -> str:
@@ -183,21 +138,6 @@ def key_fact_recall(prediction: str, reference: str) -> float:
         return token_f1(prediction, reference)
     said = {_stem(t) for t in tokens(prediction)}
     return len(facts & said) / len(facts)
-
-
-def is_refusal(text: str, refusal_wording: str = "") -> bool:
-    """Whether ``text`` declines to answer: the recipe's wording, or an opening sentence that
-    declines ("I couldn't find that", "the documents do not cover it")."""
-    lowered = text.lower().replace("’", "'").strip()
-    if not lowered:
-        return True
-    if refusal_wording and token_f1(text, refusal_wording) >= 0.6:
-        return True
-    # A reply that declines says so first; a later sentence is the documents' own words.
-    opening = _FIRST_SENTENCE.split(lowered, maxsplit=1)[0]
-    return any(phrase in opening for phrase in REFUSAL_PHRASES) or bool(
-        _SOURCES_DECLINE.search(opening)
-    )
 
 
 def label_of(text: str) -> str | None:

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from domainkit.runtime.gate import reading_counts
+from domainkit.answer.gate import reading_counts
 from domainkit.utils.atomic import atomic_write_json, atomic_write_text, replace_dir
 
 COLUMNS = [

@@ -12,12 +12,34 @@ evaluation measures its timings anew next time.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from domainkit.backends.base import GenRequest, GenResult
+from domainkit.backends.base import (
+    ChatBackend,
+    GenRequest,
+    GenResult,
+    JoinsRunningBatch,
+    ScoresChoices,
+)
 from domainkit.synth.teachers.base import CallCache
+
+if TYPE_CHECKING:
+    from domainkit.backends.decoding import DecodeBatch, Row
 from domainkit.utils.hashing import file_hash, text_hash
+
+
+def resuming(backend: ChatBackend, cache: CallCache, model_id: str) -> ResumingBackend:
+    """``backend`` behind the store of replies, with the same optional capabilities."""
+    bases: list[type] = []
+    if isinstance(backend, ScoresChoices):
+        bases.append(_ResumingScorer)
+    if isinstance(backend, JoinsRunningBatch):
+        bases.append(_ResumingRows)
+    kind = type("Resuming" + type(backend).__name__, tuple(bases or [ResumingBackend]), {})
+    return kind(backend, cache, model_id)
 
 
 class ResumingBackend:
@@ -27,12 +49,27 @@ class ResumingBackend:
     straight to the backend.
     """
 
-    def __init__(self, backend, cache: CallCache, model_id: str):
+    def __init__(self, backend: ChatBackend, cache: CallCache, model_id: str):
         self.backend, self.cache, self.model_id = backend, cache, model_id
+        self.context_limit = backend.context_limit
         self.reused = 0
 
-    def __getattr__(self, name: str):  # the rest of the backend: its limits, token counts
-        return getattr(self.backend, name)
+    def count_tokens(self, messages) -> int:
+        return self.backend.count_tokens(messages)
+
+    def count_text(self, text: str) -> int:
+        return self.backend.count_text(text)
+
+    def _kept(self, key: str | None) -> GenResult | None:
+        found = self.cache.get_many([key]) if key is not None else {}
+        if key not in found:
+            return None
+        self.reused += 1
+        return GenResult(**json.loads(found[key]))
+
+    def _keep(self, key: str | None, result) -> None:
+        if key is not None and isinstance(result, GenResult):
+            self.cache.put_many({key: json.dumps(asdict(result))})
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
         keys = [self._key(r) for r in requests]
@@ -57,26 +94,6 @@ class ResumingBackend:
             results.update(zip(missing, fresh, strict=True))
         return [results[i] for i in range(len(requests))]
 
-    def row(self, request: GenRequest, done):
-        """``request`` as a row of the backend's continuous batch, its result kept when it
-        is done; None when a kept reply answered it at once (``done`` has it)."""
-        key = self._key(request)
-        kept = self.cache.get_many([key]) if key is not None else {}
-        if key in kept:
-            result = GenResult(**json.loads(kept[key]))
-            self.reused += 1
-            if request.on_text is not None:
-                request.on_text(result.text)
-            done(result)
-            return None
-
-        def keep(result) -> None:
-            if key is not None and isinstance(result, GenResult):
-                self.cache.put_many({key: json.dumps(asdict(result))})
-            done(result)
-
-        return self.backend.row(request, keep)
-
     def _key(self, request: GenRequest) -> str | None:
         if request.temperature > 0:
             return None
@@ -96,3 +113,45 @@ def model_id(student: str, adapter: Path | None, code: str) -> str:
     if adapter is not None:
         parts += [file_hash(p) for p in sorted(adapter.iterdir()) if p.is_file()]
     return text_hash(*parts, length=32)
+
+
+class _ResumingScorer(ResumingBackend):
+    """Scored choices kept as well (``ScoresChoices``)."""
+
+    def score_choices(self, request: GenRequest) -> GenResult:
+        backend = self.backend
+        assert isinstance(backend, ScoresChoices)
+        key = self._key(request)
+        result = self._kept(key)
+        if result is None:
+            result = backend.score_choices(request)
+            self._keep(key, result)
+        return result
+
+
+class _ResumingRows(ResumingBackend):
+    """Rows of the backend's running batch (``JoinsRunningBatch``), their results kept."""
+
+    def decoder(self, max_rows: int, join_tokens: int | None = None) -> DecodeBatch:
+        backend = self.backend
+        assert isinstance(backend, JoinsRunningBatch)
+        return backend.decoder(max_rows, join_tokens=join_tokens)
+
+    def row(self, request: GenRequest, done: Callable[[GenResult], None]) -> Row | None:
+        """``request`` as a row of the backend's continuous batch, its result kept when it
+        is done; None when a kept reply answered it at once (``done`` has it)."""
+        backend = self.backend
+        assert isinstance(backend, JoinsRunningBatch)
+        key = self._key(request)
+        result = self._kept(key)
+        if result is not None:
+            if request.on_text is not None:
+                request.on_text(result.text)
+            done(result)
+            return None
+
+        def keep(result: GenResult) -> None:
+            self._keep(key, result)
+            done(result)
+
+        return backend.row(request, keep)

@@ -27,10 +27,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from domainkit.answer.answers import Answer
+from domainkit.answer.assistant import Assistant, load_backend
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.eval.items import Item, eval_items, validation_items
-from domainkit.eval.resume import ResumingBackend, model_id
+from domainkit.eval.resume import ResumingBackend, model_id, resuming
 from domainkit.eval.scoring import (
     answered_right,
     judge_accuracy,
@@ -38,8 +40,6 @@ from domainkit.eval.scoring import (
     retrieval_metrics,
     score,
 )
-from domainkit.runtime.answers import Answer
-from domainkit.runtime.assistant import Assistant
 from domainkit.synth.teachers.base import CallCache
 from domainkit.utils.atomic import atomic_write_json
 from domainkit.utils.hashing import code_hash
@@ -204,16 +204,6 @@ def _question_sets(domain: Domain, limit: int | None) -> dict[str, list[Item]]:
     return sets
 
 
-def _resuming(domain: Domain, assistant: Assistant, replies: CallCache) -> ResumingBackend:
-    """Put the assistant's backend behind the store of this evaluation's replies."""
-    scheduler = assistant.scheduler
-    student = domain.config.train.student_model
-    adapter = domain.layout.adapter if assistant.tuned else None
-    identity = model_id(student, adapter, code_hash("runtime"))
-    scheduler.generator = ResumingBackend(scheduler.generator, replies, identity)
-    return scheduler.generator
-
-
 class _Run:
     """One evaluation's state: the question sets, the answers already generated (the
     runtime policy reuses the ``rag`` answers and applies the gate), the judge, the store of
@@ -240,21 +230,14 @@ class _Run:
     def evaluate_model(self, tuned: bool, conditions: list[Condition]) -> None:
         """The base or tuned model: general knowledge, calibration (tuned), then each of
         its conditions on each question set."""
-        assistant = Assistant.from_domain(
-            self.domain,
-            tuned=tuned,
-            settings=self.settings,
-            max_queue=1 << 16,
-            retriever=self.retriever,
-        )
-        self.backends.append(_resuming(self.domain, assistant, self.replies))
+        assistant = self._assistant(tuned)
         if self.general:
             answers, _ = _answer_all(assistant, self.general, "closed", self.max_tokens, self.bar)
             self.general_scores["tuned" if tuned else "base"] = _share(
                 answered_right(i, a, "") for i, a in zip(self.general, answers, strict=True)
             )
         if tuned:
-            self.calibration = self.calibrate(assistant, self.sets.get("validation", []))
+            assistant = self.calibrate(assistant, self.sets.get("validation", []))
         for condition in conditions:
             for set_name, items in self.sets.items():
                 answers, seconds = self.answers(assistant, condition, set_name, items)
@@ -265,6 +248,23 @@ class _Run:
                     _row(set_name, condition.name, i, a)
                     for i, a in zip(items, answers, strict=True)
                 ]
+
+    def _assistant(self, tuned: bool) -> Assistant:
+        """The base or tuned assistant, its model behind the store of this evaluation's
+        replies (a killed run resumes)."""
+        backend, has_adapter = load_backend(self.domain, self.settings, tuned)
+        adapter = self.domain.layout.adapter if has_adapter else None
+        student = self.domain.config.train.student_model
+        identity = model_id(student, adapter, code_hash("answer"))
+        kept = resuming(backend, self.replies, identity)
+        self.backends.append(kept)
+        return Assistant.from_domain(
+            self.domain,
+            settings=self.settings,
+            max_queue=1 << 16,
+            retriever=self.retriever,
+            backend=(kept, has_adapter),
+        )
 
     def notes(self, tuned_available: bool) -> list[str]:
         notes = [] if tuned_available else ["no trained adapter: tuned conditions skipped"]
@@ -303,9 +303,9 @@ class _Run:
             self._rag[key] = _answer_all(assistant, items, "rag", self.max_tokens, self.bar)
         return self._rag[key]
 
-    def calibrate(self, assistant: Assistant, items: list[Item]) -> dict:
+    def calibrate(self, assistant: Assistant, items: list[Item]) -> Assistant:
         """Fit the reader weight and the gate on the validation questions and their
-        gold-absent twins (``eval.calibration``), and install both in ``assistant``."""
+        gold-absent twins (``eval.calibration``); the assistant with both."""
         from domainkit.eval.calibration import (
             HidingRetriever,
             calibrate_assistant,
@@ -313,15 +313,13 @@ class _Run:
         )
 
         if not items:
-            return {"note": "not calibrated: no validation questions"}
+            self.calibration = {"note": "not calibrated: no validation questions"}
+            return assistant
         answers, _ = self._rag_answers(assistant, "validation", items)
         twins, hidden = gold_absent_twins(items, self.retriever)
-        assistant.retriever = HidingRetriever(self.retriever, hidden)
-        try:
-            twin_answers, _ = _answer_all(assistant, twins, "rag", self.max_tokens)
-        finally:
-            assistant.retriever = self.retriever
-        return calibrate_assistant(
+        hiding = assistant.with_parts(retriever=HidingRetriever(self.retriever, hidden))
+        twin_answers, _ = _answer_all(hiding, twins, "rag", self.max_tokens)
+        calibration, self.calibration = calibrate_assistant(
             assistant,
             answers,
             items,
@@ -330,6 +328,7 @@ class _Run:
             lambda i, a: answered_right(i, a, self.refusal),
             self.domain.config.runtime.max_false_refusals,
         )
+        return assistant.with_parts(gate=calibration.gate, reader_weight=calibration.reader_weight)
 
 
 def _row(set_name: str, condition: str, item: Item, answer: Answer) -> dict:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 import statistics
 
+from domainkit.answer.answers import Answer
 from domainkit.config.loading import Domain
 from domainkit.eval import metrics as m
 from domainkit.eval.items import Item
-from domainkit.runtime.answers import Answer
 
 JUDGE_SYSTEM = (
     "You check answers against a reference answer. Reply with yes or no only: yes when the "

@@ -1,7 +1,8 @@
-"""The deployed assistant: answering policy, the request queue and the HTTP server."""
+"""Serving the assistant: the OpenAI-compatible HTTP server, its wire format, keys and
+metrics. How an answer is made is ``domainkit.answer``."""
 
-from domainkit.runtime.answers import Answer, Source
-from domainkit.runtime.assistant import Assistant
-from domainkit.runtime.scheduler import BusyError
+from domainkit.answer.answers import Answer, Source
+from domainkit.answer.assistant import Assistant
+from domainkit.backends.scheduler import BusyError
 
 __all__ = ["Answer", "Assistant", "BusyError", "Source"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from domainkit.runtime.answers import Answer
+from domainkit.answer.answers import Answer
 
 if TYPE_CHECKING:
-    from domainkit.runtime.assistant import Assistant
+    from domainkit.answer.assistant import Assistant
 
 
 class ServerMetrics:

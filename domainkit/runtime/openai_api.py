@@ -17,8 +17,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from domainkit.answer.answers import Answer, ConversationError
 from domainkit.backends.base import BackendError
-from domainkit.runtime.answers import Answer, ConversationError
 
 
 @dataclass

@@ -34,14 +34,14 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from domainkit.answer.answers import Answer, ConversationError
+from domainkit.answer.assistant import Assistant
 from domainkit.backends import BackendError
+from domainkit.backends.scheduler import BusyError
 from domainkit.runtime import openai_api as api
-from domainkit.runtime.answers import Answer, ConversationError
-from domainkit.runtime.assistant import Assistant
 from domainkit.runtime.auth import authorize
 from domainkit.runtime.metrics import ServerMetrics
 from domainkit.runtime.openai_api import APIError, ServerLimits, StopScanner
-from domainkit.runtime.scheduler import BusyError
 
 log = logging.getLogger(__name__)
 

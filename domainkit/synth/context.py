@@ -6,11 +6,11 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from domainkit.answer.evidence import Evidence, EvidenceSelector
 from domainkit.config.schema import DomainConfig
 from domainkit.ingest import Chunk
 from domainkit.prompting import evidence_question, quote_reply
 from domainkit.retrieval import Retriever
-from domainkit.retrieval.evidence import Evidence, EvidenceSelector
 from domainkit.retrieval.terms import CorpusVocabulary
 from domainkit.synth.facts import Fact
 from domainkit.synth.filters import FilterLog

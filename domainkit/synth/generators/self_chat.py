@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from domainkit.answer.compose import compose
+from domainkit.answer.retrieve import search_query
 from domainkit.ingest import Chunk
 from domainkit.prompting import chat
 from domainkit.synth.context import SynthContext
@@ -87,16 +89,15 @@ def _user_turns(ctx: SynthContext, dialogs: list[Dialog], turn: int) -> list[tup
 def _answer(ctx: SynthContext, dialog: Dialog, question: str, origin: str) -> None:
     fact = dialog.facts[len(dialog.turns)]
     side = ctx.is_validation(dialog.chunk.id)
-    query = question
-    if dialog.turns and len(question.split()) <= 6:  # the runtime's follow-up rule
-        query = f"{dialog.turns[-1][0]} {question}"
+    earlier = [{"role": "user", "content": q} for q, _, _ in dialog.turns[-1:]]
+    query = search_query(question, earlier)  # searched as the runtime searches a follow-up
     evidence = ctx.evidence_for(query, side, gold=fact, question=question)
     turn = ctx.quote_turn(question, evidence, fact)
     if turn is None:
         dialog.facts = dialog.facts[: len(dialog.turns)]  # the dialog ends here
         return
     user, reply, line = turn
-    shown = evidence.answer_from(line, ctx.config.runtime.answer_words)
+    shown = compose(evidence, line, ctx.config.runtime.answer_words)
     dialog.turns.append((question, shown, origin))
     dialog.last = (user, reply)
 

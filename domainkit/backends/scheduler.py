@@ -9,7 +9,7 @@ import threading
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 
-from domainkit.backends.base import GenRequest
+from domainkit.backends.base import ChatBackend, GenRequest, JoinsRunningBatch, ScoresChoices
 from domainkit.errors import DomainkitError
 
 log = logging.getLogger(__name__)
@@ -38,21 +38,21 @@ class Scheduler:
     grow without bound. A request whose caller has gone (``GenRequest.cancelled``) is
     dropped from the queue, or stops within one decoding step when it is already generating.
 
-    With a generator that offers a ``decoder`` (the ``local`` backend), batching is
-    continuous: a request joins the running batch between decoding steps, up to
-    ``max_batch`` rows, and leaves it as soon as it is done. Any other generator gets every
-    waiting request (up to ``max_batch``) in one ``generate`` call.
+    With a generator that joins a running batch (``JoinsRunningBatch``, the ``local``
+    backend), batching is continuous: a request joins the running batch between decoding
+    steps, up to ``max_batch`` rows, and leaves it as soon as it is done. Any other
+    generator gets every waiting request (up to ``max_batch``) in one ``generate`` call.
     """
 
-    def __init__(self, generator, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, generator: ChatBackend, max_batch: int = 8, max_queue: int = 64):
         self.generator = generator
         self.max_batch = max_batch
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
         self._running = 0
-        # The continuous batch (a generator with a ``decoder``), else None.
+        # The continuous batch, else None.
         self.batch = (
             generator.decoder(max_batch, join_tokens=JOIN_TOKENS)
-            if hasattr(generator, "decoder")
+            if isinstance(generator, JoinsRunningBatch)
             else None
         )
         self._worker = threading.Thread(target=self._run, name="domainkit-generate", daemon=True)
@@ -114,12 +114,15 @@ class Scheduler:
     def _start(self, job: _Job, batch) -> None:
         if not _claim(job):
             return
-        scored = job.request.choices and getattr(self.generator, "scores_choices", False)
-        if scored or not hasattr(self.generator, "row"):  # or swapped for another kind
+        generator = self.generator
+        if job.request.choices and isinstance(generator, ScoresChoices):
+            self._score(generator, job)
+            return
+        if not isinstance(generator, JoinsRunningBatch):
             self._call([job])
             return
         try:
-            row = self.generator.row(job.request, lambda result: _deliver(job, result))
+            row = generator.row(job.request, lambda result: _deliver(job, result))
         except Exception as e:  # e.g. a prompt the chat template cannot render
             job.future.set_exception(e)
             return
@@ -128,17 +131,30 @@ class Scheduler:
 
     def _generate(self, jobs: list[_Job]) -> None:
         live = [job for job in jobs if _claim(job)]
-        if getattr(self.generator, "scores_choices", False):
+        generator = self.generator
+        if isinstance(generator, ScoresChoices):
             # A backend that scores choices scores one request at a time: in one call with
             # others, each answer would wait for the whole batch to be scored.
             for job in [j for j in live if j.request.choices]:
                 if job.request.cancelled.is_set():  # its caller went while others were scored
                     job.future.set_exception(CancelledError())
                     continue
-                self._call([job])
+                self._score(generator, job)
             live = [j for j in live if not j.request.choices]
         if live:
             self._call(live)
+
+    def _score(self, scorer: ScoresChoices, job: _Job) -> None:
+        self._running = 1
+        try:
+            result = scorer.score_choices(job.request)
+        except BaseException as e:  # handed to the caller; the worker keeps serving
+            log.exception("scoring failed")
+            job.future.set_exception(e)
+            return
+        finally:
+            self._running = 0
+        _deliver(job, result)
 
     def _call(self, live: list[_Job]) -> None:
         self._running = len(live)

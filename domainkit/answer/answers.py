@@ -122,27 +122,3 @@ class PendingAnswer:
             self._request.cancelled.set()
         if self.future is not None:
             self.future.cancel()
-
-
-def evidence_answer(evidence, answer_words: int) -> Answer:
-    """The answer without the model: the best evidence sentence, composed and cited."""
-    return Answer(
-        text=evidence.answer_from(evidence.best(), answer_words),
-        route="evidence",
-        sources=sources_of(evidence),
-        evidence=[
-            EvidenceLine(s.number, s.text, s.chunk.source, s.start, s.end, s.score)
-            for s in evidence.sentences
-        ],
-    )
-
-
-def sources_of(evidence) -> list[Source]:
-    """The evidence's passages by citation number, each scored by its best sentence."""
-    best: dict[str, float] = {}
-    for s in evidence.sentences:
-        best[s.chunk.id] = max(best.get(s.chunk.id, 0.0), s.score)
-    return [
-        Source.of(n, chunk, best.get(chunk.id, 0.0))
-        for n, chunk in enumerate(evidence.passages, start=1)
-    ]

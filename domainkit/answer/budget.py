@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from domainkit.answer.answers import ConversationError
 from domainkit.prompting import Message, chat
-from domainkit.runtime.answers import ConversationError
 
 
 def fit_prompt(
@@ -62,15 +62,3 @@ def fit_prompt(
         f"the question does not fit the context budget of {context_tokens} "
         f"tokens with {max_tokens} for the answer; shorten it or lower max_tokens"
     )
-
-
-def split_conversation(messages: list[Message]) -> tuple[str, list[Message]]:
-    """The latest user question and the earlier user/assistant turns (system messages are
-    replaced by the domain's own system prompt, which the model was trained with)."""
-    turns = [m for m in messages if m.get("role") in ("user", "assistant")]
-    if not turns or turns[-1]["role"] != "user":
-        raise ConversationError("the conversation must end with a user message")
-    question = turns[-1]["content"].strip()
-    if not question:
-        raise ConversationError("the last user message is empty")
-    return question, turns[:-1]

@@ -1,4 +1,4 @@
-"""Evidence selection: the sentences of the retrieved passages that bear on a question.
+"""Selecting the evidence: the sentences of the retrieved passages that bear on a question.
 
 A small reader given four whole passages (~1,100 tokens) copies the wrong span most of the
 time; given the few sentences that bear on the question it does far better (RECOMP, Xu et
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from domainkit.answer.answer_types import FIGURE, asks_for_figure, degree_words
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
-from domainkit.retrieval.answer_types import FIGURE, asks_for_figure, degree_words
 from domainkit.retrieval.bm25 import content_terms
 from domainkit.retrieval.terms import CorpusVocabulary, weighted_coverage
 from domainkit.retrieval.units import Unit, text_units
@@ -116,71 +116,6 @@ class Evidence:
             if not sentence.lead_in:
                 return sentence
         return self.ranked[0] if self.ranked else None
-
-    def answer_from(self, primary: EvidenceSentence, max_words: int) -> str:
-        """The answer a user reads: ``primary`` with its lead-in, then, within ``max_words``,
-        the best other lines by score: those of its passage, and those of the evidence's
-        other passages that are nearly as relevant (a question often needs two lines that
-        sit apart). Each passage's sentences are in document order, followed by its
-        citation ``[n]``, the primary's passage first. Only the documents' own words, so
-        nothing needs trusting."""
-        from domainkit.prompting import citation, readable
-
-        def key(sentence: EvidenceSentence) -> tuple[str, int]:
-            return sentence.chunk.source, sentence.start
-
-        chosen: list[EvidenceSentence] = []
-        words = 0
-
-        def add(sentence: EvidenceSentence, leads: bool = True) -> bool:
-            nonlocal words
-            group = [sentence]
-            lead = self.lead_of(sentence) if leads else None
-            if lead is not None and key(lead) not in {key(s) for s in chosen}:
-                group.insert(0, lead)
-            size = sum(len(s.text.split()) for s in group)
-            if chosen and words + size > max_words:
-                return False
-            chosen.extend(group)
-            words += size
-            return True
-
-        add(primary)
-        own = [s for s in self.ranked + self.pool if s.chunk.id == primary.chunk.id]
-        floor = OTHER_PASSAGE_SHARE * primary.score
-        others = [  # sentences of the other cited passages, nearly as relevant as the primary
-            s for s in self.ranked if s.chunk.id != primary.chunk.id and s.score >= floor
-        ]
-        # Then the best of the rest by score, wherever they stand: the main line's
-        # neighbours ("Perch: 2 years." sits in the list that holds the Talon's line) and
-        # the other passages' lines nearly as relevant. Neighbours first, whatever their
-        # score, spent the words on lines of one passage while a second passage's line,
-        # scored just under the main one, held the answer (SQuAD validation questions).
-        for sentence in sorted(own + others, key=lambda s: -s.score):
-            if sentence.lead_in or key(sentence) in {key(s) for s in chosen}:
-                continue
-            add(sentence, leads=sentence.chunk.id != primary.chunk.id)
-        numbers = {primary.chunk.id: primary.number}
-        numbers.update({s.chunk.id: s.number for s in others})
-        groups: dict[str, list[EvidenceSentence]] = {}
-        for sentence in chosen:
-            groups.setdefault(sentence.chunk.id, []).append(sentence)
-        # The main line (after its lead-in) opens the answer; the rest of each passage follows
-        # in document order ("How do I reset my Talon?" opened with the Perch's line, the
-        # list's first).
-        lead = self.lead_of(primary)
-        opening = [key(s) for s in (lead, primary) if s is not None]
-
-        def order(sentence: EvidenceSentence) -> tuple[int, int]:
-            k = key(sentence)
-            return (opening.index(k), 0) if k in opening else (len(opening), sentence.start)
-
-        pieces = []
-        for chunk_id in sorted(groups, key=lambda c: (c != primary.chunk.id, numbers[c])):
-            parts = [readable(s.text) for s in sorted(groups[chunk_id], key=order)]
-            text = " ".join(p if p.endswith((".", "!", "?", ":", ";")) else f"{p}." for p in parts)
-            pieces.append(f"{text} {citation(numbers[chunk_id])}")
-        return " ".join(pieces)
 
     def block(self) -> str:
         """The evidence as the model reads it (``prompting.format_evidence``)."""
@@ -366,11 +301,6 @@ class EvidenceSelector:
             for text, vector in zip(missing, self.embedder.embed(missing), strict=True):
                 self._vectors[text] = vector
         return np.stack([self._vectors[t] for t in texts])
-
-
-# Sentences of other passages join an answer only when nearly as relevant as its main one:
-# a second fact the question asks for, not a neighbouring topic.
-OTHER_PASSAGE_SHARE = 0.7
 
 
 def _key(text: str) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
+from domainkit.answer.evidence import Evidence, EvidenceSentence
 from domainkit.prompting import Quote, readable
-from domainkit.retrieval.evidence import Evidence, EvidenceSentence
 from domainkit.retrieval.terms import normalize_word, specific_terms, surface_words
 
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")

@@ -1,122 +1,15 @@
-"""The answerability gate: answer from the evidence, or refuse.
-
-No single signal separates answerable questions from near misses: the best evidence
-sentence's similarity keeps most answerable questions but lets through questions that
-share a topic with the documents without being answered by them ("How heavy is the
-Roost?"). So the gate combines several signals in a logistic model:
-
-- ``dense``: cosine similarity of the question and its best evidence sentence;
-- ``coverage``: IDF-weighted share of the question's terms found in that sentence;
-- ``unknown``: how many of the question's names, model numbers and figures the corpus
-  never mentions (a question about the "Falcon" speaker, in a corpus without one);
-- ``novel``: the share of the question's content terms the corpus never uses (decibels,
-  mAh, halal: a detail the documents do not give);
-- ``model_refusal``: the tuned model's own probability of refusing, read from its first
-  answer token (it was trained on gold-absent evidence and near-miss questions);
-- ``missing_type``: the question asks for a kind of value (a weight, a price, a duration)
-  and the answer states none (``retrieval.answer_types``): "How heavy is the Roost?"
-  answered with "Power cable (2 m)".
-
-``calibrate`` fits the weights (keeping the prior's signs) and the decision threshold on
-a validation set that holds unanswerable questions (never on the eval set), and reports
-the answered/refused trade-off at every threshold. Before calibration a conservative
-hand-set model is used.
-"""
+"""Fitting the answerability gate (``answer.gate``) on validation questions: the weights
+by a logistic regression shrunk towards the prior, the cut by the false-refusal budget."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-FEATURES = ("dense", "coverage", "unknown", "novel", "model_refusal", "missing_type")
-# The gate before calibration, and the prior calibration shrinks towards: answer from
-# evidence about as similar as a paraphrase (cosine ~0.5), less so when the question names
-# or asks about things the corpus never mentions, or the model would rather refuse; an
-# answer without the kind of value asked for is refused unless its evidence is near-certain.
-PRIOR_WEIGHTS = {
-    "dense": 10.0,
-    "coverage": 1.0,
-    "unknown": -2.0,
-    "novel": -4.0,
-    "model_refusal": -1.0,
-    "missing_type": -4.0,
-}
-PRIOR_BIAS = -4.7
+from domainkit.answer.gate import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS, Gate, GateFeatures
 
-
-@dataclass
-class GateFeatures:
-    """What the gate sees of one question."""
-
-    dense: float
-    coverage: float
-    unknown: int
-    novel: float
-    model_refusal: float | None = None  # None when the backend gives no probabilities
-    missing_type: int = 0
-
-    def vector(self) -> np.ndarray:
-        refusal = 0.5 if self.model_refusal is None else self.model_refusal
-        values = [
-            self.dense,
-            self.coverage,
-            min(self.unknown, 2),
-            self.novel,
-            refusal,
-            self.missing_type,
-        ]
-        return np.array(values, dtype=float)
-
-    def to_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
-
-
-@dataclass
-class Gate:
-    """A logistic model of P(answerable | features) and the cut above which to answer.
-
-    Attributes:
-        weights: One weight per name in ``FEATURES``.
-        bias: Intercept.
-        threshold: Answer when P(answerable) reaches it.
-        calibrated: Whether weights and threshold were fitted on a validation set.
-    """
-
-    weights: dict[str, float] = field(default_factory=lambda: dict(PRIOR_WEIGHTS))
-    bias: float = PRIOR_BIAS
-    threshold: float = 0.5
-    calibrated: bool = False
-
-    def probability(self, features: GateFeatures) -> float:
-        w = np.array([self.weights.get(name, 0.0) for name in FEATURES])
-        return _sigmoid(float(features.vector() @ w) + self.bias)
-
-    def answers(self, features: GateFeatures) -> bool:
-        return self.probability(features) >= self.threshold
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Gate:
-        return cls(
-            weights={k: float(v) for k, v in data["weights"].items()},
-            bias=float(data["bias"]),
-            threshold=float(data["threshold"]),
-            calibrated=bool(data.get("calibrated", True)),
-        )
-
-
-def reading_counts(reader_weight: float, weights: dict[str, float]) -> bool:
-    """Whether the model's reading of the evidence can change an answer: its choice of line
-    has weight, or the gate weighs its probability of refusing."""
-    return reader_weight > 0 or weights.get("model_refusal", 0.0) != 0.0
-
-
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-max(-60.0, min(60.0, x))))
+__all__ = ["PRIOR_BIAS", "allowed_misses", "calibrate", "fit_logistic", "tradeoff"]
 
 
 def fit_logistic(
