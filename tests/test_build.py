@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from domainkit.answer.answers import Answer, Source
-from domainkit.build import plan, run_build
+from domainkit.builder import plan, run_build
 from domainkit.cli import app
 from domainkit.config import load_domain
 from domainkit.eval import metrics as m
@@ -376,7 +376,7 @@ def test_a_stage_fingerprint_covers_the_code_it_imports_and_nothing_else(buildab
     synth, train and eval even though it lives outside their packages (and the index, whose
     package reaches it through the evidence selector); editing the CLI must rebuild
     nothing."""
-    from domainkit import build
+    from domainkit import builder as build
     from domainkit.utils import hashing
 
     domain = load_domain(buildable)

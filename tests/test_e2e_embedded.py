@@ -79,12 +79,12 @@ def test_edit_one_document_reembeds_only_its_chunks(tmp_path):
 def test_synth_with_the_embedded_teacher(support):
     """A small synth run with SmolLM2-135M as teacher: data is made, checked and saved; every
     quote is a line of its own evidence block and every other reply is the refusal."""
-    from domainkit.synth import dataset, run_synth, synth_dir
+    from domainkit.synth import dataset, run_synth
 
     domain, _ = support
     report = run_synth(domain, limit=12, progress=False)
     assert sum(report.rejected.values()) > 0, "a 135M teacher always gets some output rejected"
-    samples = dataset.load_samples(synth_dir(domain))
+    samples = dataset.load_samples(domain.layout.synth)
     rows = samples["train"] + samples["validation"]
     assert rows and len(rows) == sum(report.kept.values())
     for sample in rows:

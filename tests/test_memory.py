@@ -232,15 +232,18 @@ def test_the_plan_reads_configs_without_llama_names(tmp_path):
 
 
 def test_a_resumed_run_keeps_its_optimizer_and_checkpointing(tmp_path):
+    from domainkit.config.layout import Layout
     from domainkit.train.pipeline import _memory_choices
 
     settings = TrainConfig()
     plan = memory.MemoryPlan("cpu", {}, 0, 0, True, "adamw_8bit", None, 1)
-    assert _memory_choices(tmp_path, plan, settings, resume=False) == {
+    assert _memory_choices(Layout(tmp_path), plan, settings, resume=False) == {
         "checkpointing": True,
         "optimizer": "adamw_8bit",
     }
     roomier = memory.MemoryPlan("cpu", {}, 0, 0, False, "adamw", None, 1)
-    kept = _memory_choices(tmp_path, roomier, settings, resume=True)
+    kept = _memory_choices(Layout(tmp_path), roomier, settings, resume=True)
     assert kept == {"checkpointing": True, "optimizer": "adamw_8bit"}, "its state loads only there"
-    assert _memory_choices(tmp_path, roomier, settings, resume=False)["optimizer"] == "adamw"
+    assert (
+        _memory_choices(Layout(tmp_path), roomier, settings, resume=False)["optimizer"] == "adamw"
+    )

@@ -14,7 +14,7 @@ from domainkit.cli import app
 from domainkit.config import load_domain
 from domainkit.errors import ConfigError, DomainkitError
 from domainkit.retrieval import open_retriever
-from domainkit.synth import dataset, run_synth, synth_dir
+from domainkit.synth import dataset, run_synth
 from domainkit.synth.context import SynthContext
 from domainkit.synth.generators import GENERATORS
 from domainkit.synth.prompts import Prompts
@@ -24,7 +24,7 @@ from .conftest import ScriptedTeacher
 
 
 def _context(domain, teacher=None, tmp_path=None):
-    cache = CallCache(synth_dir(domain) / "calls.sqlite")
+    cache = CallCache(domain.layout.synth_calls)
     return SynthContext(
         domain.config,
         CachedTeacher(teacher or ScriptedTeacher(), cache),
@@ -36,7 +36,7 @@ def _context(domain, teacher=None, tmp_path=None):
 def test_synth_writes_a_datasetdict_with_provenance(indexed_support):
     domain = load_domain(indexed_support)
     report = run_synth(domain, limit=30, progress=False)
-    samples = dataset.load_samples(synth_dir(domain))
+    samples = dataset.load_samples(domain.layout.synth)
     assert set(samples) == {"train", "validation"}
     rows = samples["train"] + samples["validation"]
     assert len(rows) == sum(report.kept.values()) <= 30
@@ -59,7 +59,7 @@ def test_synth_writes_a_datasetdict_with_provenance(indexed_support):
 def test_split_keeps_each_chunk_on_one_side(indexed_support):
     domain = load_domain(indexed_support)
     run_synth(domain, limit=40, progress=False)
-    samples = dataset.load_samples(synth_dir(domain))
+    samples = dataset.load_samples(domain.layout.synth)
     train = {s.chunk_id for s in samples["train"]}
     validation = {s.chunk_id for s in samples["validation"]}
     assert train and validation, "the test domain holds out 30% of chunks"
@@ -169,13 +169,13 @@ def test_refusals_need_a_term_the_documents_never_use(indexed_support):
 def test_eval_questions_are_kept_out_of_the_training_data(indexed_support):
     domain = load_domain(indexed_support)
     run_synth(domain, limit=40, progress=False)
-    question = dataset.load_samples(synth_dir(domain))["train"][0].question
+    question = dataset.load_samples(domain.layout.synth)["train"][0].question
     (indexed_support / "eval.yaml").write_text(
         yaml.safe_dump({"questions": [{"question": question, "answer": "x"}]})
     )
     report = run_synth(domain, limit=40, progress=False)
     assert report.rejected["eval_overlap"] >= 1
-    kept = dataset.load_samples(synth_dir(domain))
+    kept = dataset.load_samples(domain.layout.synth)
     assert question not in {s.question for rows in kept.values() for s in rows}
 
 
@@ -196,7 +196,7 @@ def test_user_data_in_three_formats_is_validated_and_merged(indexed_support):
     domain = load_domain(indexed_support)
     report = run_synth(domain, limit=10, progress=False)
     assert report.user_samples == 3 and report.kept["user"] == 3
-    train = dataset.load_samples(synth_dir(domain))["train"]
+    train = dataset.load_samples(domain.layout.synth)["train"]
     user = [s for s in train if s.generator == "user"]
     assert user[2].messages[1]["content"] == "Say hi\n\npolitely"
     assert all(s.messages[0]["role"] == "system" for s in user)
@@ -339,7 +339,7 @@ def test_a_synth_run_killed_with_sigkill_resumes_from_its_saved_teacher_calls(
     )
 
     def rows(domain):
-        samples = dataset.load_samples(synth_dir(load_domain(domain)))
+        samples = dataset.load_samples(load_domain(domain).layout.synth)
         return {
             split: sorted(json.dumps(s.to_row(), sort_keys=True) for s in split_samples)
             for split, split_samples in samples.items()

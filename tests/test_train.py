@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from domainkit.cli import app
 from domainkit.config import load_domain
+from domainkit.config.layout import PhaseLayout
 from domainkit.config.schema import TrainConfig
 from domainkit.synth import run_synth
 from domainkit.train.data import (
@@ -152,7 +153,9 @@ def test_bf16_precision_keeps_adapters_fp32_and_trains(tiny_model, tmp_path):
     assert layer.lora_A["default"].weight.dtype == torch.float32
     before = layer.lora_B["default"].weight.detach().clone()
     rows = _rows(student)
-    phase = Phase("sft", rows, rows[:2], settings.learning_rate, 1.0, tmp_path, packed=True)
+    phase = Phase(
+        "sft", rows, rows[:2], settings.learning_rate, 1.0, PhaseLayout(tmp_path), packed=True
+    )
     accelerator = make_accelerator(settings)
     assert accelerator.mixed_precision == "bf16"
     state = TrainingRun(student.model, student.tokenizer, settings, phase, accelerator).run()
@@ -175,7 +178,9 @@ class _Accel:
 
 def _run(student, settings, out_dir, stop_after=None, resume=False):
     rows = _rows(student)
-    phase = Phase("sft", rows, rows[:2], settings.learning_rate, 1.0, out_dir, packed=True)
+    phase = Phase(
+        "sft", rows, rows[:2], settings.learning_rate, 1.0, PhaseLayout(out_dir), packed=True
+    )
     run = TrainingRun(
         student.model,
         student.tokenizer,
@@ -191,7 +196,7 @@ def test_an_epoch_trains_each_sample_once_and_steps_stay_inside_it(tiny_model, t
     settings = _settings(tiny_model, batch_size=2, grad_accum=2, eval_every=100)
     student = load_student(settings)
     rows = _rows(student, n=10, packed=False)  # 5 micro-batches: steps of 2, 2 and 1
-    phase = Phase("sft", rows, [], settings.learning_rate, 1.0, tmp_path, packed=False)
+    phase = Phase("sft", rows, [], settings.learning_rate, 1.0, PhaseLayout(tmp_path), packed=False)
     run = TrainingRun(student.model, student.tokenizer, settings, phase, _Accel())
     state = run.run()
     assert (run.total_steps, state.step, state.epoch) == (3, 3, 0)
@@ -221,7 +226,7 @@ def test_a_micro_batch_split_into_passes_trains_the_same(tiny_model, tmp_path):
             [],
             settings.learning_rate,
             1.0,
-            tmp_path / str(forward_tokens),
+            PhaseLayout(tmp_path / str(forward_tokens)),
             packed=False,
         )
         run = TrainingRun(student.model, student.tokenizer, settings, phase, _Accel())
@@ -474,7 +479,7 @@ def test_sigkill_at_any_moment_then_the_rerun_finishes_consistently(
     import sys
     import time
 
-    from domainkit.train.pipeline import CHOICES
+    from domainkit.config.layout import Layout
 
     domain = tmp_path / "domain"
     shutil.copytree(
@@ -489,7 +494,7 @@ def test_sigkill_at_any_moment_then_the_rerun_finishes_consistently(
     command = [sys.executable, "-m", "domainkit", "train", str(domain)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     signal_file = {
-        "before-any-checkpoint": lambda: (out / CHOICES).is_file(),  # written as it starts
+        "before-any-checkpoint": lambda: Layout(out.parent).memory_choices.is_file(),  # at start
         "after-checkpoint": lambda: any(out.glob("**/checkpoints/step-000003")),
     }[moment]
     deadline = time.time() + 300

@@ -31,6 +31,7 @@ from domainkit.answer.gate import Gate, features_of, reading_counts
 from domainkit.answer.retrieve import Retrieval, search_query, split_conversation
 from domainkit.backends import BACKENDS, ChatBackend, GenRequest, GenResult, ScoresChoices
 from domainkit.backends.scheduler import Scheduler
+from domainkit.config.layout import adapter_config
 from domainkit.config.loading import Domain
 from domainkit.config.schema import DomainConfig, Policy, RuntimeConfig
 from domainkit.prompting import Message, context_question
@@ -66,7 +67,7 @@ def load_backend(
     """The domain's chat backend (``runtime.backend``) with its trained adapter when ``tuned``
     and one exists; and whether the adapter is in it."""
     adapter = domain.layout.adapter if tuned else None
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+    if adapter is not None and not adapter_config(adapter).is_file():
         log.warning("no trained adapter in %s; answering with the base model", adapter)
         adapter = None
     backend = BACKENDS.get(settings.backend).from_runtime(

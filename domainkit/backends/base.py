@@ -21,7 +21,6 @@ from domainkit.prompting import STOP_MARKERS, Message
 from domainkit.registry import Registry
 
 if TYPE_CHECKING:
-    from domainkit.backends.decoding import DecodeBatch, Row
     from domainkit.config.schema import RuntimeConfig, TeacherConfig
 
 
@@ -122,17 +121,37 @@ class ScoresChoices(Protocol):
         ...
 
 
+class RunningBatch(Protocol):
+    """Rows being generated together (``JoinsRunningBatch.decoder``); the scheduler adds
+    rows while there is room and runs one decoding step at a time."""
+
+    @property
+    def free(self) -> int:
+        """Rows that may still join."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, row: object) -> None:
+        """Queue a row made by ``JoinsRunningBatch.row``; it joins at a later step."""
+        ...
+
+    def step(self) -> None:
+        """One decoding step of every row (a finished row leaves and reports its result)."""
+        ...
+
+
 @runtime_checkable
 class JoinsRunningBatch(Protocol):
     """Optional: requests join a running batch between decoding steps and leave it when done
     (continuous batching, ``backends.decoding``). Without it, the scheduler hands waiting
     requests to ``generate`` together."""
 
-    def decoder(self, max_rows: int, join_tokens: int | None = None) -> DecodeBatch:
+    def decoder(self, max_rows: int, join_tokens: int | None = None) -> RunningBatch:
         """A batch that rows join and leave between decoding steps."""
         ...
 
-    def row(self, request: GenRequest, done: Callable[[GenResult], None]) -> Row | None:
+    def row(self, request: GenRequest, done: Callable[[GenResult], None]) -> object | None:
         """``request`` as a row of a ``decoder`` batch; ``done`` receives its result. None
         when the request was answered at once (``done`` has been called)."""
         ...

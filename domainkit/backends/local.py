@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from domainkit.backends.base import BACKENDS, BackendError, GenRequest, GenResult
-from domainkit.llm import LoadedLM
+from domainkit.models import LoadedLM
 from domainkit.prompting import Message
 
 if TYPE_CHECKING:
@@ -33,9 +33,10 @@ class LocalBackend:
     def load(cls, model: str, adapter: Path | None = None, device: str = "auto") -> LocalBackend:
         """``model`` (embedded name, hub id or path) on ``device``; the adapter, when given,
         merged into a full-precision copy of the base, so answering costs no LoRA overhead."""
-        from domainkit.llm import load_causal_lm
+        from domainkit.models import load_causal_lm
 
         lm = load_causal_lm(model, device)
+        lm.model.eval()
         if adapter is not None:
             from peft import PeftModel
 

@@ -50,7 +50,7 @@ def build(
     reused, so a second build with nothing changed takes seconds. Outputs go to the
     domain's build folder (.domainkit/ by default); the bundle is in BUILD/bundle/.
     """
-    from domainkit.build import plan, run_build
+    from domainkit.builder import plan, run_build
     from domainkit.train.memory import plan_for
 
     loaded = load_domain(domain, build_dir)

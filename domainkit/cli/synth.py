@@ -48,7 +48,7 @@ def synth(
     teacher call is cached, so an interrupted run resumes where it stopped. Output: a
     datasets DatasetDict plus JSONL under BUILD/synth/, split by chunk into train/validation.
     """
-    from domainkit.synth import dataset, run_synth, synth_dir
+    from domainkit.synth import dataset, run_synth
     from domainkit.synth.pipeline import summary
 
     loaded = load_domain(domain, build_dir)
@@ -57,7 +57,7 @@ def synth(
     exported = None
     if export is not None:
         fmt, path = export
-        samples = [s for rows in dataset.load_samples(synth_dir(loaded)).values() for s in rows]
+        samples = [s for rows in dataset.load_samples(loaded.layout.synth).values() for s in rows]
         exported = {
             "format": fmt.value,
             "path": str(path),

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from domainkit.config.layout import Layout
 from domainkit.config.schema import DomainConfig
 from domainkit.errors import ConfigError
 
@@ -141,120 +142,6 @@ def load_recipe(name_or_path: str) -> DomainConfig:
     path = recipe_path(name_or_path)
     raw = read_yaml_mapping(path)
     return validate_config(raw, [(path, raw)])
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Every path of a build folder, named in this one place: stages, the runtime, eval and
-    bundles ask it rather than spelling paths of their own."""
-
-    root: Path  # the build folder, BUILD
-
-    @property
-    def ingested(self) -> Path:
-        """The documents as read by the ingest stage (``IngestResult.save``)."""
-        return self.root / "ingest" / "documents.jsonl"
-
-    @property
-    def index(self) -> Path:
-        return self.root / "index"
-
-    @property
-    def synth(self) -> Path:
-        return self.root / "synth"
-
-    @property
-    def synth_pointer(self) -> Path:
-        """Names the published synth dataset version (``utils.versioned``)."""
-        return self.synth / "CURRENT"
-
-    @property
-    def train(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def adapter(self) -> Path:
-        return self.train / "adapter"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.train / "loss.png"
-
-    @property
-    def train_run(self) -> Path:
-        """The fingerprint of the training run the checkpoints belong to (resume)."""
-        return self.train / "run.json"
-
-    def phase_done(self, phase: str) -> Path:
-        """Marks a training phase (``pretrain``, ``sft``, ``preference``) as finished."""
-        return self.train / phase / "done.json"
-
-    @property
-    def train_summary(self) -> Path:
-        """What the last training run did (``train.pipeline.summary_dict``)."""
-        return self.train / "summary.json"
-
-    @property
-    def train_metrics(self) -> Path:
-        """Every phase's logged steps, one JSON object a line."""
-        return self.train / "metrics.jsonl"
-
-    @property
-    def calibration(self) -> Path:
-        return self.root / "runtime" / "calibration.json"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def eval_report(self) -> Path:
-        return self.eval / "report.md"
-
-    @property
-    def eval_report_json(self) -> Path:
-        return self.eval / "report.json"
-
-    @property
-    def eval_answers(self) -> Path:
-        return self.eval / "answers.jsonl"
-
-    @property
-    def accuracy_plot(self) -> Path:
-        return self.eval / "accuracy.png"
-
-    @property
-    def gate_plot(self) -> Path:
-        """The gate's answered / refused trade-off by threshold."""
-        return self.eval / "gate.png"
-
-    @property
-    def eval_loss_plot(self) -> Path:
-        """The report's copy of training's loss plot."""
-        return self.eval / "loss.png"
-
-    @property
-    def eval_resume(self) -> Path:
-        """Model replies of an evaluation in progress (deleted when its report is written)."""
-        return self.root / "eval-replies.sqlite"
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / "bundle"
-
-    @property
-    def export(self) -> Path:
-        return self.root / "export"
-
-    @property
-    def build_record(self) -> Path:
-        return self.root / "build.json"
-
-    @property
-    def lock(self) -> Path:
-        from domainkit.utils.lock import LOCK_FILE
-
-        return self.root / LOCK_FILE
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Evaluation: what tuning and retrieval each bring, and calibration of the runtime policy."""
 
-from domainkit.eval.runner import CONDITIONS, EvalReport, eval_dir, run_eval
+from domainkit.eval.runner import CONDITIONS, EvalReport, run_eval
 
-__all__ = ["CONDITIONS", "EvalReport", "eval_dir", "run_eval"]
+__all__ = ["CONDITIONS", "EvalReport", "run_eval"]

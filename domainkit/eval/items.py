@@ -41,13 +41,13 @@ def validation_items(domain: Domain, limit: int | None = None) -> list[Item]:
     held-out synth split: RAFT questions asked with their passage (answerable; the
     reference is the fact) and near-miss and refusal questions (unanswerable). Gold-absent
     RAFT samples are left out: with the whole index their question is answerable."""
-    from domainkit.synth import dataset, synth_dir
+    from domainkit.synth import dataset
 
     items = (
         eval_items(domain, path=domain.validation_path) if domain.validation_path.is_file() else []
     )
     try:
-        samples = dataset.load_samples(synth_dir(domain)).get("validation", [])
+        samples = dataset.load_samples(domain.layout.synth).get("validation", [])
     except FileNotFoundError:
         samples = []
     for s in samples:

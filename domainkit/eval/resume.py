@@ -15,19 +15,16 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from domainkit.backends.base import (
     ChatBackend,
     GenRequest,
     GenResult,
     JoinsRunningBatch,
+    RunningBatch,
     ScoresChoices,
 )
 from domainkit.synth.teachers.base import CallCache
-
-if TYPE_CHECKING:
-    from domainkit.backends.decoding import DecodeBatch, Row
 from domainkit.utils.hashing import file_hash, text_hash
 
 
@@ -132,12 +129,12 @@ class _ResumingScorer(ResumingBackend):
 class _ResumingRows(ResumingBackend):
     """Rows of the backend's running batch (``JoinsRunningBatch``), their results kept."""
 
-    def decoder(self, max_rows: int, join_tokens: int | None = None) -> DecodeBatch:
+    def decoder(self, max_rows: int, join_tokens: int | None = None) -> RunningBatch:
         backend = self.backend
         assert isinstance(backend, JoinsRunningBatch)
         return backend.decoder(max_rows, join_tokens=join_tokens)
 
-    def row(self, request: GenRequest, done: Callable[[GenResult], None]) -> Row | None:
+    def row(self, request: GenRequest, done: Callable[[GenResult], None]) -> object | None:
         """``request`` as a row of the backend's continuous batch, its result kept when it
         is done; None when a kept reply answered it at once (``done`` has it)."""
         backend = self.backend

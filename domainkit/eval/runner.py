@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from domainkit.answer.answers import Answer
 from domainkit.answer.assistant import Assistant, load_backend
+from domainkit.config.layout import adapter_config
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.eval.items import Item, eval_items, validation_items
@@ -91,10 +92,6 @@ class EvalReport:
     headline: str
     seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-def eval_dir(domain: Domain) -> Path:
-    return domain.layout.eval
 
 
 class _MemoRetriever:
@@ -164,7 +161,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
     started = time.perf_counter()
     sets = _question_sets(domain, limit)
     general = [Item(q, a, True) for q, a in GENERAL] if domain.config.eval.general_knowledge else []
-    tuned_available = (domain.layout.adapter / "adapter_config.json").is_file()
+    tuned_available = adapter_config(domain.layout.adapter).is_file()
     conditions = [c for c in CONDITIONS if tuned_available or not c.tuned]
     generated = [c for c in conditions if c.policy != "auto"]
     total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
@@ -177,7 +174,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
         run.calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(domain.layout.calibration, run.calibration)
     report = EvalReport(
-        path=eval_dir(domain),
+        path=domain.layout.eval,
         conditions=run.results,
         retrieval=retrieval_metrics(
             run.retriever, next(iter(sets.values())), domain.config.retrieval.top_k

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from domainkit import __version__
+from domainkit.config.layout import IndexVersion
 from domainkit.config.loading import Domain
 from domainkit.errors import IndexStoreError
 from domainkit.ingest import Chunk, Chunker, IngestResult, SkippedFile, load_documents
@@ -64,7 +65,7 @@ class IndexReport:
 
 
 def current_version(index_dir: Path) -> Path | None:
-    return versioned.current_version(index_dir, "manifest.json")
+    return versioned.current_version(index_dir, IndexVersion(Path()).manifest.name)
 
 
 def load_index(index_dir: Path) -> LoadedIndex:
@@ -82,20 +83,21 @@ def load_index(index_dir: Path) -> LoadedIndex:
             f"{version}: index format {manifest.get('format')} is not "
             f"{FORMAT_VERSION}; rebuild it with `domainkit index --force`"
         )
-    chunks = [Chunk.from_dict(row) for row in read_jsonl(version / "chunks.jsonl")]
-    embeddings = np.load(version / "embeddings.npy", mmap_mode="r")
+    files = IndexVersion(version)
+    chunks = [Chunk.from_dict(row) for row in read_jsonl(files.chunks)]
+    embeddings = np.load(files.embeddings, mmap_mode="r")
     return LoadedIndex(
         path=version,
         manifest=manifest,
         chunks=chunks,
         embeddings=embeddings,
-        dense=load_faiss(version / "dense.faiss"),
-        bm25=BM25Index.load(version / "bm25", size=len(chunks)),
+        dense=load_faiss(files.dense),
+        bm25=BM25Index.load(files.bm25, size=len(chunks)),
     )
 
 
 def _read_manifest(version: Path) -> dict:
-    return json.loads((version / "manifest.json").read_text(encoding="utf-8"))
+    return json.loads(IndexVersion(version).manifest.read_text(encoding="utf-8"))
 
 
 def source_hashes(domain: Domain) -> dict[str, str]:
@@ -214,8 +216,8 @@ def _reusable_vectors(previous: Path | None, embedder_id: str) -> dict[str, np.n
         manifest = _read_manifest(previous)
         if manifest.get("embedder", {}).get("id") != embedder_id:
             return {}
-        rows = read_jsonl(previous / "chunks.jsonl")
-        vectors = np.load(previous / "embeddings.npy")
+        rows = read_jsonl(IndexVersion(previous).chunks)
+        vectors = np.load(IndexVersion(previous).embeddings)
     except (OSError, ValueError, KeyError) as e:
         log.warning("previous index unreadable, embedding everything again: %s", e)
         return {}
@@ -245,10 +247,11 @@ def _write_version(
     manifest: dict,
 ) -> Path:
     def write(folder: Path) -> None:
-        atomic_write_jsonl(folder / "chunks.jsonl", (c.to_dict() for c in chunks))
-        np.save(folder / "embeddings.npy", vectors)
-        save_faiss(dense, folder / "dense.faiss")
-        bm25.save(folder / "bm25")
-        atomic_write_json(folder / "manifest.json", manifest)  # last: marks completeness
+        files = IndexVersion(folder)
+        atomic_write_jsonl(files.chunks, (c.to_dict() for c in chunks))
+        np.save(files.embeddings, vectors)
+        save_faiss(dense, files.dense)
+        bm25.save(files.bm25)
+        atomic_write_json(files.manifest, manifest)  # last: marks completeness
 
     return versioned.publish(index_dir, stamp, write)

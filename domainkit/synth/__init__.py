@@ -1,5 +1,5 @@
 """Synthetic instruction data: teachers, generators, filters and the dataset they produce."""
 
-from domainkit.synth.pipeline import SynthReport, run_synth, synth_dir
+from domainkit.synth.pipeline import SynthReport, run_synth
 
-__all__ = ["SynthReport", "run_synth", "synth_dir"]
+__all__ = ["SynthReport", "run_synth"]

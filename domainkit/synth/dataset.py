@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from domainkit.config.layout import DatasetVersion
 from domainkit.errors import ConfigError, DomainkitError
 from domainkit.synth.sample import Sample
 from domainkit.utils import versioned
@@ -13,7 +14,7 @@ from domainkit.utils.atomic import atomic_write_jsonl
 
 SPLITS = ("train", "validation")
 EXPORT_FORMATS = ("messages", "sharegpt", "alpaca")
-_MARKER = "summary.json"
+_MARKER = DatasetVersion(Path()).summary.name
 
 
 def features():
@@ -50,6 +51,7 @@ def save(
     from datasets import Dataset, DatasetDict
 
     def write(folder: Path) -> None:
+        files = DatasetVersion(folder)
         rows = {name: [s.to_row() for s in samples] for name, samples in splits.items()}
         # datasets cannot save an empty split; it is left out and loads back as empty.
         DatasetDict(
@@ -58,11 +60,11 @@ def save(
                 for name, split_rows in rows.items()
                 if split_rows
             }
-        ).save_to_disk(str(folder / "dataset"))
+        ).save_to_disk(str(files.dataset))
         for name, split_rows in rows.items():
-            atomic_write_jsonl(folder / f"{name}.jsonl", split_rows)
-        atomic_write_jsonl(folder / "rejected.jsonl", rejected)
-        (folder / _MARKER).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            atomic_write_jsonl(files.split(name), split_rows)
+        atomic_write_jsonl(files.rejected, rejected)
+        files.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     return versioned.publish(synth_dir, "dataset", write)
 
@@ -76,13 +78,13 @@ def current(synth_dir: Path) -> Path:
 
 def load_summary(synth_dir: Path) -> dict:
     """What the current dataset's synth run did (kept, rejected, teacher calls, splits)."""
-    return json.loads((current(synth_dir) / _MARKER).read_text(encoding="utf-8"))
+    return json.loads(DatasetVersion(current(synth_dir)).summary.read_text(encoding="utf-8"))
 
 
 def load_samples(synth_dir: Path) -> dict[str, list[Sample]]:
     from datasets import load_from_disk
 
-    dataset = load_from_disk(str(current(synth_dir) / "dataset"))
+    dataset = load_from_disk(str(DatasetVersion(current(synth_dir)).dataset))
     splits: dict[str, list[Sample]] = {"train": [], "validation": []}
     splits.update({name: [Sample.from_row(row) for row in dataset[name]] for name in dataset})
     return splits

@@ -55,10 +55,6 @@ class SynthReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def synth_dir(domain: Domain) -> Path:
-    return domain.layout.synth
-
-
 def plan(ctx: SynthContext, target: int) -> list[Plan]:
     """How many samples each generator aims for, and its shuffled pool of seed chunks."""
     mix = {name: share for name, share in ctx.synth.mix.items() if share > 0}
@@ -127,7 +123,7 @@ def run_synth(
     settings = domain.config.synth
     index = load_index(domain.index_dir)
     retriever = Retriever(index, make_embedder(domain.config.retrieval), domain.config.retrieval)
-    cache = CallCache(synth_dir(domain) / "calls.sqlite")
+    cache = CallCache(domain.layout.synth_calls)
     cached = CachedTeacher(teacher or make_teacher(settings.teacher), cache)
     ctx = SynthContext(domain.config, cached, retriever, Prompts(settings.prompts))
     target = limit or max(1, round(len(index.chunks) * settings.samples_per_chunk))
@@ -150,7 +146,7 @@ def run_synth(
     user = dataset.read_user_data(domain.root / settings.user_data, ctx.system_prompt)
     splits = dataset.split_by_chunk(samples + user, ctx.is_validation)
     report = SynthReport(
-        path=synth_dir(domain),
+        path=domain.layout.synth,
         target=target,
         kept=Counter(s.generator for s in samples + user),
         rejected=ctx.log.counts,
@@ -163,7 +159,7 @@ def run_synth(
     )
     _check_enough(report)
     report.path = dataset.save(
-        synth_dir(domain), splits, [r.to_row() for r in ctx.log.rejections], summary(report)
+        domain.layout.synth, splits, [r.to_row() for r in ctx.log.rejections], summary(report)
     )
     return report
 

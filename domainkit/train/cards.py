@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 
-from domainkit.config.loading import Domain, Layout
+from domainkit.config.layout import Layout
+from domainkit.config.loading import Domain
 from domainkit.models import model_origin
 
 # What each kind of folder holds and how to load it.

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from domainkit.config.evalset import load_eval_set
+from domainkit.config.layout import ExportLayout, adapter_config, card_of
 from domainkit.config.loading import EVAL_FILE, Domain
 from domainkit.errors import DomainkitError
 from domainkit.train import cards, gguf
@@ -75,13 +76,14 @@ def export_model(
     unknown = formats - set(FORMATS)
     if unknown:
         raise DomainkitError(f"unknown export format {', '.join(sorted(unknown))}")
-    if formats - {"dataset"} and not (adapter_dir / "adapter_config.json").is_file():
+    if formats - {"dataset"} and not adapter_config(adapter_dir).is_file():
         raise DomainkitError(f"{adapter_dir}: no trained adapter; run `domainkit train` first")
     if gguf_type not in gguf.GGUF_TYPES:
         raise DomainkitError(
             f"unknown GGUF type {gguf_type!r}; expected {', '.join(gguf.GGUF_TYPES)}"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = ExportLayout(out_dir)
     report = ExportReport(out_dir)
     summary = cards.read_train_summary(domain.layout)
     evaluation = cards.read_eval_report(domain.layout)
@@ -90,21 +92,20 @@ def export_model(
         return cards.model_card(domain, kind, summary, evaluation, path=str(path))
 
     if "adapter" in formats:
-        target = out_dir / "adapter"
 
         def write_adapter(folder: Path) -> None:
             shutil.copytree(adapter_dir, folder, dirs_exist_ok=True)
-            (folder / "README.md").write_text(card("adapter", target), encoding="utf-8")
+            card_of(folder).write_text(card("adapter", files.adapter), encoding="utf-8")
 
-        report.paths["adapter"] = replace_dir(target, write_adapter)
+        report.paths["adapter"] = replace_dir(files.adapter, write_adapter)
     if formats & {"merged", "gguf"}:
-        merged = merge_adapter(base_path, adapter_dir, out_dir / "merged")
-        atomic_write_text(merged / "README.md", card("merged", merged))
+        merged = merge_adapter(base_path, adapter_dir, files.merged)
+        atomic_write_text(card_of(merged), card("merged", merged))
         report.paths["merged"] = merged
     if "gguf" in formats:
         _export_gguf(domain, report, gguf_type, check)
     if "dataset" in formats:
-        report.paths["dataset"] = export_dataset(domain, out_dir / "dataset")
+        report.paths["dataset"] = export_dataset(domain, files.dataset)
     return report
 
 
@@ -115,8 +116,8 @@ def _export_gguf(domain: Domain, report: ExportReport, gguf_type: str, check: bo
     if converter is None:
         report.notes.append(gguf.missing_converter_note())
         return
-    merged = report.paths["merged"]
-    target = gguf.convert(merged, report.folder / f"model.{gguf_type}.gguf", gguf_type, converter)
+    merged, files = report.paths["merged"], ExportLayout(report.folder)
+    target = gguf.convert(merged, files.gguf(gguf_type), gguf_type, converter)
     report.paths["gguf"] = target
     config = domain.config
     text, notes = gguf.modelfile(
@@ -127,7 +128,7 @@ def _export_gguf(domain: Domain, report: ExportReport, gguf_type: str, check: bo
         config.train.max_seq_len,
     )
     report.notes += notes
-    report.paths["modelfile"] = report.folder / "Modelfile"
+    report.paths["modelfile"] = files.modelfile
     atomic_write_text(report.paths["modelfile"], text)
     if check:
         report.round_trip = gguf.round_trip(merged, target, gguf_type, _prompts(domain))
@@ -142,9 +143,8 @@ def export_dataset(domain: Domain, target: Path) -> Path:
     """The current synthetic dataset as messages JSONL per split, with a dataset card."""
     from domainkit.synth import dataset
     from domainkit.synth.card import dataset_card
-    from domainkit.synth.pipeline import synth_dir
 
-    root = synth_dir(domain)
+    root = domain.layout.synth
     summary = dataset.load_summary(root)
     splits = dataset.load_samples(root)
     files = {name: f"{name}.jsonl" for name in splits if splits[name]}
@@ -152,7 +152,7 @@ def export_dataset(domain: Domain, target: Path) -> Path:
     def write(folder: Path) -> None:
         for name, file in files.items():
             atomic_write_jsonl(folder / file, (_provenance_row(s) for s in splits[name]))
-        (folder / "README.md").write_text(dataset_card(domain, summary, files), encoding="utf-8")
+        card_of(folder).write_text(dataset_card(domain, summary, files), encoding="utf-8")
 
     return replace_dir(target, write)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from domainkit.config.layout import CheckpointLayout, PhaseLayout
 from domainkit.config.schema import TrainConfig
 from domainkit.train.data import IGNORE, Row, collate, make_batches
 from domainkit.train.memory import pass_tokens
@@ -53,7 +54,7 @@ class Phase:
     val_rows: list[Row]
     learning_rate: float
     epochs: float
-    out_dir: Path
+    files: PhaseLayout
     packed: bool
 
 
@@ -193,7 +194,7 @@ class TrainingRun:
                 if self.on_step is not None:
                     self.on_step(self.state)
         if self.state.best_step is None:
-            self._save_adapter(self.phase.out_dir / "best")
+            self._save_adapter(self.phase.files.best)
         return self.state
 
     def _step_batches(self) -> list[list[Row]]:
@@ -260,7 +261,7 @@ class TrainingRun:
                 if state.best_val is None or val < state.best_val:
                     state.best_val, state.best_step = val, state.step
                     state.evals_without_improvement = 0
-                    self._save_adapter(self.phase.out_dir / "best")
+                    self._save_adapter(self.phase.files.best)
                 else:
                     state.evals_without_improvement += 1
                     patience = settings.early_stopping_patience
@@ -295,14 +296,14 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return
-        root = self.phase.out_dir / "checkpoints"
-        folder = root / f"step-{self.state.step:06d}"
+        files = self.phase.files.checkpoint(self.state.step)
 
         def write(tmp: Path) -> None:
             trainable = {
                 n: p.detach().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad
             }
-            torch.save(trainable, tmp / "trainable.pt")
+            written = CheckpointLayout(tmp)
+            torch.save(trainable, written.trainable)
             torch.save(
                 {
                     "optimizer": self.optimizer.state_dict(),
@@ -310,28 +311,28 @@ class TrainingRun:
                     "rng": _rng_state(),
                     "tokens_seen": self.tokens_seen,
                 },
-                tmp / "training.pt",
+                written.training,
             )
-            for written in ("trainable.pt", "training.pt"):  # on disk before the marker
-                fsync_file(tmp / written)
-            atomic_write_json(tmp / "state.json", asdict(self.state))  # last: marks completeness
+            for path in (written.trainable, written.training):  # on disk before the marker
+                fsync_file(path)
+            atomic_write_json(written.state, asdict(self.state))  # last: marks completeness
 
-        replace_dir(folder, write)
-        for old in sorted(root.glob("step-*"))[:-2]:
+        replace_dir(files.root, write)
+        for old in sorted(self.phase.files.checkpoints.glob("step-*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
 
     def _restore(self) -> None:
         """Continue from the newest checkpoint that loads; a damaged one falls back to the
         one before (two are kept)."""
-        for folder in completed_checkpoints(self.phase.out_dir)[::-1]:
+        for folder in self.phase.files.completed()[::-1]:
             try:
-                trainable = torch.load(folder / "trainable.pt", map_location="cpu")
-                training = torch.load(
-                    folder / "training.pt", map_location="cpu", weights_only=False
-                )
-                state = TrainState(**json.loads((folder / "state.json").read_text()))
+                trainable = torch.load(folder.trainable, map_location="cpu")
+                training = torch.load(folder.training, map_location="cpu", weights_only=False)
+                state = TrainState(**json.loads(folder.state.read_text()))
             except Exception as e:  # noqa: BLE001 - any damage means "use the previous one"
-                log.warning("checkpoint %s cannot be read (%s); trying the one before", folder, e)
+                log.warning(
+                    "checkpoint %s cannot be read (%s); trying the one before", folder.root, e
+                )
                 continue
             params = dict(self.unwrapped.named_parameters())
             with torch.no_grad():
@@ -342,7 +343,7 @@ class TrainingRun:
             _set_rng_state(training["rng"])
             self.tokens_seen = training["tokens_seen"]
             self.state = state
-            log.info("resumed from %s (step %d)", folder, self.state.step)
+            log.info("resumed from %s (step %d)", folder.root, self.state.step)
             return
         log.info("no checkpoint to resume from; starting at step 0")
 
@@ -367,13 +368,6 @@ def make_optimizer(params: list, settings: TrainConfig, device: str, lr: float):
 
     kind = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}
     return kind[name](params, lr=lr, weight_decay=settings.weight_decay)
-
-
-def completed_checkpoints(out_dir: Path) -> list[Path]:
-    """Checkpoints whose completeness marker was written, oldest first."""
-    return sorted(
-        p for p in (out_dir / "checkpoints").glob("step-*") if (p / "state.json").is_file()
-    )
 
 
 def _rng_state() -> dict:

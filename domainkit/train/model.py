@@ -9,7 +9,7 @@ import torch
 
 from domainkit.config.schema import TrainConfig
 from domainkit.errors import ConfigError
-from domainkit.models import resolve_causal_lm
+from domainkit.models import LoadedLM, load_causal_lm
 from domainkit.utils.device import best_device
 
 log = logging.getLogger(__name__)
@@ -40,37 +40,28 @@ def compute_dtype(device: str, precision: str = "auto") -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+def load_base(settings: TrainConfig, device: str, quantize: bool) -> LoadedLM:
+    from transformers import BitsAndBytesConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise ValueError(f"{path}: the tokenizer has no chat template; pick a chat model")
-    return tokenizer
-
-
-def load_base(settings: TrainConfig, device: str, quantize: bool):
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    path = resolve_causal_lm(settings.student_model)
     dtype = compute_dtype(device, settings.precision)
-    # Frozen base weights may live in bf16; fully trained ones stay fp32 (autocast computes
-    # in bf16) so that small optimizer updates are not rounded away.
-    kwargs: dict = {"dtype": torch.float32 if settings.method == "full" else dtype}
+    quantization = None
     if quantize:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        quantization = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if not quantize:
-        model = model.to(device)
-    return model, path
+    # Frozen base weights may live in bf16; fully trained ones stay fp32 (autocast computes
+    # in bf16) so that small optimizer updates are not rounded away.
+    weights = torch.float32 if settings.method == "full" else dtype
+    return load_causal_lm(
+        settings.student_model,
+        device,
+        dtype=weights,
+        quantization_config=quantization,
+        padding_side=None,
+    )
 
 
 def adapter_config(settings: TrainConfig):
@@ -129,7 +120,8 @@ def load_student(settings: TrainConfig) -> Student:
     device = best_device(settings.device)
     quantize = settings.method == "qlora"
     torch.manual_seed(settings.seed)
-    model, path = load_base(settings, device, quantize)
+    base = load_base(settings, device, quantize)
+    model, path = base.model, base.path
     model.config.use_cache = False
     if settings.method == "full":
         model.train()
@@ -148,7 +140,7 @@ def load_student(settings: TrainConfig) -> Student:
     total = sum(p.numel() for p in model.parameters())
     log.info("%s on %s: %d of %d parameters trainable", settings.method, device, trainable, total)
     dtype = compute_dtype(device, settings.precision)
-    return Student(model, load_tokenizer(path), device, path, dtype)
+    return Student(model, base.tokenizer, device, path, dtype)
 
 
 def enable_checkpointing(model: torch.nn.Module) -> None:

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from domainkit.config.loading import Domain, Layout
+from domainkit.config.layout import Layout, adapter_weights
+from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
-from domainkit.synth import dataset, synth_dir
+from domainkit.synth import dataset
 from domainkit.train.data import (
     DataStats,
     Row,
@@ -51,13 +52,11 @@ class TrainReport:
     preference: dict | None = None
 
 
-# The run's checkpointing and optimizer choices: a resumed run keeps them (its checkpoint's
-# optimizer state only loads into the optimizer that wrote it), whatever memory is free now.
-CHOICES = "choices.json"
-
-
-def _memory_choices(out: Path, memory: MemoryPlan | None, settings, resume: bool) -> dict:
-    path = out / CHOICES
+def _memory_choices(layout: Layout, memory: MemoryPlan | None, settings, resume: bool) -> dict:
+    """The run's checkpointing and optimizer choices: a resumed run keeps them (its
+    checkpoint's optimizer state only loads into the optimizer that wrote it), whatever
+    memory is free now."""
+    path = layout.memory_choices
     if resume and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     choices = {
@@ -66,13 +65,9 @@ def _memory_choices(out: Path, memory: MemoryPlan | None, settings, resume: bool
         else memory.checkpointing,
         "optimizer": settings.optimizer if memory is None else memory.optimizer,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, choices)
     return choices
-
-
-def train_dir(domain: Domain) -> Path:
-    return domain.layout.train
 
 
 def rows_for(
@@ -128,31 +123,32 @@ def run_train(
     if max_steps is not None:
         settings = settings.model_copy(update={"max_steps": max_steps})
     check_memory(plan_for(settings))  # before loading data or weights that might not fit
-    splits = dataset.load_samples(synth_dir(domain))
+    splits = dataset.load_samples(domain.layout.synth)
     if not splits["train"]:
         raise DomainkitError("the synth dataset has no training samples")
-    out = train_dir(domain)
+    layout = domain.layout
     if not resume:
         _forget_earlier_run(domain.layout)
     accelerator = make_accelerator(settings)
     student = load_student(settings)
     stats = DataStats()
-    phases = _phases(domain, student, splits, out, stats)
-    settings = _within_memory(student, settings, stats, out, resume, on_plan)
+    phases = _phases(domain, student, splits, stats)
+    settings = _within_memory(student, settings, stats, layout, resume, on_plan)
     histories, state = _run_phases(
         phases, student, settings, accelerator, resume, on_step, domain.config.name, domain.layout
     )
-    final, preference = out / "sft" / "best", None
+    final, preference = layout.phase("sft").best, None
     if settings.preference.method != "none" and accelerator.num_processes == 1:
-        preference = _preference(student, splits["train"], settings, out / "preference", final)
-        final = out / "preference" / "best" if preference else final
+        tuned = layout.phase("preference")
+        preference = _preference(student, splits["train"], settings, tuned.root, final)
+        final = tuned.best if preference else final
     adapter, plot = domain.layout.adapter, domain.layout.loss_plot
     sft_history = histories.get("sft", [])
     if accelerator.is_main_process:  # one writer per file under `accelerate launch`
-        plot = _publish(domain, final, histories, out)
+        plot = _publish(domain, final, histories)
     rates = [r["tokens_per_s"] for r in sft_history if "tokens_per_s" in r]
     report = TrainReport(
-        out_dir=out,
+        out_dir=layout.train,
         adapter=adapter,
         method=settings.method,
         device=student.device,
@@ -173,7 +169,7 @@ def run_train(
     return report
 
 
-def _publish(domain: Domain, final: Path, histories: dict, out: Path) -> Path | None:
+def _publish(domain: Domain, final: Path, histories: dict) -> Path | None:
     """The best adapter where the runtime reads it, the SFT loss plot, and every phase's
     metrics; returns the plot's path (None when there was nothing to plot)."""
     _publish_adapter(final, domain.layout.adapter)
@@ -189,15 +185,14 @@ def _publish(domain: Domain, final: Path, histories: dict, out: Path) -> Path | 
 
 def _forget_earlier_run(layout: Layout) -> None:
     """A fresh run: nothing of an earlier one may pass for this one's."""
-    out = layout.train
-    for phase in ("sft", "pretrain"):
-        for stale in ("checkpoints", "best"):
-            shutil.rmtree(out / phase / stale, ignore_errors=True)
-        layout.phase_done(phase).unlink(missing_ok=True)
-    (out / CHOICES).unlink(missing_ok=True)
+    for phase in map(layout.phase, ("sft", "pretrain")):
+        for stale in (phase.checkpoints, phase.best):
+            shutil.rmtree(stale, ignore_errors=True)
+        phase.done.unlink(missing_ok=True)
+    layout.memory_choices.unlink(missing_ok=True)
 
 
-def _phases(domain: Domain, student: Student, splits, out: Path, stats: DataStats) -> list[Phase]:
+def _phases(domain: Domain, student: Student, splits, stats: DataStats) -> list[Phase]:
     """Continued pre-training on the passages (when enabled), then SFT on the samples in
     the runtime's chat format; ``stats`` counts the SFT rows' tokens."""
     settings = domain.config.train
@@ -205,7 +200,7 @@ def _phases(domain: Domain, student: Student, splits, out: Path, stats: DataStat
     max_len, packed = settings.max_seq_len, settings.packing
     phases = []
     if settings.pretrain.enabled:
-        phases.append(_pretrain_phase(domain, student, out, stats))
+        phases.append(_pretrain_phase(domain, student, stats))
     train_rows = rows_for(student, _conversations(splits["train"], system), max_len, packed, stats)
     if not train_rows:
         raise DomainkitError(
@@ -216,13 +211,14 @@ def _phases(domain: Domain, student: Student, splits, out: Path, stats: DataStat
         student, _conversations(splits["validation"], system), max_len, packed, DataStats()
     )
     rate, epochs = settings.learning_rate, settings.epochs
-    phases.append(Phase("sft", train_rows, val_rows, rate, epochs, out / "sft", packed))
+    sft = domain.layout.phase("sft")
+    phases.append(Phase("sft", train_rows, val_rows, rate, epochs, sft, packed))
     stats.tokens = sum(len(r.input_ids) for r in train_rows)
     stats.label_tokens = sum(sum(1 for x in r.labels if x != -100) for r in train_rows)
     return phases
 
 
-def _within_memory(student, settings, stats: DataStats, out: Path, resume: bool, on_plan):
+def _within_memory(student, settings, stats: DataStats, layout: Layout, resume: bool, on_plan):
     """The memory plan for the real data (its share of labelled tokens sizes the loss
     head), checked; checkpointing and the optimizer it chose (or a resumed run kept)
     applied. Returns the settings with the chosen optimizer and pass length."""
@@ -230,7 +226,7 @@ def _within_memory(student, settings, stats: DataStats, out: Path, resume: bool,
     if memory is not None:
         (on_plan or (lambda plan: log.info("%s", plan.table())))(memory)
     check_memory(memory)
-    choices = _memory_choices(out, memory, settings, resume)
+    choices = _memory_choices(layout, memory, settings, resume)
     if choices["checkpointing"]:
         enable_checkpointing(student.model)
     chosen = {"optimizer": choices["optimizer"]}
@@ -261,7 +257,7 @@ def _run_phases(phases, student, settings, accelerator, resume, on_step, name, l
     return histories, state
 
 
-def _pretrain_phase(domain: Domain, student: Student, out: Path, stats: DataStats) -> Phase:
+def _pretrain_phase(domain: Domain, student: Student, stats: DataStats) -> Phase:
     from domainkit.retrieval import load_index
 
     settings = domain.config.train
@@ -278,7 +274,7 @@ def _pretrain_phase(domain: Domain, student: Student, out: Path, stats: DataStat
         [],
         settings.pretrain.learning_rate,
         settings.pretrain.epochs,
-        out / "pretrain",
+        domain.layout.phase("pretrain"),
         packed=True,
     )
 
@@ -290,7 +286,7 @@ def _preference(student: Student, samples, settings, out: Path, sft_best: Path) 
 
     from domainkit.train.preference import preference_pairs, run_preference
 
-    weights = load_file(str(sft_best / "adapter_model.safetensors"))
+    weights = load_file(str(adapter_weights(sft_best)))
     set_peft_model_state_dict(student.model, weights)
     pairs = preference_pairs(student, samples, settings.preference.max_pairs)
     if not pairs:

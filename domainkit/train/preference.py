@@ -15,8 +15,9 @@ import torch
 
 from domainkit.backends import GenRequest
 from domainkit.backends.local import LocalBackend
+from domainkit.config.layout import PhaseLayout
 from domainkit.config.schema import TrainConfig
-from domainkit.llm import LoadedLM
+from domainkit.models import LoadedLM
 from domainkit.synth.sample import Sample
 from domainkit.train.model import Student
 
@@ -67,7 +68,7 @@ def _trainer_classes(method: str):
 def run_preference(
     student: Student, pairs: list[dict], settings: TrainConfig, out_dir: Path
 ) -> dict:
-    """Tune the adapter on the pairs; saves it to ``out_dir / "best"``."""
+    """Tune the adapter on the pairs; saves it as the phase's best (``PhaseLayout``)."""
     from datasets import Dataset
 
     prefs = settings.preference
@@ -98,8 +99,9 @@ def run_preference(
         processing_class=student.tokenizer,
     )
     result = trainer.train()
-    student.model.save_pretrained(out_dir / "best")
-    student.tokenizer.save_pretrained(out_dir / "best")
+    best = PhaseLayout(out_dir).best
+    student.model.save_pretrained(best)
+    student.tokenizer.save_pretrained(best)
     log.info("%s on %d pairs: loss %.4f", prefs.method, len(pairs), result.training_loss)
     return {
         "method": prefs.method,

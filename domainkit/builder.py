@@ -48,14 +48,6 @@ class BuildReport:
     build_dir: Path | None = None
 
 
-def state_path(domain: Domain) -> Path:
-    return domain.layout.build_record
-
-
-def bundle_dir(domain: Domain) -> Path:
-    return domain.layout.bundle
-
-
 def plan(
     domain: Domain,
     *,
@@ -148,7 +140,7 @@ def run_build(
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         domain.build_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(state_path(domain), state)
+        atomic_write_json(domain.layout.build_record, state)
         report.stages.append(
             {
                 "stage": stage.name,
