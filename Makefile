@@ -49,15 +49,20 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+PYTEST_FLAGS ?=
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
 
+# Unit tests only: no real embedded models, subprocesses, kills, wheels or browser.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_FLAGS)
 
+# Style, the import layers (pyproject's importlinter contracts) and types.
 lint: install
 	$(BIN)/ruff check domainkit tests bench cli.py
 	$(BIN)/ruff format --check domainkit tests bench cli.py
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python bench/retrieval.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -186,3 +187,68 @@ def kill_after(steps: int):
             raise KeyboardInterrupt(f"killed after step {state.step}")
 
     return on_step
+
+
+# -- the runtime's tiny domain and model, shared by the runtime test modules --------------
+
+
+@pytest.fixture(scope="session")
+def runtime_domain(tmp_path_factory):
+    """The small support domain, indexed with the hash embedder, with a tiny random student."""
+    from domainkit.config import load_domain
+    from domainkit.retrieval import build_index
+
+    from .tiny_lm import save_tiny_chat_model
+
+    root = tmp_path_factory.mktemp("runtime")
+    model = save_tiny_chat_model(root / "tiny", max_positions=4096)
+    domain = write_domain(
+        root / "support",
+        SUPPORT_DOCS,
+        train={"student_model": str(model)},
+        retrieval={"embedder": "hash-test", "top_k": 2},
+        runtime={
+            "temperature": 0.0,
+            "max_new_tokens": 12,
+            "client_policies": ["auto", "rag", "closed"],
+        },
+    )
+    loaded = load_domain(domain)
+    build_index(loaded, HashEmbedder(), progress=False)
+    # The model's choice of line counts (as calibration decides where it helps), so these
+    # tests exercise the reading path; the prior gate stays.
+    loaded.layout.calibration.parent.mkdir(parents=True, exist_ok=True)
+    loaded.layout.calibration.write_text(json.dumps({"reader_weight": 0.5}))
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def assistant(runtime_domain):
+    from domainkit.runtime import Assistant
+
+    return Assistant.from_domain(runtime_domain)
+
+
+@pytest.fixture
+def fake(support_domain):
+    """An assistant over a fake backend that cannot score choices, and that backend."""
+    from domainkit.backends.scheduler import Scheduler
+    from domainkit.config import load_domain
+    from domainkit.runtime import Assistant
+
+    from .runtime_support import FakeGenerator
+
+    config = load_domain(support_domain).config
+    generator = FakeGenerator()
+    scheduler = Scheduler(generator, max_batch=1, max_queue=1)
+    assistant = Assistant(config, scheduler)
+    return assistant, generator
+
+
+@pytest.fixture(scope="session")
+def server_url(assistant):
+    from domainkit.runtime.server import create_app, serve_in_thread
+
+    app = create_app(assistant, model_name="kestrel-test")
+    with serve_in_thread(app) as url:
+        yield url

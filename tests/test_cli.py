@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from domainkit.cli import app
 
+from .runtime_support import WARRANTY_Q
+
 runner = CliRunner()
 
 
@@ -135,6 +137,7 @@ def test_recipes_lists_the_shipped_recipes():
         assert name in result.stdout
 
 
+@pytest.mark.integration
 def test_cli_py_and_module_entry_points_run():
     for command in (
         [sys.executable, "cli.py", "--version"],
@@ -144,6 +147,7 @@ def test_cli_py_and_module_entry_points_run():
         assert result.stdout.startswith("domainkit ")
 
 
+@pytest.mark.integration
 def test_help_does_not_load_torch_or_the_index():
     """`domainkit --help` and every command's --help stay fast: the command modules import
     torch, transformers and faiss only inside the commands that use them."""
@@ -158,3 +162,34 @@ def test_help_does_not_load_torch_or_the_index():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_cli_ask_json(runtime_domain):
+    from typer.testing import CliRunner
+
+    from domainkit.cli import app
+
+    result = CliRunner().invoke(
+        app, ["ask", str(runtime_domain.root), WARRANTY_Q, "--policy", "rag", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["route"] == "answer" and answer["quote"].startswith("Quote: ")
+    assert answer["evidence"] and answer["sources"]
+
+
+def test_cli_chat_keeps_the_conversation_and_shows_sources(runtime_domain):
+    from typer.testing import CliRunner
+
+    from domainkit.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["chat", str(runtime_domain.root), "--policy", "rag", "--show-context"],
+        input=f"{WARRANTY_Q}\nAnd the battery?\n/reset\n/quit\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("assistant>") == 2
+    assert "warranty.md" in result.output and "battery.txt" in result.output
+    assert "Every Perch speaker has a two-year limited warranty." in result.output
+    assert "(new conversation)" in result.output

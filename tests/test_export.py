@@ -102,6 +102,7 @@ def test_converter_is_installed_apart_from_site_packages():
     )
 
 
+@pytest.mark.integration  # llama.cpp's converter runs as a subprocess
 def test_f16_gguf_round_trip_gives_the_same_greedy_answers(convertible, tmp_path):
     target = gguf.convert(convertible, tmp_path / "m.f16.gguf", "f16", gguf.find_converter())
     trip = gguf.round_trip(convertible, target, "f16", ["How long is the warranty?", "Hi"])
@@ -116,6 +117,7 @@ def _file_type(path: Path) -> int:
     return int(field.parts[field.data[0]][0])
 
 
+@pytest.mark.integration  # llama.cpp's converter runs as a subprocess
 def test_gguf_types_are_written_as_asked(convertible, exported, tmp_path):
     from gguf import LlamaFileType
 
@@ -127,6 +129,7 @@ def test_gguf_types_are_written_as_asked(convertible, exported, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
 
 
+@pytest.mark.integration  # llama.cpp's converter runs as a subprocess
 def test_conversion_failure_is_a_clear_error_and_leaves_nothing(tmp_path):
     from .tiny_lm import save_tiny_chat_model
 
@@ -172,6 +175,7 @@ def exported(convertible, tmp_path_factory):
     return domain, report
 
 
+@pytest.mark.integration  # llama.cpp's converter runs as a subprocess
 def test_export_writes_gguf_modelfile_and_cards(exported):
     from huggingface_hub import ModelCard
 
@@ -191,6 +195,7 @@ def test_export_writes_gguf_modelfile_and_cards(exported):
     assert (report.paths["adapter"] / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.integration  # llama.cpp's converter runs as a subprocess
 def test_export_again_replaces_outputs_without_leftovers(exported):
     from domainkit.train.export import export_model
 

@@ -194,6 +194,7 @@ def test_a_second_run_on_the_same_domain_fails_at_once_naming_the_first(indexed_
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.integration
 def test_an_index_run_killed_with_sigkill_leaves_the_previous_index_to_search(support_domain):
     """SIGKILL while re-indexing changed documents (no cleanup at all): the previous index
     still loads and searches, and the next run replaces it with the index an unbroken run

@@ -252,6 +252,7 @@ def test_an_index_run_over_hostile_files_reports_each_and_indexes_every_good_one
     assert report.documents >= len(expected) and not any("root:x" in r for r in reasons)
 
 
+@pytest.mark.integration
 def test_two_processes_on_one_domain_one_fails_at_once(indexed_support):
     """A real second process: the lock is the kernel's, not the interpreter's."""
     import subprocess

@@ -276,6 +276,7 @@ def test_an_empty_split_is_saved_and_loads_as_empty(tmp_path):
     assert loaded["validation"] == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kill_after", [1, 8])
 def test_a_synth_run_killed_with_sigkill_resumes_from_its_saved_teacher_calls(
     indexed_support, tmp_path, kill_after

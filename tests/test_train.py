@@ -395,6 +395,7 @@ def test_cli_train_resume_after_kill(trained_domain):
     assert report.steps == 4
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_two_process_accelerate_launch(trained_domain):
     """The same training code under `accelerate launch` with 2 CPU processes (DDP over gloo:
@@ -466,6 +467,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_model, tm
     assert state.step == 6
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("moment", ["before-any-checkpoint", "after-checkpoint"])
 def test_sigkill_at_any_moment_then_the_rerun_finishes_consistently(
     trained_domain, tmp_path, moment

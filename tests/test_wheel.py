@@ -66,6 +66,7 @@ def _run(env_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_installed_wheel_lists_recipes_and_starts_a_domain(installed, tmp_path):
     where = subprocess.run(
         [str(installed / "bin" / "python"), "-c", "import domainkit; print(domainkit.__file__)"],
