@@ -146,7 +146,7 @@ def model_origin(name: str) -> tuple[str | None, str | None]:
         return _ORIGINS[name.lower()]
     folder = Path(name)
     hub_id = None if folder.exists() else name
-    readme = folder / "README.md"
+    readme: Path | None = folder / "README.md"
     if hub_id is not None:
         from huggingface_hub import try_to_load_from_cache
 
@@ -218,7 +218,7 @@ def load_causal_lm(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": device if device != "cuda" else torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if quantization_config is None:
         model = model.to(device)
     log.info("loaded %s on %s (%s)", name, device, dtype)

@@ -89,7 +89,7 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        for entry in metadata.entry_points(group=self.group):
+        for entry in metadata.entry_points(group=self.group or ""):
             name = entry.name.lower()
             if name in self._items:
                 continue

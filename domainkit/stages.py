@@ -198,7 +198,10 @@ def _bundle(domain: Domain, limits: Limits, progress) -> dict:
     def write(tmp: Path) -> None:
         files = BundleLayout(tmp)
         shutil.copytree(layout.adapter, files.adapter)
-        shutil.copytree(current_version(domain.index_dir), files.index)
+        index = current_version(domain.index_dir)
+        if index is None:
+            raise DomainkitError(f"{domain.index_dir}: no index to bundle; run the index stage")
+        shutil.copytree(index, files.index)
         for source, copy in (
             (layout.calibration, files.calibration),
             (layout.eval_report, files.report),

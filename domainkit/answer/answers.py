@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from domainkit.backends.base import GenRequest, GenResult
 from domainkit.errors import DomainkitError
@@ -85,7 +86,7 @@ class Answer:
     trimmed_turns: int = 0  # earlier turns dropped to fit the context budget
     # What the answer was made from (the plan and the model's raw result), so eval can
     # apply a newly calibrated gate or reader weight without generating again.
-    reading: object = field(default=None, repr=False, compare=False)
+    reading: tuple[Any, GenResult | None] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         data = asdict(replace(self, reading=None))

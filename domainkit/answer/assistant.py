@@ -348,7 +348,7 @@ class Assistant:
         """No model: the evidence's best sentence (``evidence``), or a refusal when there is
         no evidence at all."""
 
-        def finish(_: None) -> Answer:
+        def finish(_: GenResult | None) -> Answer:
             if evidence.sentences:
                 answer = evidence_answer(evidence, self.settings.answer_words)
             else:

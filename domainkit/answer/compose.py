@@ -84,8 +84,11 @@ def compose(evidence: Evidence, primary: EvidenceSentence, max_words: int) -> st
 
 def evidence_answer(evidence: Evidence, answer_words: int) -> Answer:
     """The answer without the model: the best evidence sentence, composed and cited."""
+    best = evidence.best()
+    if best is None:
+        raise ValueError("no evidence to answer from")
     return Answer(
-        text=compose(evidence, evidence.best(), answer_words),
+        text=compose(evidence, best, answer_words),
         route="evidence",
         sources=sources_of(evidence),
         evidence=[

@@ -41,12 +41,13 @@ _SOURCES_DECLINE = re.compile(
     r"|(?:\bnot|n't) (?:covered|mentioned|given|stated) (?:in|by) (?:the |our |my )?"
     rf"(?:[\w-]+\s+){{0,2}}?{_SOURCES}\b"
 )
+_PUNCTUATION_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
 _FIRST_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def tokens(text: str) -> list[str]:
     """Lower-cased words without punctuation or articles (SQuAD normalisation)."""
-    text = text.lower().translate(str.maketrans({c: " " for c in string.punctuation}))
+    text = text.lower().translate(_PUNCTUATION_TO_SPACE)
     return [t for t in text.split() if t not in ARTICLES]
 
 

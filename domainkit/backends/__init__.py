@@ -5,6 +5,7 @@ the runtime, the synth teacher, the judge and preference tuning; built-ins ``loc
 from domainkit.backends.base import (
     BACKENDS,
     BackendError,
+    BackendKind,
     ChatBackend,
     GenRequest,
     GenResult,
@@ -18,6 +19,7 @@ from domainkit.backends import endpoint, local  # noqa: F401, E402  isort: skip
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "BackendKind",
     "ChatBackend",
     "GenRequest",
     "GenResult",

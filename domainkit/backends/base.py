@@ -78,25 +78,10 @@ class GenResult:
 
 class ChatBackend(Protocol):
     """A model that answers conversations: the built-ins ``local`` and ``openai``, or a
-    plug-in registered in the ``domainkit.backends`` entry-point group. The runtime builds
-    one with ``from_runtime`` (chosen by ``runtime.backend``), the teacher with
-    ``from_teacher``. A backend may also offer the optional capabilities below
+    plug-in's. A backend may also offer the optional capabilities below
     (``ScoresChoices``, ``JoinsRunningBatch``) by implementing their methods."""
 
     context_limit: int  # tokens of prompt + reply the model accepts
-
-    @classmethod
-    def from_runtime(
-        cls, settings: RuntimeConfig, *, student: str, adapter: Path | None, device: str, name: str
-    ) -> ChatBackend:
-        """The backend for a domain: its runtime settings, its student model, the trained
-        adapter (None: the base model), the device setting and the domain's name."""
-        ...
-
-    @classmethod
-    def from_teacher(cls, settings: TeacherConfig) -> ChatBackend:
-        """The backend for the synth teacher (``synth.teacher``)."""
-        ...
 
     def count_tokens(self, messages: list[Message]) -> int: ...
 
@@ -106,6 +91,30 @@ class ChatBackend(Protocol):
         """One result per request, in order (an exception in a request's place fails that
         request only). A backend that can score ``choices`` returns their
         ``choice_logprobs``; one that cannot generates a reply, which the runtime checks."""
+        ...
+
+
+class BackendKind(Protocol):
+    """What the ``BACKENDS`` registry holds: a class (or any factory) that builds a backend,
+    registered by name; plug-ins register in the ``domainkit.backends`` entry-point group.
+    The runtime builds one with ``from_runtime`` (chosen by ``runtime.backend``), the
+    teacher with ``from_teacher``."""
+
+    def from_runtime(
+        self,
+        settings: RuntimeConfig,
+        *,
+        student: str,
+        adapter: Path | None,
+        device: str,
+        name: str,
+    ) -> ChatBackend:
+        """The backend for a domain: its runtime settings, its student model, the trained
+        adapter (None: the base model), the device setting and the domain's name."""
+        ...
+
+    def from_teacher(self, settings: TeacherConfig) -> ChatBackend:
+        """The backend for the synth teacher (``synth.teacher``)."""
         ...
 
 
@@ -157,4 +166,4 @@ class JoinsRunningBatch(Protocol):
         ...
 
 
-BACKENDS: Registry[type[ChatBackend]] = Registry("chat backend", "domainkit.backends")
+BACKENDS: Registry[BackendKind] = Registry("chat backend", "domainkit.backends")

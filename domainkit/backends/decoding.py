@@ -214,6 +214,7 @@ class DecodeBatch:
 
     def _prefill_step(self) -> None:
         joining = self._joining
+        assert joining is not None
         logits = joining.advance()
         if logits is None:
             return
@@ -224,6 +225,7 @@ class DecodeBatch:
         self._merge(joining.rows, joining.cache, joining.mask, tokens)
 
     def _decode_step(self) -> None:
+        assert self._mask is not None and self._next is not None, "rows are running"
         mask = torch.cat([self._mask, self._mask.new_ones(len(self.running), 1)], dim=1)
         positions = self._mask.sum(dim=1, keepdim=True)
         out = self.model(
@@ -268,6 +270,7 @@ class DecodeBatch:
         if not self.running:
             self.running, self._cache, self._mask, self._next = list(rows), cache, mask, tokens
             return
+        assert self._cache is not None and self._mask is not None and self._next is not None
         width = max(self._mask.shape[1], mask.shape[1])
         for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
@@ -302,6 +305,7 @@ class DecodeBatch:
         if not keep:
             self.running, self._cache, self._mask, self._next = [], None, None, None
             return
+        assert self._cache is not None and self._mask is not None and self._next is not None
         index = torch.tensor(keep, device=self._mask.device)
         self.running = [self.running[i] for i in keep]
         self._cache.batch_select_indices(index)

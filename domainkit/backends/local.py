@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from domainkit.backends.base import BACKENDS, BackendError, GenRequest, GenResult
 from domainkit.models import LoadedLM
@@ -76,7 +76,7 @@ class LocalBackend:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+    def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
         """Complete ``requests`` together: replies with ``choices`` are scored, the others
         generated in one batch (``backends.decoding``), each row greedy or sampled by its
         own temperature and seed, streaming its text as it is produced."""
@@ -91,10 +91,13 @@ class LocalBackend:
                 batch.add(self.row(requests[i], lambda result, i=i: results.__setitem__(i, result)))
             while len(batch):
                 batch.step()
-        for result in results.values():
+        out: list[GenResult | Exception] = []
+        for i in range(len(requests)):
+            result = results[i]
             if isinstance(result, BaseException):
                 raise result
-        return [results[i] for i in range(len(requests))]
+            out.append(result)
+        return out
 
     def decoder(self, max_rows: int, join_tokens: int | None = None) -> DecodeBatch:
         """A batch that rows join and leave between decoding steps (the runtime's scheduler
@@ -120,7 +123,7 @@ class LocalBackend:
         prompt = self._ids(request.messages)
         replies = []
         with self._tokenizer_lock:
-            for choice in request.choices:
+            for choice in request.choices or []:
                 full = self.tokenizer.apply_chat_template(
                     [*request.messages, {"role": "assistant", "content": choice}]
                 )
@@ -133,7 +136,7 @@ class LocalBackend:
         pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            cache: Any = getattr(out, "cache", None) or out.past_key_values
             cache.batch_repeat_interleave(len(replies))
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in replies], device=device)
             positions = torch.arange(len(prompt), len(prompt) + width, device=device)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -13,9 +12,7 @@ from domainkit.cli import app
 from domainkit.cli.console import console, err_console, print_json
 from domainkit.cli.options import BuildDirOpt, DomainArg, JsonOpt
 from domainkit.config import load_domain
-from domainkit.config.schema import Policy as PolicyName
-
-Policy = enum.Enum("Policy", {name: name for name in get_args(PolicyName)}, type=str)
+from domainkit.config.schema import Policy
 
 PolicyOpt = Annotated[
     Policy | None,
@@ -94,7 +91,7 @@ def ask(
     """Answer one question and print its sources (or, with --json, everything as JSON)."""
     loaded, assistant = _assistant(domain, build_dir, base)
     messages = [{"role": "user", "content": question}]
-    policy_name = policy.value if policy else None
+    policy_name = policy
     if json_output:
         print_json(assistant.answer(messages, policy=policy_name).to_dict())
         return
@@ -123,7 +120,7 @@ def chat(
     name = loaded.config.persona.assistant_name or loaded.config.name
     console.print(f"[bold]{name}[/] — /reset starts over, /quit leaves.")
     history: list[dict] = []
-    policy_name = policy.value if policy else None
+    policy_name = policy
     while True:
         try:
             question = console.input("[bold green]you>[/] ").strip()

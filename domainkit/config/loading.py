@@ -116,7 +116,7 @@ def validate_config(
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-def _describe_error(err: dict[str, Any], sources: list[tuple[Path, dict[str, Any]]]) -> str:
+def _describe_error(err: Any, sources: list[tuple[Path, dict[str, Any]]]) -> str:
     loc = [str(part) for part in err["loc"]]
     field = ".".join(loc) or "(top level)"
     file = next((f for f, raw in reversed(sources) if _has_path(raw, err["loc"])), sources[-1][0])

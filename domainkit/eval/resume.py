@@ -73,19 +73,20 @@ class ResumingBackend:
         kept = self.cache.get_many([k for k in keys if k is not None])
         results: dict[int, GenResult | Exception] = {}
         for i, (request, key) in enumerate(zip(requests, keys, strict=True)):
-            if key in kept:
-                results[i] = GenResult(**json.loads(kept[key]))
+            if key is not None and key in kept:
+                result = GenResult(**json.loads(kept[key]))
+                results[i] = result
                 if request.on_text is not None:
-                    request.on_text(results[i].text)
+                    request.on_text(result.text)
         self.reused += len(results)
         missing = [i for i in range(len(requests)) if i not in results]
         if missing:
             fresh = self.backend.generate([requests[i] for i in missing])
             self.cache.put_many(
                 {
-                    keys[i]: json.dumps(asdict(result))
-                    for i, result in zip(missing, fresh, strict=True)
-                    if keys[i] is not None and isinstance(result, GenResult)
+                    key: json.dumps(asdict(result))
+                    for key, result in zip([keys[i] for i in missing], fresh, strict=True)
+                    if key is not None and isinstance(result, GenResult)
                 }
             )
             results.update(zip(missing, fresh, strict=True))

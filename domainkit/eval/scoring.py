@@ -59,7 +59,7 @@ def _refused(answer: Answer, refusal: str) -> bool:
 
 
 def answered_right(item: Item, answer: Answer, refusal: str) -> bool:
-    return m.is_correct(answer.text, item.reference, refusal, spans=item.spans)
+    return m.is_correct(answer.text, item.reference or "", refusal, spans=item.spans)
 
 
 def _cited(answer: Answer) -> list[int]:
@@ -73,7 +73,7 @@ def citation_correct(item: Item, answer: Answer) -> bool | None:
     cited = [by_number[n] for n in _cited(answer) if n in by_number]
     if not cited:
         return None
-    return m.is_correct(" ".join(cited), item.reference, spans=item.spans)
+    return m.is_correct(" ".join(cited), item.reference or "", spans=item.spans)
 
 
 def score(items: list[Item], answers: list[Answer], refusal: str, seconds: float) -> dict:
@@ -98,8 +98,8 @@ def score(items: list[Item], answers: list[Answer], refusal: str, seconds: float
         "answerable": len(answerable),
         "unanswerable": len(unanswerable),
         "accuracy": round(len(correct) / len(answerable), 4) if answerable else None,
-        "token_f1": mean(m.token_f1(a.text, i.reference) for i, a in answerable),
-        "key_facts": mean(m.key_fact_recall(a.text, i.reference) for i, a in answerable),
+        "token_f1": mean(m.token_f1(a.text, i.reference or "") for i, a in answerable),
+        "key_facts": mean(m.key_fact_recall(a.text, i.reference or "") for i, a in answerable),
         "refusal_accuracy": mean(_refused(a, refusal) for a in unanswerable),
         "false_refusals": mean(_refused(a, refusal) for _, a in answerable),
         "median_words": float(statistics.median(words)) if words else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from domainkit.ingest.document import Document
 from domainkit.ingest.normalize import atx_heading, normalize_text
@@ -79,7 +80,7 @@ def load_text(path: Path, source: str) -> list[Document]:
     first_line = text.split("\n", 1)[0].strip()
     title = first_line if 0 < len(first_line) <= 120 else _title_from_name(path)
     # Plain text often underlines its headings (setext style); then it chunks like Markdown.
-    markup = "markdown" if _SETEXT_UNDERLINE.search(text) else "plain"
+    markup: Literal["markdown", "plain"] = "markdown" if _SETEXT_UNDERLINE.search(text) else "plain"
     return [Document(text, source, title, "txt", markup=markup)]
 
 

@@ -26,20 +26,23 @@ def build_faiss(vectors: np.ndarray, index_type: str = "auto") -> faiss.Index:
     """Build a FAISS index of the given (or automatically chosen) type over ``vectors``."""
     n, dim = vectors.shape
     kind = choose_index_type(n, index_type)
+    index: faiss.Index
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = 96
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 80
+        hnsw.hnsw.efSearch = 96
+        index = hnsw
     elif kind == "ivf":
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         sample = vectors[rng.choice(n, size=min(n, nlist * 256), replace=False)]
-        index.train(sample)
-        index.nprobe = max(8, nlist // 16)
+        ivf.train(sample)
+        ivf.nprobe = max(8, nlist // 16)
+        index = ivf
     else:
         raise ValueError(f"unknown index type {kind!r}: expected auto, flat, hnsw or ivf")
     if n:

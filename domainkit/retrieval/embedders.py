@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 class Embedder(Protocol):
     """Turns texts into L2-normalized float32 vectors and counts tokens for chunking."""
 
-    id: str  # identifies the model: vectors of different ids are never mixed in one index
+    @property
+    def id(self) -> str:
+        """Identifies the model: vectors of different ids are never mixed in one index."""
+        ...
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -92,6 +92,12 @@ class ChatRequest(BaseModel):
             )
         return stops or None
 
+    @property
+    def stop_sequences(self) -> list[str]:
+        """The client's stop sequences as a list (``stop`` may be one string)."""
+        stop = self.stop
+        return [stop] if isinstance(stop, str) else list(stop or [])
+
     @field_validator("messages")
     @classmethod
     def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:

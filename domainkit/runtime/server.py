@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
 
@@ -127,7 +129,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return api.error_response(APIError(500, "internal server error", "server_error"))
 
 
-def _chat_page(model_name: str, keys: bool, policies: list[str]) -> str:
+def _chat_page(model_name: str, keys: bool, policies: Sequence[str]) -> str:
     """The web chat page for this model (names escaped; the key field shown when needed)."""
     page = resources.files("domainkit.runtime").joinpath("static/index.html").read_text("utf-8")
     options = "".join(f"<option>{html.escape(p)}</option>" for p in policies)
@@ -217,26 +219,28 @@ class _ChatEndpoint:
                     "invalid_request_error",
                     param="policy",
                 )
-            options = {
-                "policy": chat.policy,
-                "max_tokens": chat.max_completion_tokens or chat.max_tokens,
-                "temperature": chat.temperature,
-                "seed": chat.seed,
-            }
+            submit = functools.partial(
+                self.assistant.submit,
+                messages,
+                policy=chat.policy,
+                max_tokens=chat.max_completion_tokens or chat.max_tokens,
+                temperature=chat.temperature,
+                seed=chat.seed,
+            )
             first_turn = not any(m["role"] == "assistant" for m in messages)
             disclaimer = self.assistant.config.disclaimer if first_turn else None
             if chat.stream:
                 usage = chat.stream_options is not None and chat.stream_options.include_usage
                 response = await self._stream(
-                    request, messages, options, disclaimer, chat.stop or [], usage
+                    request, submit, disclaimer, chat.stop_sequences, usage
                 )
             else:
                 # Planning (retrieval, evidence) is short CPU work in a thread; the wait for
                 # generation holds none.
-                pending = await asyncio.to_thread(self.assistant.submit, messages, **options)
+                pending = await asyncio.to_thread(submit)
                 answer = await _answer_of(request, pending)
                 self.metrics.answered(answer, started)
-                scanner = StopScanner(chat.stop or [])
+                scanner = StopScanner(chat.stop_sequences)
                 text = scanner.feed(answer.text) + scanner.flush()
                 if scanner.stopped:
                     answer = replace(answer, text=text, finish_reason="stop")
@@ -258,13 +262,11 @@ class _ChatEndpoint:
             return api.error_response(APIError(502, str(e), "backend_error"))
         return response
 
-    async def _stream(self, request: Request, messages, options, disclaimer, stops, include_usage):
+    async def _stream(self, request: Request, submit, disclaimer, stops, include_usage):
         pipe = _TextPipe(asyncio.get_running_loop())
         # Planning and queueing happen before the response starts, so "busy" and bad
         # conversations still get their status codes.
-        pending = await asyncio.to_thread(
-            self.assistant.submit, messages, on_text=pipe.put, **options
-        )
+        pending = await asyncio.to_thread(submit, on_text=pipe.put)
         if pending.future is not None:
             asyncio.wrap_future(pending.future).add_done_callback(pipe.close)
         else:

@@ -88,7 +88,7 @@ class SynthContext:
             for h in hits
             if self.is_validation(h.chunk.id) == side and h.chunk.id not in exclude
         ][:n]
-        required = ()
+        required: tuple[tuple[Chunk, int, int], ...] = ()
         if gold is not None:
             if gold.chunk not in chunks:
                 chunks = chunks[: n - 1] + [gold.chunk]

@@ -59,7 +59,8 @@ def drop_near_duplicates(
     if not samples:
         return samples
     vectors = embedder.embed([_normalized(s.question) for s in samples])
-    kept, kept_vectors = [], []
+    kept: list = []
+    kept_vectors: list = []
     for sample, vector in zip(samples, vectors, strict=True):
         if kept_vectors:
             similarity = np.asarray(kept_vectors) @ vector

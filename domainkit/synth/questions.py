@@ -38,9 +38,10 @@ def questions_for(
     for fact, reply in zip(facts, replies, strict=True):
         question = parse_question(reply)
         problem = _problem(ctx, question, fact) if question not in copies else "copied an example"
-        if problem is None:
+        if problem is None and question is not None:
             out.append(FactQuestion(fact, question, "teacher"))
             continue
+        problem = problem or "no question"
         ctx.log.reject(
             _filter_of(problem), generator, fact.chunk.id, problem, fact=fact.text, reply=reply
         )
@@ -101,9 +102,10 @@ def _paraphrases(
                 if question in copies
                 else _problem(ctx, question, original.fact)
             )
-            if problem is None and question.lower() in seen:
+            if question is None or (problem is None and question.lower() in seen):
                 problem = "paraphrase repeats the question"
-            if problem:
+            if problem or question is None:
+                problem = problem or "no question"
                 ctx.log.reject(
                     "near_duplicate" if "repeats" in problem else _filter_of(problem),
                     generator,

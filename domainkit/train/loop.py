@@ -11,7 +11,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,11 +96,13 @@ class TrainingRun:
         phase: Phase,
         accelerator,
         on_step: Callable[[TrainState], None] | None = None,
+        loggers: Sequence[Callable[[dict], object]] = (),
     ):
         self.settings, self.phase, self.accelerator = settings, phase, accelerator
         self.tokenizer = tokenizer
         self.unwrapped = model
         self.on_step = on_step
+        self.loggers = loggers
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, settings, accelerator.device.type, phase.learning_rate)
         self.model, self.optimizer = accelerator.prepare(LabelledTokenLoss(model), optimizer)
@@ -277,7 +279,7 @@ class TrainingRun:
 
     def _record(self, row: dict) -> None:
         self.state.history.append(row)
-        for logger in getattr(self, "loggers", []):
+        for logger in self.loggers:
             logger(row)
 
     # -- saving and resuming ------------------------------------------------------------

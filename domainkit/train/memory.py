@@ -317,7 +317,7 @@ def plan(
 
 def check(memory: MemoryPlan | None) -> None:
     """Raise before training when the plan does not fit, naming the settings to change."""
-    if memory is None or memory.fits:
+    if memory is None or memory.fits or memory.available is None:
         return
     raise DomainkitError(
         f"{memory.table()}\nthis run needs {memory.total / GiB:.1f} GiB but "

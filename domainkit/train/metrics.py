@@ -19,7 +19,7 @@ def write_jsonl(history: list[dict], path: Path) -> None:
 
 def external_loggers(names: list[str], log_dir: Path, run_name: str) -> list[Callable]:
     """Loggers for the requested backends that are installed; missing ones are reported."""
-    loggers = []
+    loggers: list[Callable] = []
     for name in names:
         try:
             if name == "tensorboard":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Student:
-    model: torch.nn.Module
-    tokenizer: object
+    model: Any  # a transformers model, peft-wrapped when adapters train
+    tokenizer: Any
     device: str
     path: str  # resolved base model folder or hub id
     dtype: torch.dtype  # compute precision
@@ -102,7 +103,12 @@ def _peft_version() -> str:
 def lora_config(settings: TrainConfig):
     from peft import LoraConfig
 
-    init = {"default": True, "gaussian": "gaussian", "olora": "olora", "pissa": "pissa"}
+    init: dict[str, Any] = {
+        "default": True,
+        "gaussian": "gaussian",
+        "olora": "olora",
+        "pissa": "pissa",
+    }
     return LoraConfig(
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
@@ -143,7 +149,7 @@ def load_student(settings: TrainConfig) -> Student:
     return Student(model, base.tokenizer, device, path, dtype)
 
 
-def enable_checkpointing(model: torch.nn.Module) -> None:
+def enable_checkpointing(model: Any) -> None:
     """transformers' gradient checkpointing, non-reentrant: it needs no input that requires
     grad (the embeddings are frozen under LoRA) and works through peft and the labelled-only
     loss, which calls the decoder directly."""

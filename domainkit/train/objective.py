@@ -13,6 +13,8 @@ autocast runs the adapter's matrix product in bf16 anyway; the copies are switch
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -28,13 +30,15 @@ class LabelledTokenLoss(torch.nn.Module):
     The sum (not the mean) lets the loop weight micro-batches by their label counts.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: Any):  # a transformers or peft model
         super().__init__()
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.selective = not any(getattr(base.config, a, None) for a in _LOGIT_TRANSFORMS)
-        self.base = base
-        self.adapters = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+        self.base: Any = base
+        self.adapters: list[Any] = [
+            m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")
+        ]
 
     def forward(self, input_ids, labels, **inputs) -> torch.Tensor:
         # Set, not restored: a checkpointed layer is recomputed in the backward pass, after
@@ -68,7 +72,7 @@ class AdaLoraSchedule:
     @classmethod
     def of(cls, model) -> AdaLoraSchedule | None:
         tuner = getattr(model, "base_model", None)
-        if not hasattr(tuner, "update_and_allocate"):
+        if tuner is None or not hasattr(tuner, "update_and_allocate"):
             return None
         return cls(tuner, tuner.trainable_adapter_name)
 

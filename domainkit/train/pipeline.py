@@ -142,10 +142,11 @@ def run_train(
         tuned = layout.phase("preference")
         preference = _preference(student, splits["train"], settings, tuned.root, final)
         final = tuned.best if preference else final
-    adapter, plot = domain.layout.adapter, domain.layout.loss_plot
+    adapter = domain.layout.adapter
+    plot_path: Path | None = domain.layout.loss_plot
     sft_history = histories.get("sft", [])
     if accelerator.is_main_process:  # one writer per file under `accelerate launch`
-        plot = _publish(domain, final, histories)
+        plot_path = _publish(domain, final, histories)
     rates = [r["tokens_per_s"] for r in sft_history if "tokens_per_s" in r]
     report = TrainReport(
         out_dir=layout.train,
@@ -160,7 +161,7 @@ def run_train(
         tokens_per_s=rates[-1] if rates else 0.0,
         seconds=time.perf_counter() - started,
         data=asdict(stats),
-        plot=plot,
+        plot=plot_path,
         phases=[p.name for p in phases] + (["preference"] if preference else []),
         preference={k: v for k, v in preference.items() if k != "history"} if preference else None,
     )
@@ -247,9 +248,14 @@ def _run_phases(phases, student, settings, accelerator, resume, on_step, name, l
         if resume and done.is_file():
             continue
         run = TrainingRun(
-            student.model, student.tokenizer, settings, phase, accelerator, on_step=on_step
+            student.model,
+            student.tokenizer,
+            settings,
+            phase,
+            accelerator,
+            on_step=on_step,
+            loggers=loggers,
         )
-        run.loggers = loggers
         state = run.run(resume=resume)
         histories[phase.name] = state.history
         if accelerator.is_main_process:
@@ -298,7 +304,11 @@ def _preference(student: Student, samples, settings, out: Path, sft_best: Path) 
 def _publish_adapter(source: Path, target: Path) -> None:
     """A copy of ``source`` takes ``target``'s place in one swap: a kill leaves the old
     adapter or the new one, never none."""
-    replace_dir(target, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+
+    def write(tmp: Path) -> None:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+
+    replace_dir(target, write)
 
 
 def summary_dict(report: TrainReport) -> dict:

@@ -38,7 +38,10 @@ def preference_pairs(student: Student, samples: list[Sample], max_pairs: int) ->
             requests = [
                 GenRequest(p, max_new_tokens=128) for p in prompts[start : start + REJECTED_BATCH]
             ]
-            rejected += [result.text for result in backend.generate(requests)]
+            for result in backend.generate(requests):
+                if isinstance(result, Exception):
+                    raise result
+                rejected.append(result.text)
     pairs = []
     for sample, prompt, answer in zip(usable, prompts, rejected, strict=True):
         chosen = sample.messages[-1]["content"]
@@ -58,11 +61,12 @@ def _trainer_classes(method: str):
         from trl import DPOConfig, DPOTrainer
 
         return DPOConfig, DPOTrainer
-    try:
-        from trl import ORPOConfig, ORPOTrainer
-    except ImportError:
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-    return ORPOConfig, ORPOTrainer
+    import importlib
+
+    orpo = importlib.import_module("trl")
+    if not hasattr(orpo, "ORPOTrainer"):  # trl 1.0 moved it to its experimental package
+        orpo = importlib.import_module("trl.experimental.orpo")
+    return orpo.ORPOConfig, orpo.ORPOTrainer
 
 
 def run_preference(

@@ -22,7 +22,7 @@ from domainkit.utils.atomic import recover_leftovers
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs are not serialized there
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"

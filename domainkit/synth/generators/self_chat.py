@@ -72,7 +72,7 @@ def _user_turns(ctx: SynthContext, dialogs: list[Dialog], turn: int) -> list[tup
                 or (None if shares_terms(question, fact.text) else "shares no term with the fact")
             )
         )
-        if problem is None:
+        if problem is None and question is not None:
             out.append((question, "teacher"))
             continue
         ctx.log.reject(
@@ -104,6 +104,7 @@ def _answer(ctx: SynthContext, dialog: Dialog, question: str, origin: str) -> No
 
 def _sample(ctx: SynthContext, dialog: Dialog) -> Sample:
     history = [t for q, shown, _ in dialog.turns[:-1] for t in (("user", q), ("assistant", shown))]
+    assert dialog.last is not None, "a sample is made of a dialog with a turn"
     user, reply = dialog.last
     return Sample(
         messages=chat(ctx.system_prompt, *history, ("user", user), ("assistant", reply)),

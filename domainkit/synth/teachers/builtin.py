@@ -10,6 +10,7 @@ requests in flight. A backend's failure becomes a ``TeacherError`` that says wha
 from __future__ import annotations
 
 from domainkit.backends import BACKENDS
+from domainkit.backends.endpoint import EndpointBackend
 from domainkit.config.schema import TeacherConfig
 from domainkit.synth.teachers.base import TEACHERS, BackendTeacher
 
@@ -28,7 +29,7 @@ def local_teacher(settings: TeacherConfig) -> BackendTeacher:
 @TEACHERS.register("openai")
 def endpoint_teacher(settings: TeacherConfig) -> BackendTeacher:
     """Any OpenAI-compatible chat endpoint; its host is checked now, before any call."""
-    backend = BACKENDS.get("openai").from_teacher(settings)
+    backend = EndpointBackend.from_teacher(settings)
     return BackendTeacher(
         f"openai:{backend.base_url}:{settings.model}", settings.concurrency * 2, lambda: backend
     )
