@@ -174,6 +174,19 @@ def _train(domain: Domain, limits: Limits, progress) -> dict:
     }
 
 
+def _reviews(domain: Domain, limits: Limits, progress) -> dict:
+    """The reviewed questions the runtime answers repeats of (``feedback.repeats``)."""
+    from domainkit.feedback.repeats import build_repeats
+    from domainkit.retrieval import open_retriever
+
+    return build_repeats(domain, open_retriever(domain)).to_dict()
+
+
+def _reviews_inputs(domain: Domain, limits: Limits) -> tuple:
+    path = domain.validation_path
+    return (_hash(path.read_bytes().hex() if path.is_file() else ""),)
+
+
 def _eval(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.eval import run_eval
 
@@ -326,6 +339,14 @@ PIPELINE = (
         lambda layout: adapter_config(layout.adapter).is_file(),
         _train,
         _train_estimate,
+    ),
+    Stage(
+        "reviews",
+        ("feedback.repeats",),
+        _reviews_inputs,
+        lambda layout: layout.reviewed.is_file(),
+        _reviews,
+        lambda domain, c: ("reviewed questions", 5.0),
     ),
     Stage(
         "eval",

@@ -107,7 +107,7 @@ def _actions(domain, **kwargs) -> dict[str, str]:
 def test_build_runs_every_stage_then_reuses_them(buildable):
     domain = load_domain(buildable)
     report = run_build(domain, limit=12, progress=False)
-    assert [s["action"] for s in report.stages] == ["run"] * 6
+    assert [s["action"] for s in report.stages] == ["run"] * 7
     out = domain.build_dir
     for path in (
         "build.json",
@@ -125,7 +125,7 @@ def test_build_runs_every_stage_then_reuses_them(buildable):
     assert report.headline.startswith("accuracy:")
 
     again = run_build(load_domain(buildable), limit=12, progress=False)
-    assert [s["action"] for s in again.stages] == ["cached"] * 6
+    assert [s["action"] for s in again.stages] == ["cached"] * 7
     assert again.headline == report.headline
 
 
@@ -139,10 +139,25 @@ def test_changes_rerun_only_what_depends_on_them(buildable):
         "index": "cached",
         "synth": "cached",
         "train": "cached",
+        "reviews": "cached",
         "eval": "run",
         "bundle": "run",
     }
     assert _actions(load_domain(buildable), limit=5)["synth"] == "run", "--limit is an input"
+
+    # A reviewer's verdicts change what the reviews stage builds, and eval; not the model.
+    (buildable / "validation.yaml").write_text(
+        yaml.safe_dump(
+            {"questions": [{"question": "Do you sell gift cards?", "answerable": False}]}
+        )
+    )
+    actions = _actions(load_domain(buildable), limit=12)
+    assert [name for name, action in actions.items() if action == "run"] == [
+        "reviews",
+        "eval",
+        "bundle",
+    ]
+    (buildable / "validation.yaml").unlink()
 
     (buildable / "docs" / "returns.md").write_text("# Returns\n\nReturns within 60 days.\n")
     changed = plan(load_domain(buildable), limit=12)
@@ -153,7 +168,7 @@ def test_changes_rerun_only_what_depends_on_them(buildable):
     report = run_build(load_domain(buildable), limit=12, until="index", progress=False)
     index = report.stages[1]["summary"]
     assert index["embedded"] >= 1 and index["reused"] >= 1, "only the changed chunks re-embed"
-    assert [s["action"] for s in report.stages[2:]] == ["skip"] * 4
+    assert [s["action"] for s in report.stages[2:]] == ["skip"] * 5
 
 
 def test_the_index_stage_reads_what_the_ingest_stage_read(buildable, monkeypatch):
@@ -191,6 +206,7 @@ def test_from_and_until(buildable):
         "index": "cached",
         "synth": "run",
         "train": "run",
+        "reviews": "skip",
         "eval": "skip",
         "bundle": "skip",
     }
@@ -205,7 +221,7 @@ def test_from_and_until(buildable):
 def test_dry_run_shows_the_plan_and_runs_nothing(buildable):
     result = CliRunner().invoke(app, ["build", str(buildable), "--dry-run", "--limit", "12"])
     assert result.exit_code == 0, result.output
-    for stage in ("ingest", "index", "synth", "train", "eval", "bundle"):
+    for stage in ("ingest", "index", "synth", "train", "reviews", "eval", "bundle"):
         assert stage in result.output
     assert "estimated time" in result.output
     assert not (buildable / ".domainkit").exists()
@@ -310,7 +326,7 @@ def test_a_stage_fingerprint_covers_the_code_it_imports_and_nothing_else(buildab
         return file_hash
 
     for name, changed in (
-        ("domainkit/prompting.py", {"synth", "train", "eval", "bundle"}),
+        ("domainkit/prompting.py", {"synth", "train", "reviews", "eval", "bundle"}),
         ("domainkit/answer/verify.py", {"eval", "bundle"}),
         ("domainkit/ingest/normalize.py", set(build.fingerprints(domain, limits))),
         ("domainkit/cli/__init__.py", set()),

@@ -16,11 +16,11 @@ from domainkit.synth.filters import (
     FilterLog,
     decontaminate,
     drop_near_duplicates,
-    mask_pii,
     text_problem,
 )
 from domainkit.synth.parsing import clean_reply, parse_question, repetition_ratio
 from domainkit.synth.sample import Sample
+from domainkit.utils.pii import mask_pii
 
 from .conftest import HashEmbedder
 

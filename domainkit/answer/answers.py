@@ -47,7 +47,8 @@ class Source:
 
 @dataclass
 class EvidenceLine:
-    """A sentence of the evidence block, with where it is in its document."""
+    """A sentence of the evidence block, with where it is in its document and its line id
+    (stable across rebuilds of the unchanged document: what a reviewer's verdict names)."""
 
     number: int
     text: str
@@ -55,6 +56,7 @@ class EvidenceLine:
     start: int
     end: int
     score: float
+    id: str = ""
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Answer:
         sources: The passages of the evidence, by citation number.
         quote: The model's reply when it quoted (before verification).
         evidence: The evidence block's sentences.
+        line: The id of the line the answer opens with (None for a refusal).
         gate: The gate's features and probability of answerable, under ``auto``.
     """
 
@@ -77,6 +80,7 @@ class Answer:
     sources: list[Source] = field(default_factory=list)
     quote: str | None = None
     evidence: list[EvidenceLine] = field(default_factory=list)
+    line: str | None = None
     gate: dict | None = None
     confidence: float | None = None
     prompt_tokens: int = 0

@@ -1,10 +1,12 @@
 """The deployed assistant: evidence first, a checked quote, or an honest refusal.
 
 ``Assistant`` is built from typed parts (a scheduler in front of a chat backend, a
-retriever, the calibrated gate and reader weight) and answers in the order of this
-package's modules: retrieve, select the evidence, read it, verify the model's quote, word
-the answer, and gate it. ``with_parts`` returns a new assistant with some parts swapped,
-which is how eval applies a freshly calibrated gate without touching the one it borrowed.
+retriever, the calibrated gate and reader weight, the reviewed answers) and answers in
+the order of this package's modules: a repeat of a reviewed question gets the reviewer's
+line or refusal (``memory``); any other is retrieved, its evidence selected and read, the
+model's quote verified, the answer worded, and gated. ``with_parts`` returns a new
+assistant with some parts swapped, which is how eval applies a freshly calibrated gate
+without touching the one it borrowed.
 
 Policy ``auto`` (the default) is that whole path. ``rag`` is the same without the gate;
 ``closed`` never retrieves; ``naive`` is a quick-start RAG pipeline (the top passages
@@ -28,12 +30,15 @@ from domainkit.answer.budget import fit_prompt
 from domainkit.answer.compose import compose, evidence_answer
 from domainkit.answer.evidence import Evidence, EvidenceSelector
 from domainkit.answer.gate import Gate, features_of, reading_counts
+from domainkit.answer.memory import ReviewedAnswers
 from domainkit.answer.retrieve import Retrieval, search_query, split_conversation
 from domainkit.backends import BACKENDS, ChatBackend, GenRequest, GenResult, ScoresChoices
 from domainkit.backends.scheduler import Scheduler
 from domainkit.config.layout import adapter_config
 from domainkit.config.loading import Domain
 from domainkit.config.schema import DomainConfig, Policy, RuntimeConfig
+from domainkit.ingest import Chunk
+from domainkit.ingest.lines import LineRef
 from domainkit.prompting import Message, context_question
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,7 @@ class Assistant:
         gate: The answerability gate (calibrated by ``domainkit eval``).
         reader_weight: How much the model's choice of line counts against the evidence
             selector's ranking, 0 to 1 (calibrated by ``domainkit eval``).
+        memory: Reviewed questions whose repeats get the reviewer's verdict (``auto``).
     """
 
     def __init__(
@@ -122,8 +128,10 @@ class Assistant:
         tuned: bool = False,
         gate: Gate | None = None,
         reader_weight: float = DEFAULT_READER_WEIGHT,
+        memory: ReviewedAnswers | None = None,
     ):
         self.config = config
+        self.memory = memory
         self.settings: RuntimeConfig = settings or config.runtime
         self.scheduler = scheduler
         self.retriever = retriever
@@ -168,6 +176,7 @@ class Assistant:
             tuned=has_adapter,
             gate=calibration.gate,
             reader_weight=calibration.reader_weight,
+            memory=ReviewedAnswers.load(domain.layout.reviewed),
         )
 
     def with_parts(
@@ -190,6 +199,7 @@ class Assistant:
             tuned=self.tuned,
             gate=gate or self.gate,
             reader_weight=self.reader_weight if reader_weight is None else reader_weight,
+            memory=self.memory,
         )
         if other.retriever is not None and self.retriever is not None:
             mine, theirs = self.retriever, other.retriever
@@ -232,6 +242,8 @@ class Assistant:
             return self._closed(question, history, max_tokens, sampling, on_text, started)
         if policy == "naive":
             return self._naive(question, history, max_tokens, sampling, on_text, started)
+        if policy == "auto" and (recalled := self.recall(question)) is not None:
+            return self._ready(recalled, on_text, started)
         evidence = self._evidence(question, history)
         if policy == "evidence" or not evidence.sentences:
             return self._from_evidence(evidence, on_text, started)
@@ -257,6 +269,41 @@ class Assistant:
             sampling.seed,
         )
         return PendingAnswer(finish, self.scheduler.submit(request), request)
+
+    def recall(self, question: str) -> Answer | None:
+        """The reviewer's answer when ``question`` repeats a reviewed one (route
+        ``reviewed``): the reviewed line worded and cited as any answer is, or the refusal."""
+        if self.memory is None or self.retriever is None or self.selector is None:
+            return None
+        vector = self.retriever.embedder.embed([question])[0]
+        found = self.memory.recall(question, vector, self.retriever.vocabulary)
+        if found is None:
+            return None
+        entry = found.reviewed
+        trace = {"reviewed": entry.question, "similarity": round(found.similarity, 4)}
+        if entry.verdict != "line" or entry.chunk is None or entry.line is None:
+            return Answer(self.config.refusal, "reviewed", gate=trace)
+        chunk = Chunk.from_dict(entry.chunk)
+        ref = LineRef.parse(entry.line)
+        span = (chunk, ref.start - chunk.start, ref.end - chunk.start)
+        evidence = self.selector.select(question, [chunk], query_vector=vector, required=[span])
+        line = next((s for s in evidence.sentences if s.id == entry.line), None)
+        if line is None:  # the selector could not keep it: answer as if never reviewed
+            return None
+        answer = evidence_answer(evidence, self.settings.answer_words)
+        answer.text = compose(evidence, line, self.settings.answer_words)
+        answer.route, answer.line, answer.gate = "reviewed", line.id, trace
+        return answer
+
+    def _ready(self, answer: Answer, on_text, started: float) -> PendingAnswer:
+        def finish(_: GenResult | None) -> Answer:
+            answer.seconds = time.perf_counter() - started
+            answer.completion_tokens = self.scheduler.generator.count_text(answer.text)
+            if on_text is not None:
+                on_text(answer.text)
+            return answer
+
+        return PendingAnswer(finish, None)
 
     def reads_matter(self) -> bool:
         """Whether the model's reading can change an ``auto`` answer. With a backend that
@@ -328,18 +375,24 @@ class Assistant:
         answer.trimmed_turns = plan.trimmed
         if reading.line is not None:
             answer.text = compose(evidence, reading.line, self.settings.answer_words)
+            answer.line = reading.line.id
             # "answer" only when the model's choice of line counted: unread, or read with no
             # weight, the line is the selector's and the user is told so.
             chose = result is not None and (not result.choice_logprobs or self.reader_weight > 0)
             answer.route = "answer" if chose else "evidence"
         features = features_of(evidence, self.retriever.vocabulary, answer.text, reading.refusal)
         probability = self.gate.probability(features)
-        answer.gate = {**features.to_dict(), "p_answerable": round(probability, 4)}
+        answer.gate = {
+            **features.to_dict(),
+            "p_answerable": round(probability, 4),
+            "threshold": round(self.gate.threshold, 4),
+        }
         # A generated reply that refuses (a backend that cannot score) is the model's own
         # decision; scored refusal probabilities go through the gate instead.
         refused = result is not None and not result.choice_logprobs and reading.refusal == 1.0
         if gated and (refused or probability < self.gate.threshold):
             answer.text, answer.route, answer.sources = self.config.refusal, "refusal", []
+            answer.line = None
         if result is None or result.choice_logprobs:  # scored or unread: the reply is this text
             answer.completion_tokens = self.scheduler.generator.count_text(answer.text)
         return answer

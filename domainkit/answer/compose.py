@@ -92,9 +92,10 @@ def evidence_answer(evidence: Evidence, answer_words: int) -> Answer:
         route="evidence",
         sources=sources_of(evidence),
         evidence=[
-            EvidenceLine(s.number, s.text, s.chunk.source, s.start, s.end, s.score)
+            EvidenceLine(s.number, s.text, s.chunk.source, s.start, s.end, s.score, s.id)
             for s in evidence.sentences
         ],
+        line=best.id,
     )
 
 

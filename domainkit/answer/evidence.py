@@ -26,6 +26,7 @@ import numpy as np
 from domainkit.answer.answer_types import FIGURE, asks_for_figure, degree_words
 from domainkit.config.schema import EvidenceConfig
 from domainkit.ingest import Chunk
+from domainkit.ingest.lines import line_id
 from domainkit.retrieval.bm25 import content_terms
 from domainkit.retrieval.terms import CorpusVocabulary, weighted_coverage
 from domainkit.retrieval.units import Unit, text_units
@@ -57,6 +58,11 @@ class EvidenceSentence:
     number: int = 0
     lead: tuple[int, int] | None = None
     lead_in: bool = False
+
+    @property
+    def id(self) -> str:
+        """The line's id, stable across rebuilds of its unchanged document (``ingest.lines``)."""
+        return line_id(self.chunk, self.start, self.end)
 
 
 @dataclass

@@ -75,6 +75,7 @@ def _main(
 from domainkit.cli import domain as _domain  # noqa: E402,F401  isort: skip  (registers commands)
 from domainkit.cli import build as _build  # noqa: E402,F401  isort: skip
 from domainkit.cli import runtime as _runtime  # noqa: E402,F401  isort: skip
+from domainkit.cli import review as _review  # noqa: E402,F401  isort: skip
 from domainkit.cli import eval as _eval  # noqa: E402,F401  isort: skip
 from domainkit.cli import index as _index  # noqa: E402,F401  isort: skip
 from domainkit.cli import synth as _synth  # noqa: E402,F401  isort: skip

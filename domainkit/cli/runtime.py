@@ -45,6 +45,28 @@ def _assistant(domain, build_dir, base: bool, max_queue: int = 64):
     return loaded, assistant
 
 
+class _Logger:
+    """Records what ``ask`` and ``chat`` answer in the domain's conversation log."""
+
+    def __init__(self, domain, source: str):
+        from domainkit.feedback.log import build_id, open_log
+
+        self.log, self.source = open_log(domain), source
+        self.build = build_id(domain) if self.log is not None else "-"
+
+    def record(self, messages, answer, policy: str) -> str:
+        """The exchange's id (also without a log, so output looks the same)."""
+        from domainkit.feedback.log import exchange_of, new_id
+
+        ident = new_id()
+        if self.log is not None:
+            exchange = exchange_of(
+                ident, messages, answer, source=self.source, build=self.build, policy=policy
+            )
+            self.log.record(exchange)
+        return ident
+
+
 def _stream_text(text: str) -> None:
     console.print(text, end="", markup=False, highlight=False)
 
@@ -55,11 +77,13 @@ _ROUTES = {
     "rag": "answered by the model from whole passages, unchecked",
     "closed": "answered by the model without the documents",
     "refusal": "not answered: the documents do not cover it",
+    "reviewed": "as a reviewer answered the same question",
 }
 
 
-def _print_sources(answer, show_context: bool, disclaimer: str | None) -> None:
-    console.print(f"[dim]({_ROUTES.get(answer.route, answer.route)}, {answer.seconds:.1f}s)[/]")
+def _print_sources(answer, show_context: bool, disclaimer: str | None, ident: str) -> None:
+    route = _ROUTES.get(answer.route, answer.route)
+    console.print(f"[dim]({route}, {answer.seconds:.1f}s, {ident})[/]")
     for s in answer.sources:
         heading = f" > {escape(s.heading)}" if s.heading else ""
         page = f", page {s.page}" if s.page else ""
@@ -90,10 +114,13 @@ def ask(
 ) -> None:
     """Answer one question and print its sources (or, with --json, everything as JSON)."""
     loaded, assistant = _assistant(domain, build_dir, base)
+    logger = _Logger(loaded, "ask")
     messages = [{"role": "user", "content": question}]
-    policy_name = policy
+    policy_name = policy or assistant.settings.policy
     if json_output:
-        print_json(assistant.answer(messages, policy=policy_name).to_dict())
+        answer = assistant.answer(messages, policy=policy_name)
+        ident = logger.record(messages, answer, policy_name)
+        print_json({"id": ident, **answer.to_dict()})
         return
     answer = assistant.answer(
         messages,
@@ -101,7 +128,8 @@ def ask(
         on_text=lambda t: console.print(t, end="", markup=False, highlight=False),
     )
     console.print()
-    _print_sources(answer, show_context, loaded.config.disclaimer)
+    ident = logger.record(messages, answer, policy_name)
+    _print_sources(answer, show_context, loaded.config.disclaimer, ident)
 
 
 @app.command()
@@ -117,10 +145,11 @@ def chat(
     Type `/reset` to start over, `/quit` (or Ctrl-D) to leave.
     """
     loaded, assistant = _assistant(domain, build_dir, base)
+    logger = _Logger(loaded, "chat")
     name = loaded.config.persona.assistant_name or loaded.config.name
     console.print(f"[bold]{name}[/] — /reset starts over, /quit leaves.")
     history: list[dict] = []
-    policy_name = policy
+    policy_name = policy or assistant.settings.policy
     while True:
         try:
             question = console.input("[bold green]you>[/] ").strip()
@@ -143,7 +172,8 @@ def chat(
             on_text=_stream_text,
         )
         console.print()
-        _print_sources(answer, show_context, loaded.config.disclaimer)
+        ident = logger.record(history, answer, policy_name)
+        _print_sources(answer, show_context, loaded.config.disclaimer, ident)
         history.append({"role": "assistant", "content": answer.text})
 
 
@@ -171,22 +201,43 @@ def serve(
             "at once (never an unbounded wait)."
         ),
     ] = 64,
+    admin_keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--admin-keys-file",
+            help="File of admin keys, one per line (or $DOMAINKIT_ADMIN_KEYS): with any, the "
+            "review page is served at /review behind them. Without, review with `domainkit "
+            "review` on this machine.",
+            show_default=False,
+        ),
+    ] = None,
     base: BaseOpt = False,
     build_dir: BuildDirOpt = None,
 ) -> None:
-    """Serve the assistant: an OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`),
-    a web chat page at `/`, `/healthz` and Prometheus `/metrics`.
+    """Serve the assistant: an OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`,
+    `/v1/feedback`), a web chat page at `/`, `/healthz` and Prometheus `/metrics`.
 
     Point any OpenAI client at `http://HOST:PORT/v1`. Responses carry the route and the
-    sources in an extra `domainkit` field. Run behind a reverse proxy for TLS.
+    sources in an extra `domainkit` field. Each answer is kept in the domain's conversation
+    log (personal data masked; `runtime.log: false` turns it off) for feedback and review.
+    Run behind a reverse proxy for TLS.
     """
     import uvicorn
 
-    from domainkit.runtime.auth import load_api_keys
+    from domainkit.feedback.desk import ReviewDesk
+    from domainkit.feedback.log import build_id, open_log
+    from domainkit.runtime.auth import ADMIN_KEYS_ENV, load_api_keys
     from domainkit.runtime.server import ServerLimits, create_app
 
     keys = load_api_keys(api_keys_file)
+    admin_keys = load_api_keys(admin_keys_file, env=ADMIN_KEYS_ENV)
     loaded, assistant = _assistant(domain, build_dir, base, max_queue=queue_size)
+    conversations = open_log(loaded)
+    review = (
+        ReviewDesk(loaded, conversations, assistant.retriever)
+        if conversations is not None and admin_keys
+        else None
+    )
     limits = ServerLimits(
         max_body_bytes=max_body_kb * 1024,
         max_messages=max_messages,
@@ -200,10 +251,16 @@ def serve(
         api_keys=keys,
         limits=limits,
         allowed_hosts=_allowed_hosts(host, keys),
+        conversations=conversations,
+        build=build_id(loaded),
+        review=review,
+        admin_keys=admin_keys,
     )
+    kept = f"log {loaded.log_path}" if conversations is not None else "no conversation log"
     err_console.print(
         f"Serving {loaded.config.name} ({'tuned' if assistant.tuned else 'base model'}) on "
         f"http://{host}:{port}/ — API at /v1, {'API keys required' if keys else 'no API key'}"
+        f", {kept}{', review at /review' if review else ''}"
     )
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
@@ -211,8 +268,10 @@ def serve(
 def _allowed_hosts(host: str, keys: set[str]) -> list[str] | None:
     """The Host values a server on loopback accepts (a web page re-pointed at 127.0.0.1 by
     DNS rebinding sends its own name); a public address warns when it has no key."""
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return ["127.0.0.1", "localhost", "::1", "[::1]"]
+    from domainkit.runtime.server import local_hosts
+
+    if (hosts := local_hosts(host)) is not None:
+        return hosts
     if not keys:
         err_console.print(
             f"[yellow]warning:[/] listening on {escape(host)} with no API key: anyone who can "

@@ -1,8 +1,11 @@
-"""The domain's hand-written evaluation questions (eval.yaml)."""
+"""The domain's hand-written evaluation questions (eval.yaml), and validation.yaml in the
+same format: hand-written, or a reviewer's verdicts on users' questions
+(``domainkit review``), which also record the line that answers and the exchange."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -22,6 +25,18 @@ class EvalQuestion(BaseModel):
         description="Accepted short answers: an answer that contains one of them (lower case, "
         "no punctuation or articles) is correct. Without spans, the reference's key facts decide.",
     )
+    verdict: Literal["right", "line", "answer_text", "not_in_docs", "off_topic"] | None = Field(
+        None,
+        description="A reviewer's verdict (domainkit review): the answer was right, this line "
+        "answers it, this text does, the documents do not answer it, or it is off topic.",
+    )
+    line: str | None = Field(
+        None, description="The id of the line that answers it (reviewed questions)."
+    )
+    exchange: str | None = Field(
+        None, description="The conversation log's exchange a reviewed question came from."
+    )
+    reviewed: str | None = Field(None, description="When it was reviewed (ISO date).")
 
     @model_validator(mode="after")
     def _answer_matches_answerable(self) -> EvalQuestion:

@@ -76,6 +76,11 @@ class Layout:
         return self.root / "runtime" / "calibration.json"
 
     @property
+    def reviewed(self) -> Path:
+        """The reviewed questions the runtime answers repeats of (``answer.memory``)."""
+        return self.root / "runtime" / "reviewed.json"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval"
 

@@ -173,6 +173,11 @@ class Domain:
         return self.root / EVAL_FILE
 
     @property
+    def log_path(self) -> Path:
+        """The conversation log (``runtime.log_path``), outside the build folder."""
+        return self.root / self.config.runtime.log_path
+
+    @property
     def validation_path(self) -> Path:
         """Hand-written validation questions (eval.yaml's format): used with the synth
         validation split to calibrate the runtime, never scored."""

@@ -193,6 +193,16 @@ class RuntimeConfig(Section):
     max_batch: int = Field(
         8, ge=1, le=256, description="Requests generated together (local) or in flight (openai)."
     )
+    log: bool = Field(
+        True,
+        description="Keep a conversation log of what serve, chat and ask answer (personal "
+        "data masked), for feedback and `domainkit review`; false keeps nothing.",
+    )
+    log_path: str = Field(
+        "logs/conversations.sqlite",
+        description="The conversation log's database, relative to the domain folder (outside "
+        "the build folder, so rebuilds keep it).",
+    )
 
 
 class EvalConfig(Section):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from domainkit.config.evalset import load_eval_set
 from domainkit.config.loading import Domain
+from domainkit.errors import DomainkitError
 
 
 @dataclass
@@ -19,20 +20,26 @@ class Item:
     spans: list[str] = field(default_factory=list)  # accepted short answers, if any
     chunk_id: str | None = None  # the passage it was written from (synth questions)
     synthetic: bool = False  # written by synth, not by a user (calibration trusts it less)
+    line: str | None = None  # the line a reviewer marked as the answer
 
 
 def eval_items(domain: Domain, limit: int | None = None, path: Path | None = None) -> list[Item]:
     """The questions of eval.yaml (or another file in its format)."""
     docs_prefix = f"{domain.config.docs_dir.rstrip('/')}/"
     items = []
-    for q in load_eval_set(path or domain.eval_path).questions:
+    questions = load_eval_set(path or domain.eval_path).questions
+    latest = {q.exchange: i for i, q in enumerate(questions) if q.exchange}
+    for i, q in enumerate(questions):
+        if q.exchange and latest[q.exchange] != i:
+            continue  # marked again later: the latest verdict counts
         source = (
             q.source[len(docs_prefix) :]
             if q.source and q.source.startswith(docs_prefix)
             else q.source
         )
         reference = q.answer if q.answerable else None
-        items.append(Item(q.question, reference, q.answerable, source, list(q.spans)))
+        item = Item(q.question, reference, q.answerable, source, list(q.spans), line=q.line)
+        items.append(item)
     return _spread(items, limit)
 
 
@@ -48,7 +55,7 @@ def validation_items(domain: Domain, limit: int | None = None) -> list[Item]:
     )
     try:
         samples = dataset.load_samples(domain.layout.synth).get("validation", [])
-    except FileNotFoundError:
+    except (FileNotFoundError, DomainkitError):  # no synth dataset (yet)
         samples = []
     for s in samples:
         question = s.meta.get("question") or s.question
@@ -60,6 +67,20 @@ def validation_items(domain: Domain, limit: int | None = None) -> list[Item]:
         elif s.generator in ("near_miss", "refusal"):
             items.append(Item(question, None, False, None, synthetic=True))
     return _spread(items, limit)
+
+
+def with_passages(items: list[Item], chunks) -> list[Item]:
+    """Items whose reviewed line is found in ``chunks`` get its passage as their source
+    passage (gold-absent twins hide it); the rest are returned as they were."""
+    from dataclasses import replace
+
+    from domainkit.ingest.lines import LineRef
+
+    out = []
+    for item in items:
+        found = LineRef.parse(item.line).find(chunks) if item.line and not item.chunk_id else None
+        out.append(replace(item, chunk_id=found[0].id) if found else item)
+    return out
 
 
 def _spread(items: list[Item], limit: int | None) -> list[Item]:

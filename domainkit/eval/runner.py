@@ -32,7 +32,7 @@ from domainkit.answer.assistant import Assistant, load_backend
 from domainkit.config.layout import adapter_config
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
-from domainkit.eval.items import Item, eval_items, validation_items
+from domainkit.eval.items import Item, eval_items, validation_items, with_passages
 from domainkit.eval.resume import ResumingBackend, model_id, resuming
 from domainkit.eval.scoring import (
     answered_right,
@@ -288,10 +288,15 @@ class _Run:
             path.unlink(missing_ok=True)  # the store and its write-ahead log
 
     def answers(self, assistant: Assistant, condition: Condition, set_name: str, items: list[Item]):
-        if condition.policy in ("rag", "auto"):
+        if condition.policy == "rag":
             answers, seconds = self._rag_answers(assistant, set_name, items)
-            gated = condition.policy == "auto"
-            return [assistant.recheck(a, gated) for a in answers], seconds
+            return [assistant.recheck(a, gated=False) for a in answers], seconds
+        if condition.policy == "auto":  # repeats of reviewed questions first, as the runtime
+            answers, seconds = self._rag_answers(assistant, set_name, items)
+            return [
+                assistant.recall(i.question) or assistant.recheck(a, gated=True)
+                for i, a in zip(items, answers, strict=True)
+            ], seconds
         return _answer_all(assistant, items, condition.policy, self.max_tokens, self.bar)
 
     def _rag_answers(self, assistant: Assistant, set_name: str, items: list[Item]):
@@ -313,7 +318,8 @@ class _Run:
             self.calibration = {"note": "not calibrated: no validation questions"}
             return assistant
         answers, _ = self._rag_answers(assistant, "validation", items)
-        twins, hidden = gold_absent_twins(items, self.retriever)
+        chunks = self.retriever.retriever.index.chunks
+        twins, hidden = gold_absent_twins(with_passages(items, chunks), self.retriever)
         hiding = assistant.with_parts(retriever=HidingRetriever(self.retriever, hidden))
         twin_answers, _ = _answer_all(hiding, twins, "rag", self.max_tokens)
         calibration, self.calibration = calibrate_assistant(

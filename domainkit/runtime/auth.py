@@ -11,12 +11,13 @@ from fastapi import Request
 from domainkit.runtime.openai_api import APIError
 
 API_KEYS_ENV = "DOMAINKIT_API_KEYS"
+ADMIN_KEYS_ENV = "DOMAINKIT_ADMIN_KEYS"
 
 
-def load_api_keys(path: Path | None = None) -> set[str]:
-    """Keys from ``$DOMAINKIT_API_KEYS`` (comma-separated) and from a file (one per line,
-    ``#`` comments). An empty set means the API is open."""
-    keys = {k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()}
+def load_api_keys(path: Path | None = None, env: str = API_KEYS_ENV) -> set[str]:
+    """Keys from ``$DOMAINKIT_API_KEYS`` (or ``env``; comma-separated) and from a file (one
+    per line, ``#`` comments). An empty set means the API is open."""
+    keys = {k.strip() for k in os.environ.get(env, "").split(",") if k.strip()}
     if path is not None:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
             line = line.split("#", 1)[0].strip()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from domainkit.answer.answers import Answer, ConversationError
 from domainkit.backends.base import BackendError
+from domainkit.feedback.log import new_id
 
 
 @dataclass
@@ -30,6 +30,8 @@ class ServerLimits:
     max_message_chars: int = 16_000
     max_tokens: int = 1024
     max_active: int = 32  # requests being answered at once; more get 503 at once
+    max_feedback_bytes: int = 16_384
+    feedback_per_minute: int = 60  # per client (API key, else address); more get 429
 
 
 # -- request schema ---------------------------------------------------------------------------
@@ -127,21 +129,22 @@ def error_response(e: APIError) -> JSONResponse:
     return JSONResponse({"error": body}, status_code=e.status, headers=headers)
 
 
-async def read_chat(request: Request, limits: ServerLimits) -> ChatRequest:
-    """The request's body as a checked ``ChatRequest``, or the ``APIError`` saying why not."""
+async def read_json(request: Request, max_bytes: int) -> dict:
+    """The request's JSON object body, at most ``max_bytes``, or the ``APIError`` saying
+    why not (415 not JSON, 413 too large, 400 malformed)."""
     # A web page can POST text/plain or a form to localhost without asking; JSON needs a
     # CORS preflight this server never grants.
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise APIError(415, "send the body as application/json", "invalid_request_error")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-        raise too_large(f"request body over {limits.max_body_bytes} bytes")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(f"request body over {max_bytes} bytes")
     body = bytearray()
     async for part in request.stream():
         body += part
-        if len(body) > limits.max_body_bytes:
-            raise too_large(f"request body over {limits.max_body_bytes} bytes")
+        if len(body) > max_bytes:
+            raise too_large(f"request body over {max_bytes} bytes")
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as e:  # bad JSON, a 5,000-digit number, deep nesting
@@ -150,14 +153,16 @@ async def read_chat(request: Request, limits: ServerLimits) -> ChatRequest:
         ) from None
     if not isinstance(data, dict):
         raise APIError(400, "the body must be a JSON object", "invalid_request_error")
+    return data
+
+
+async def read_chat(request: Request, limits: ServerLimits) -> ChatRequest:
+    """The request's body as a checked ``ChatRequest``, or the ``APIError`` saying why not."""
+    data = await read_json(request, limits.max_body_bytes)
     try:
         chat = ChatRequest.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(x) for x in first["loc"])
-        raise APIError(
-            422, f"{param}: {first['msg']}", "invalid_request_error", param=param
-        ) from None
+        raise invalid(e) from None
     if len(chat.messages) > limits.max_messages:
         raise too_large(f"more than {limits.max_messages} messages", "messages")
     for i, message in enumerate(chat.messages):
@@ -177,12 +182,15 @@ async def read_chat(request: Request, limits: ServerLimits) -> ChatRequest:
     return chat
 
 
+def invalid(error: ValidationError) -> APIError:
+    """A 422 naming the first field a body got wrong."""
+    first = error.errors()[0]
+    param = ".".join(str(x) for x in first["loc"])
+    return APIError(422, f"{param}: {first['msg']}", "invalid_request_error", param=param)
+
+
 def too_large(message: str, param: str | None = None) -> APIError:
     return APIError(413, message, "invalid_request_error", param=param, code="too_large")
-
-
-def new_ids() -> tuple[str, int]:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
 
 class ChunkStream:
@@ -190,8 +198,8 @@ class ChunkStream:
 
     DONE = "data: [DONE]\n\n"
 
-    def __init__(self, model_name: str):
-        self.ident, self.created = new_ids()
+    def __init__(self, model_name: str, ident: str | None = None):
+        self.ident, self.created = ident or new_id(), int(time.time())
         self.model_name = model_name
 
     def delta(self, delta: dict, finish: str | None = None, **extra) -> str:
@@ -271,6 +279,7 @@ def extra_fields(answer: Answer, disclaimer: str | None = None) -> dict:
         "sources": [s.__dict__ for s in answer.sources],
         "quote": answer.quote,
         "evidence": [e.__dict__ for e in answer.evidence],
+        "line": answer.line,
         "gate": answer.gate,
         "confidence": answer.confidence,
         "trimmed_turns": answer.trimmed_turns,
@@ -286,12 +295,13 @@ def models_body(model_name: str) -> dict:
     }
 
 
-def completion_body(answer: Answer, model_name: str, disclaimer: str | None = None) -> dict:
-    ident, created = new_ids()
+def completion_body(
+    answer: Answer, model_name: str, disclaimer: str | None = None, ident: str | None = None
+) -> dict:
     return {
-        "id": ident,
+        "id": ident or new_id(),
         "object": "chat.completion",
-        "created": created,
+        "created": int(time.time()),
         "model": model_name,
         "choices": [
             {
@@ -303,3 +313,36 @@ def completion_body(answer: Answer, model_name: str, disclaimer: str | None = No
         "usage": usage(answer),
         "domainkit": extra_fields(answer, disclaimer),
     }
+
+
+class ClientRateLimit:
+    """At most ``per_minute`` requests a minute from one client (its API key, else its
+    address), as a token bucket; beyond that ``check`` raises 429 with ``Retry-After``."""
+
+    MAX_CLIENTS = 10_000  # buckets kept; the oldest go first
+
+    def __init__(self, per_minute: int):
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, time)
+
+    def check(self, request: Request) -> None:
+        client = request.headers.get("authorization") or (
+            request.client.host if request.client else "-"
+        )
+        now = time.monotonic()
+        tokens, then = self._buckets.pop(client, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - then) * self.rate)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            wait = max(1, int((1 - tokens) / self.rate) + 1)
+            raise APIError(
+                429,
+                "too many requests from this client; slow down",
+                "rate_limit_error",
+                code="rate_limited",
+                retry_after=wait,
+            )
+        self._buckets[client] = (tokens - 1, now)
+        if len(self._buckets) > self.MAX_CLIENTS:
+            self._buckets.pop(next(iter(self._buckets)))

@@ -40,10 +40,14 @@ from domainkit.answer.answers import Answer, ConversationError
 from domainkit.answer.assistant import Assistant
 from domainkit.backends import BackendError
 from domainkit.backends.scheduler import BusyError
+from domainkit.feedback.desk import ReviewDesk
+from domainkit.feedback.log import REASONS, ConversationLog, new_id
 from domainkit.runtime import openai_api as api
 from domainkit.runtime.auth import authorize
+from domainkit.runtime.feedback_api import Recorder, add_feedback_route
 from domainkit.runtime.metrics import ServerMetrics
-from domainkit.runtime.openai_api import APIError, ServerLimits, StopScanner
+from domainkit.runtime.openai_api import APIError, ClientRateLimit, ServerLimits, StopScanner
+from domainkit.runtime.review_page import add_review_routes
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +66,20 @@ def create_app(
     api_keys: set[str] | None = None,
     limits: ServerLimits | None = None,
     allowed_hosts: list[str] | None = None,
+    conversations: ConversationLog | None = None,
+    build: str = "-",
+    review: ReviewDesk | None = None,
+    admin_keys: set[str] | None = None,
 ):
     """The FastAPI app.
 
     ``allowed_hosts`` (Host header values, as Starlette's ``TrustedHostMiddleware`` takes
     them) guards a server on loopback against DNS rebinding: a web page whose domain was
     re-pointed at 127.0.0.1 sends its own name as Host. None accepts any Host.
+
+    With ``conversations`` every answer is recorded under its completion id (``build``
+    names the build that answered) and ``POST /v1/feedback`` rates it. With ``review`` and
+    ``admin_keys`` the review page is served at ``/review``, behind those keys only.
     """
     limits = limits or ServerLimits()
     keys = sorted(api_keys or ())
@@ -82,14 +94,21 @@ def create_app(
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    chat = _ChatEndpoint(assistant, model_name, keys, limits, metrics)
+    recorder = Recorder(conversations, build)
+    chat = _ChatEndpoint(assistant, model_name, keys, limits, metrics, recorder)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await chat(request)
 
-    _add_error_handlers(app)
-    page = _chat_page(model_name, bool(keys), assistant.settings.client_policies)
+    add_feedback_route(app, conversations, keys, limits)
+    if review is not None and admin_keys:
+        rate = ClientRateLimit(limits.feedback_per_minute)
+        add_review_routes(app, review, sorted(admin_keys), limit=rate.check)
+    add_error_handlers(app)
+    page = _chat_page(
+        model_name, bool(keys), assistant.settings.client_policies, conversations is not None
+    )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -112,7 +131,7 @@ def create_app(
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI) -> None:
     """Every error in OpenAI's error body; nothing internal in a 500."""
 
     @app.exception_handler(APIError)
@@ -129,14 +148,26 @@ def _add_error_handlers(app: FastAPI) -> None:
         return api.error_response(APIError(500, "internal server error", "server_error"))
 
 
-def _chat_page(model_name: str, keys: bool, policies: Sequence[str]) -> str:
-    """The web chat page for this model (names escaped; the key field shown when needed)."""
+def local_hosts(host: str) -> list[str] | None:
+    """The Host values a server bound to loopback accepts (a web page re-pointed at
+    127.0.0.1 by DNS rebinding sends its own name); None for any other interface."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return ["127.0.0.1", "localhost", "::1", "[::1]"]
+    return None
+
+
+def _chat_page(model_name: str, keys: bool, policies: Sequence[str], feedback: bool) -> str:
+    """The web chat page for this model (names escaped; the key field shown when needed,
+    the thumbs when answers are logged)."""
     page = resources.files("domainkit.runtime").joinpath("static/index.html").read_text("utf-8")
     options = "".join(f"<option>{html.escape(p)}</option>" for p in policies)
+    reasons = json.dumps(REASONS)
     return (
         page.replace("{{MODEL_JSON}}", json.dumps(model_name))
         .replace("{{MODEL}}", html.escape(model_name))
         .replace("{{KEYS}}", "true" if keys else "false")
+        .replace("{{FEEDBACK}}", "true" if feedback else "false")
+        .replace("{{REASONS_JSON}}", reasons)
         .replace("{{POLICY_OPTIONS}}", options)
     )
 
@@ -166,9 +197,9 @@ class _ChatEndpoint:
     """``POST /v1/chat/completions``: admission (at most ``limits.max_active`` requests in
     progress, 503 beyond), the answer, streamed (SSE) or whole, and its metrics."""
 
-    def __init__(self, assistant: Assistant, model_name: str, keys, limits, metrics):
+    def __init__(self, assistant: Assistant, model_name: str, keys, limits, metrics, recorder):
         self.assistant, self.model_name, self.keys = assistant, model_name, keys
-        self.limits, self.metrics = limits, metrics
+        self.limits, self.metrics, self.recorder = limits, metrics, recorder
         self.active = 0  # requests being answered; the event loop is the only writer
 
     def health(self) -> dict:
@@ -207,6 +238,7 @@ class _ChatEndpoint:
 
     async def _chat(self, request: Request):
         started = time.perf_counter()
+        ident = new_id()
         try:
             authorize(request, self.keys)
             chat = await api.read_chat(request, self.limits)
@@ -229,10 +261,12 @@ class _ChatEndpoint:
             )
             first_turn = not any(m["role"] == "assistant" for m in messages)
             disclaimer = self.assistant.config.disclaimer if first_turn else None
+            policy = chat.policy or self.assistant.settings.policy
+            record = functools.partial(self.recorder.record, ident, messages, policy=policy)
             if chat.stream:
                 usage = chat.stream_options is not None and chat.stream_options.include_usage
                 response = await self._stream(
-                    request, submit, disclaimer, chat.stop_sequences, usage
+                    request, submit, disclaimer, chat.stop_sequences, usage, ident, record
                 )
             else:
                 # Planning (retrieval, evidence) is short CPU work in a thread; the wait for
@@ -244,7 +278,8 @@ class _ChatEndpoint:
                 text = scanner.feed(answer.text) + scanner.flush()
                 if scanner.stopped:
                     answer = replace(answer, text=text, finish_reason="stop")
-                response = api.completion_body(answer, self.model_name, disclaimer)
+                await record(answer)
+                response = api.completion_body(answer, self.model_name, disclaimer, ident)
         except _ClientGone:
             self.metrics.failed(499)
             return Response(status_code=499)
@@ -262,7 +297,9 @@ class _ChatEndpoint:
             return api.error_response(APIError(502, str(e), "backend_error"))
         return response
 
-    async def _stream(self, request: Request, submit, disclaimer, stops, include_usage):
+    async def _stream(
+        self, request: Request, submit, disclaimer, stops, include_usage, ident, record
+    ):
         pipe = _TextPipe(asyncio.get_running_loop())
         # Planning and queueing happen before the response starts, so "busy" and bad
         # conversations still get their status codes.
@@ -272,25 +309,32 @@ class _ChatEndpoint:
         else:
             pipe.close()
         return StreamingResponse(
-            self._events(pending, pipe, disclaimer, StopScanner(stops), include_usage),
+            self._events(
+                pending, pipe, disclaimer, StopScanner(stops), include_usage, ident, record
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _events(self, pending, pipe, disclaimer, scanner: StopScanner, include_usage):
+    async def _events(
+        self, pending, pipe, disclaimer, scanner: StopScanner, include_usage, ident, record
+    ):
         """The SSE events of one streamed answer: its text up to a client's stop sequence,
-        the final chunk with the ``domainkit`` fields, usage when asked, then ``[DONE]``."""
-        sse = api.ChunkStream(self.model_name)
+        the final chunk with the ``domainkit`` fields (once the exchange is in the log, so
+        feedback on it finds it), usage when asked, then ``[DONE]``."""
+        sse = api.ChunkStream(self.model_name, ident)
+        shown: list[str] = []
 
         def content(text: str):
             """The text up to a stop sequence; once one is seen the generation stops."""
             if scanner.stopped:
                 return
-            shown = scanner.feed(text)
+            piece = scanner.feed(text)
             if scanner.stopped:
                 pending.cancel()  # the row stops at its next decoding step
-            if shown:
-                yield sse.delta({"content": shown})
+            if piece:
+                shown.append(piece)
+                yield sse.delta({"content": piece})
 
         finished = False
         try:
@@ -310,9 +354,11 @@ class _ChatEndpoint:
                 for event in content(text):
                     yield event
             if rest := scanner.flush():
+                shown.append(rest)
                 yield sse.delta({"content": rest})
             self.metrics.answered(answer, pipe.started, pipe.first_token)
             finish = "stop" if scanner.stopped else answer.finish_reason
+            await record(replace(answer, text="".join(shown)) if scanner.stopped else answer)
             finished = True
             yield sse.delta({}, finish, domainkit=api.extra_fields(answer, disclaimer))
             if include_usage:

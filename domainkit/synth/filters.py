@@ -18,6 +18,7 @@ from domainkit.config.schema import SynthFilterConfig
 from domainkit.retrieval.bm25 import content_terms
 from domainkit.synth.parsing import repetition_ratio
 from domainkit.synth.sample import Rejection, Sample
+from domainkit.utils.pii import mask_pii
 
 
 @dataclass
@@ -118,33 +119,6 @@ def _normalized(text: str) -> str:
 def _ngrams(text: str, n: int = 6) -> set[tuple[str, ...]]:
     words = _normalized(text).split()
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
-_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d ().-]{7,}\d\b")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        n = int(d) * (2 if i % 2 else 1)
-        total += n - 9 if n > 9 else n
-    return total % 10 == 0
-
-
-def mask_pii(text: str) -> str:
-    """Replace e-mail addresses, card-like numbers (Luhn-valid) and phone numbers."""
-    text = _EMAIL.sub("[EMAIL]", text)
-
-    def card(match: re.Match) -> str:
-        digits = re.sub(r"\D", "", match.group())
-        return "[CARD]" if _luhn(digits) else match.group()
-
-    text = _CARD.sub(card, text)
-    return _PHONE.sub(
-        lambda m: "[PHONE]" if len(re.sub(r"\D", "", m.group())) >= 9 else m.group(), text
-    )
 
 
 def scrub_samples(samples: list[Sample], log: FilterLog) -> None:

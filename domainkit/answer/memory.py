@@ -1,0 +1,137 @@
+"""Answers to repeats: a question that means the same as a reviewed one gets its verdict.
+
+A reviewer has marked some users' questions (``domainkit review``): this line answers it,
+or the documents do not. A new question is a repeat of one of them when its embedding is
+at least ``threshold`` similar (calibrated at build time on synthetic paraphrases against
+questions about other facts of the same passage) *and* it names the same things: the same
+names, model numbers and figures, and none the corpus never mentions. "How long is the
+Talon's warranty?" then repeats "For how many years is my Talon covered?", while "How long
+is the Perch's warranty?", as similar to the eye, is not one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from domainkit.retrieval.terms import (
+    CorpusVocabulary,
+    normalize_word,
+    specific_terms,
+    surface_words,
+)
+
+# Without paraphrase pairs to calibrate on, a repeat must be about this similar.
+DEFAULT_THRESHOLD = 0.86
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """One reviewed question and its verdict.
+
+    Attributes:
+        question: As the user asked it (personal data masked).
+        verdict: ``line`` (this line answers it) or ``not_in_docs`` (refuse).
+        line: The answering line's id, for ``line``.
+        text: That line's current text.
+        chunk: The passage that holds it in the current index (``Chunk.to_dict``).
+    """
+
+    question: str
+    verdict: str
+    line: str | None = None
+    text: str | None = None
+    chunk: dict | None = None
+
+
+@dataclass
+class Recall:
+    """A repeat found: the reviewed question it repeats and how similar it is."""
+
+    reviewed: Reviewed
+    similarity: float
+
+
+class ReviewedAnswers:
+    """The reviewed questions of a build, searchable by meaning.
+
+    Args:
+        entries: The reviewed questions still valid against the current documents.
+        vectors: Their embeddings (rows L2-normalized, as the embedder gives them).
+        threshold: Least cosine similarity of a repeat.
+    """
+
+    def __init__(self, entries: Sequence[Reviewed], vectors: np.ndarray, threshold: float):
+        self.entries, self.vectors, self.threshold = list(entries), vectors, threshold
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def recall(
+        self, question: str, vector: np.ndarray, vocabulary: CorpusVocabulary
+    ) -> Recall | None:
+        """The reviewed question ``question`` repeats, if any (see the module docstring)."""
+        if not self.entries:
+            return None
+        similarities = self.vectors @ vector
+        order = np.argsort(-similarities)
+        unknown = vocabulary.unknown_specific_terms(question)
+        for i in order[:5]:
+            similarity = float(similarities[i])
+            if similarity < self.threshold:
+                break
+            entry = self.entries[int(i)]
+            # A line answers only about what the corpus knows; a refusal may stand for a
+            # question about something it never mentions.
+            if same_things(entry.question, question) and (entry.verdict != "line" or not unknown):
+                return Recall(entry, similarity)
+        return None
+
+    def save(self, path: Path) -> None:
+        from domainkit.utils.atomic import atomic_write_json
+
+        atomic_write_json(
+            path,
+            {
+                "threshold": self.threshold,
+                "entries": [asdict(e) for e in self.entries],
+                "vectors": [[round(float(x), 6) for x in row] for row in self.vectors],
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> ReviewedAnswers | None:
+        """The build's reviewed answers, or None when it has none."""
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = [Reviewed(**e) for e in data["entries"]]
+        if not entries:
+            return None
+        vectors = np.asarray(data["vectors"], dtype=np.float32)
+        return cls(entries, vectors, float(data["threshold"]))
+
+
+def named_terms(question: str) -> frozenset[str]:
+    """The names, model numbers and figures a question names (normalized); the log's
+    masks of personal data (``[EMAIL]``) name nothing."""
+    return frozenset(normalize_word(t) for t in specific_terms(_MASK.sub(" ", question)))
+
+
+_MASK = re.compile(r"\[(?:EMAIL|PHONE|CARD|IBAN)\]")
+
+
+def same_things(a: str, b: str) -> bool:
+    """Whether two questions name the same things: each one's names, model numbers and
+    figures occur among the other's words, whatever their case ("perch" names the Perch)."""
+    words_a, words_b = _words(a), _words(b)
+    return named_terms(a) <= words_b and named_terms(b) <= words_a
+
+
+def _words(question: str) -> set[str]:
+    return {normalize_word(w) for w in surface_words(_MASK.sub(" ", question))}

@@ -1,0 +1,62 @@
+"""The review desk: what ``domainkit review`` and the review page work with.
+
+``ReviewDesk`` lists the exchanges waiting for review (a thumbs down first, then those the
+gate was least sure of), searches the documents for the line that answers, records
+verdicts (``feedback.review``) and lists reviewed lines that the documents no longer hold.
+The page's HTTP routes are ``runtime.review_page``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from domainkit.config.loading import Domain
+from domainkit.feedback.log import ConversationLog
+from domainkit.feedback.review import (
+    Verdict,
+    record_verdict,
+    search_lines,
+    stale_reviews,
+)
+
+
+class ReviewDesk:
+    """A domain's conversation log and passages, for reviewing.
+
+    Args:
+        domain: The domain (its ``validation.yaml`` receives the verdicts).
+        log: Its conversation log.
+        retriever: Its retriever for the document search; opened when first needed.
+    """
+
+    def __init__(self, domain: Domain, log: ConversationLog, retriever=None):
+        self.domain, self.log = domain, log
+        self._retriever = retriever
+
+    @cached_property
+    def chunks(self) -> list:
+        from domainkit.retrieval import load_index
+
+        if self._retriever is not None and hasattr(self._retriever, "index"):
+            return list(self._retriever.index.chunks)
+        return list(load_index(self.domain.index_dir).chunks)
+
+    @property
+    def retriever(self):
+        if self._retriever is None:
+            from domainkit.retrieval import open_retriever
+
+            self._retriever = open_retriever(self.domain)
+        return self._retriever
+
+    def pending(self, limit: int = 100) -> list[dict]:
+        return [e.to_dict() for e in self.log.pending(limit)]
+
+    def mark(self, verdict: Verdict) -> dict:
+        return record_verdict(self.domain, self.log, verdict, self.chunks)
+
+    def search(self, query: str) -> list[dict]:
+        return search_lines(self.retriever, query)
+
+    def stale(self) -> list[dict]:
+        return stale_reviews(self.domain, self.chunks)

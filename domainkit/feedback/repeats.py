@@ -1,0 +1,131 @@
+"""Building the answers to repeats (``answer.memory``) from the reviewed questions.
+
+Each reviewed question of ``validation.yaml`` whose verdict names a line (or says the
+documents do not answer it) becomes a memory entry, its line found again in the current
+index; a line the documents no longer hold as it was makes the review stale, and it is left
+out (``domainkit review`` lists it). The similarity a repeat needs is calibrated on
+questions that must *not* match: questions about different facts of the same passage
+(synth's), and reviewed questions with different verdicts (users'), which name the same
+things. The cut is the one that lets through at most ``FALSE_MATCH`` of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from domainkit.answer.memory import DEFAULT_THRESHOLD, Reviewed, ReviewedAnswers, same_things
+from domainkit.config.loading import Domain
+from domainkit.feedback.review import reviewed_questions
+from domainkit.ingest.lines import LineRef
+
+log = logging.getLogger(__name__)
+
+# Share of must-not-match question pairs a repeat's cut may let through.
+FALSE_MATCH = 0.02
+# Fewer must-not-match pairs than this and the default cut stands.
+MIN_PAIRS = 30
+# The calibrated cut stays within these: below, paraphrase is a guess; above, nothing matches.
+BOUNDS = (0.80, 0.95)
+
+
+@dataclass
+class RepeatsReport:
+    """What the reviews stage built."""
+
+    entries: int = 0
+    answers: int = 0
+    refusals: int = 0
+    stale: list[str] = field(default_factory=list)
+    text_only: int = 0
+    threshold: float = DEFAULT_THRESHOLD
+    calibration: str = ""
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def build_repeats(domain: Domain, retriever) -> RepeatsReport:
+    """Write ``BUILD/runtime/reviewed.json`` from ``validation.yaml``'s reviewed questions."""
+    report = RepeatsReport()
+    chunks = list(retriever.index.chunks)
+    entries: list[Reviewed] = []
+    for q in reviewed_questions(domain):
+        entry = _entry(q, chunks, report)
+        if entry is not None:
+            entries.append(entry)
+    vectors = (
+        retriever.embedder.embed([e.question for e in entries])
+        if entries
+        else np.zeros((0, 1), dtype=np.float32)
+    )
+    report.threshold, report.calibration = _threshold(domain, retriever, entries, vectors)
+    report.entries = len(entries)
+    report.answers = sum(e.verdict == "line" for e in entries)
+    report.refusals = len(entries) - report.answers
+    ReviewedAnswers(entries, vectors, report.threshold).save(domain.layout.reviewed)
+    return report
+
+
+def _entry(question: dict, chunks, report: RepeatsReport) -> Reviewed | None:
+    if not question.get("answerable", True):
+        return Reviewed(question["question"], "not_in_docs")
+    line = question.get("line")
+    if not line:
+        report.text_only += 1  # an answer in the reviewer's words: calibration only
+        return None
+    found = LineRef.parse(line).find(chunks)
+    if found is None:
+        report.stale.append(line)
+        return None
+    chunk, text = found
+    return Reviewed(question["question"], "line", line, text, chunk.to_dict())
+
+
+def _threshold(domain: Domain, retriever, entries, vectors) -> tuple[float, str]:
+    """The cut that lets through at most ``FALSE_MATCH`` of the must-not-match pairs."""
+    similarities = _different_facts(domain, retriever)
+    for i, j in itertools.combinations(range(len(entries)), 2):
+        a, b = entries[i], entries[j]
+        if (a.verdict, a.line) != (b.verdict, b.line) and same_things(a.question, b.question):
+            similarities.append(float(vectors[i] @ vectors[j]))
+    if len(similarities) < MIN_PAIRS:
+        return DEFAULT_THRESHOLD, f"{len(similarities)} pairs to calibrate on: the default cut"
+    cut = float(np.quantile(similarities, 1 - FALSE_MATCH))
+    bounded = min(max(cut, BOUNDS[0]), BOUNDS[1])
+    return round(bounded, 4), (
+        f"{len(similarities)} pairs of questions that must not match; "
+        f"{1 - FALSE_MATCH:.0%} are below {cut:.3f}"
+        + (f", kept within {BOUNDS}" if bounded != cut else "")
+    )
+
+
+def _different_facts(domain: Domain, retriever) -> list[float]:
+    """Similarities of synth's questions about different facts of one passage that name
+    the same things."""
+    from domainkit.synth import dataset
+
+    try:
+        splits = dataset.load_samples(domain.layout.synth)
+    except Exception:  # noqa: BLE001 - no synth data yet: nothing to calibrate on
+        return []
+    by_chunk: dict[str, dict[str, str]] = {}
+    for sample in splits.get("train", []) + splits.get("validation", []):
+        question, fact = sample.meta.get("question"), sample.meta.get("fact")
+        if sample.chunk_id and question and fact:
+            by_chunk.setdefault(sample.chunk_id, {})[question] = fact
+    pairs = [
+        (a, b)
+        for questions in by_chunk.values()
+        for a, b in itertools.combinations(sorted(questions), 2)
+        if questions[a] != questions[b] and same_things(a, b)
+    ]
+    if not pairs:
+        return []
+    texts = sorted({q for pair in pairs for q in pair})
+    index = {q: i for i, q in enumerate(texts)}
+    vectors = retriever.embedder.embed(texts)
+    return [float(vectors[index[a]] @ vectors[index[b]]) for a, b in pairs]

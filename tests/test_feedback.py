@@ -1,0 +1,274 @@
+"""Learning from use, below the HTTP layer: the conversation log (masking, feedback, review
+order, purge), verdicts appended to validation.yaml without touching what is there, stale
+lines, and answers to repeats of reviewed questions."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+
+from domainkit.answer.answers import Answer, EvidenceLine, Source
+from domainkit.config import load_domain
+from domainkit.eval.items import validation_items
+from domainkit.feedback.log import SqliteLog, TooMuchFeedback, UnknownExchange, exchange_of
+from domainkit.feedback.review import (
+    ReviewError,
+    Verdict,
+    append_question,
+    export_reviews,
+    record_verdict,
+    stale_reviews,
+)
+from domainkit.ingest.lines import LineRef
+from domainkit.retrieval import build_index, open_retriever
+
+from .conftest import SUPPORT_DOCS, HashEmbedder, write_domain
+
+WARRANTY_LINE = "Every Perch speaker has a two-year limited warranty."
+
+
+@pytest.fixture
+def domain(tmp_path):
+    root = write_domain(tmp_path / "support", SUPPORT_DOCS)
+    loaded = load_domain(root)
+    build_index(loaded, HashEmbedder(), progress=False)
+    return loaded
+
+
+def _line_of(domain, text: str) -> EvidenceLine:
+    """The evidence line of the indexed documents whose text is ``text``."""
+    from domainkit.feedback.review import search_lines
+
+    found = next(x for x in search_lines(open_retriever(domain), text) if x["text"] == text)
+    ref = LineRef.parse(found["id"])
+    return EvidenceLine(1, text, ref.source, ref.start, ref.end, 0.9, found["id"])
+
+
+def _answer(text: str, route: str = "evidence", line: EvidenceLine | None = None, p=0.9):
+    source = Source(1, "warranty.md", "Warranty", "Warranty", "c1", 0.8)
+    return Answer(
+        text,
+        route,
+        sources=[source] if line else [],
+        evidence=[line] if line else [],
+        line=line.id if line else None,
+        gate={"dense": 0.5, "p_answerable": p, "threshold": 0.5},
+    )
+
+
+def _logged(log, ident, question, answer, history=()):
+    messages = [*history, {"role": "user", "content": question}]
+    log.record(exchange_of(ident, messages, answer, source="serve", build="b1", policy="auto"))
+
+
+def test_the_log_masks_personal_data_and_keeps_what_review_needs(tmp_path):
+    log = SqliteLog(tmp_path / "log.sqlite")
+    history = [
+        {"role": "user", "content": "I am jo@example.com, card 4111 1111 1111 1111"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+    line = EvidenceLine(1, WARRANTY_LINE, "warranty.md", 12, 64, 0.9, "warranty.md#12-64@abcd1234")
+    answer = _answer(f"{WARRANTY_LINE} [1]", line=line)
+    _logged(log, "chatcmpl-1", "Refund to IBAN GB82 WEST 1234 5698 7654 32?", answer, history)
+    log.feedback("chatcmpl-1", "down", "wrong_answer", "call me on +44 20 7946 0958")
+    got = log.get("chatcmpl-1")
+    assert got.question == "Refund to IBAN [IBAN]?"
+    assert "[EMAIL]" in got.history[0]["content"] and "[CARD]" in got.history[0]["content"]
+    assert got.comment == "call me on [PHONE]" and got.rating == "down"
+    assert got.line == line.id and got.evidence[0]["id"] == line.id and got.build == "b1"
+    raw = (tmp_path / "log.sqlite").read_bytes() + (tmp_path / "log.sqlite-wal").read_bytes()
+    for secret in (b"jo@example.com", b"4111 1111", b"GB82", b"7946"):
+        assert secret not in raw, "no personal data reaches the database file"
+    with pytest.raises(UnknownExchange):
+        log.feedback("chatcmpl-nope", "up", None, None)
+
+
+def test_review_order_is_thumbs_down_then_least_sure_then_the_rest(tmp_path):
+    log = SqliteLog(tmp_path / "log.sqlite")
+    _logged(log, "sure", "q sure", _answer("a", p=0.99))
+    _logged(log, "unsure", "q unsure", _answer("a", p=0.52))
+    _logged(log, "disliked", "q disliked", _answer("a", p=0.99))
+    log.record(
+        exchange_of(
+            "closed",
+            [{"role": "user", "content": "q closed"}],
+            Answer("x", "closed"),
+            source="chat",
+            build="b1",
+            policy="closed",
+        )
+    )
+    log.feedback("disliked", "down", "should_answer", None)
+    log.feedback("sure", "up", None, None)
+    assert [e.id for e in log.pending()] == ["disliked", "unsure", "sure", "closed"]
+    log.mark_reviewed("disliked", "line")
+    assert [e.id for e in log.pending()] == ["unsure", "sure", "closed"]
+
+
+def test_feedback_per_exchange_is_capped(tmp_path):
+    log = SqliteLog(tmp_path / "log.sqlite")
+    _logged(log, "x", "q", _answer("a"))
+    for _ in range(20):
+        log.feedback("x", "up", None, None)
+    with pytest.raises(TooMuchFeedback):
+        log.feedback("x", "down", None, None)
+
+
+def test_purge_deletes_old_exchanges_and_their_feedback(tmp_path):
+    log = SqliteLog(tmp_path / "log.sqlite")
+    _logged(log, "old", "q old", _answer("a"))
+    log.feedback("old", "down", None, "was here")
+    log._db.execute("UPDATE exchanges SET created = '2020-01-01T00:00:00+00:00' WHERE id='old'")
+    log._db.commit()
+    _logged(log, "new", "q new", _answer("a"))
+    assert log.purge_before(datetime.now(timezone.utc) - timedelta(days=1)) == 1
+    assert log.get("old") is None and log.get("new") is not None
+    db = sqlite3.connect(tmp_path / "log.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM feedback").fetchone() == (0,)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_log_that_is_off_keeps_nothing(tmp_path):
+    from domainkit.feedback.log import open_log
+
+    root = write_domain(tmp_path / "quiet", SUPPORT_DOCS, runtime={"log": False})
+    assert open_log(load_domain(root)) is None
+
+
+def test_verdicts_append_to_validation_yaml_and_leave_hand_edits_as_they_were(domain):
+    hand = (
+        "# my questions; keep this comment\n"
+        "questions:\n"
+        "  - question: Can I pay with Bitcoin?   # asked at the shop\n"
+        "    answerable: false\n"
+    )
+    domain.validation_path.write_text(hand)
+    log = SqliteLog(domain.log_path)
+    line = _line_of(domain, WARRANTY_LINE)
+    _logged(log, "e1", "How long is a Perch covered?", _answer("Something else", line=None))
+    _logged(log, "e2", "What colour is the Osprey?", _answer(f"{WARRANTY_LINE} [1]", line=line))
+    chunks = open_retriever(domain).index.chunks
+    entry = record_verdict(domain, log, Verdict("e1", "line", line.id), chunks)
+    assert entry["answer"] == WARRANTY_LINE and entry["spans"] == [WARRANTY_LINE]
+    assert entry["source"] == "docs/warranty.md" and entry["exchange"] == "e1"
+    record_verdict(domain, log, Verdict("e2", "not_in_docs"), chunks)
+    text = domain.validation_path.read_text()
+    assert text.startswith(hand), "what was there is kept byte for byte"
+    items = validation_items(domain)
+    assert [(i.question, i.answerable) for i in items] == [
+        ("Can I pay with Bitcoin?", False),
+        ("How long is a Perch covered?", True),
+        ("What colour is the Osprey?", False),
+    ]
+    assert items[1].line == line.id and items[1].spans == [WARRANTY_LINE]
+    # Marked again: the latest verdict counts.
+    record_verdict(domain, log, Verdict("e2", "off_topic"), chunks)
+    assert len(validation_items(domain)) == 3
+    assert log.get("e2").reviewed == "off_topic"
+
+
+def test_a_verdict_that_cannot_be_recorded_writes_nothing(domain):
+    log = SqliteLog(domain.log_path)
+    _logged(log, "e1", "How long is a Perch covered?", _answer("x"))
+    chunks = open_retriever(domain).index.chunks
+    for verdict, message in (
+        (Verdict("nope", "right"), "no exchange"),
+        (Verdict("e1", "line", "not-a-line-id"), "not a line id"),
+        (Verdict("e1", "line", "warranty.md#0-10@00000000"), "not in the current documents"),
+        (Verdict("e1", "answer_text", text=" "), "needs the answer"),
+        (Verdict("e1", "right"), "names no line"),
+        (Verdict("e1", "sideways"), "unknown verdict"),
+    ):
+        with pytest.raises(ReviewError, match=message):
+            record_verdict(domain, log, verdict, chunks)
+    assert not domain.validation_path.exists() and log.get("e1").reviewed is None
+    # A list written inline cannot take a block item: refused, and the file left as it was.
+    odd = "questions: [{question: 'Is it raining?', answerable: false}]\n"
+    domain.validation_path.write_text(odd)
+    with pytest.raises(ReviewError, match="would not join"):
+        append_question(domain.validation_path, {"question": "Hello there?", "answerable": False})
+    assert domain.validation_path.read_text() == odd
+
+
+def test_right_on_a_refusal_means_rightly_refused_and_a_line_found_by_search_counts(domain):
+    log = SqliteLog(domain.log_path)
+    _logged(log, "r", "Do you sell gift cards?", Answer("I'm sorry.", "refusal"))
+    _logged(log, "s", "What is the fee on an opened soundbar?", _answer("Something"))
+    chunks = open_retriever(domain).index.chunks
+    assert record_verdict(domain, log, Verdict("r", "right"), chunks)["answerable"] is False
+    fee = _line_of(domain, "Opened soundbars carry a 15 percent restocking fee.")
+    entry = record_verdict(domain, log, Verdict("s", "line", fee.id), chunks)
+    assert entry["answer"].startswith("Opened soundbars") and entry["line"] == fee.id
+
+
+def test_a_reviewed_line_the_documents_no_longer_hold_is_stale(domain, tmp_path):
+    log = SqliteLog(domain.log_path)
+    line = _line_of(domain, WARRANTY_LINE)
+    _logged(log, "e1", "How long is a Perch covered?", _answer(f"{WARRANTY_LINE} [1]", line=line))
+    record_verdict(domain, log, Verdict("e1", "right"), open_retriever(domain).index.chunks)
+    assert stale_reviews(domain, open_retriever(domain).index.chunks) == []
+    doc = domain.docs_dir / "warranty.md"
+    doc.write_text(doc.read_text().replace("two-year", "three-year"))
+    build_index(domain, HashEmbedder(), progress=False)
+    stale = stale_reviews(domain, open_retriever(domain).index.chunks)
+    assert [q["line"] for q in stale] == [line.id]
+    out = tmp_path / "reviewed.yaml"
+    assert export_reviews(domain, out) == 1
+    assert yaml.safe_load(out.read_text())["questions"][0]["exchange"] == "e1"
+    with pytest.raises(ReviewError, match="exists"):
+        export_reviews(domain, out)
+
+
+def test_repeats_of_reviewed_questions_get_the_reviewed_line_or_refusal(domain):
+    """A repeat names the same things; the same question about another product, however
+    similar, is not one. A review whose line changed answers nothing."""
+    from domainkit.answer.memory import ReviewedAnswers
+    from domainkit.feedback.repeats import build_repeats
+
+    retriever = open_retriever(domain)
+    line = _line_of(domain, WARRANTY_LINE)
+    domain.validation_path.write_text(
+        yaml.safe_dump(
+            {
+                "questions": [
+                    {
+                        "question": "How long is the warranty on a Perch speaker?",
+                        "answer": WARRANTY_LINE,
+                        "line": line.id,
+                        "verdict": "line",
+                        "exchange": "e1",
+                    },
+                    {
+                        "question": "Can I pay for my order with Bitcoin?",
+                        "answerable": False,
+                        "verdict": "not_in_docs",
+                        "exchange": "e2",
+                    },
+                ]
+            }
+        )
+    )
+    report = build_repeats(domain, retriever)
+    assert (report.entries, report.answers, report.refusals) == (2, 1, 1)
+    memory = ReviewedAnswers.load(domain.layout.reviewed)
+    vocabulary = retriever.vocabulary
+
+    def recalled(question):
+        vector = retriever.embedder.embed([question])[0]
+        found = memory.recall(question, vector, vocabulary)
+        return found.reviewed.verdict if found else None
+
+    assert recalled("How long is the warranty on a Perch speaker?") == "line"
+    assert recalled("how long is the warranty on a perch speaker") == "line"
+    assert recalled("How long is the warranty on a Talon speaker?") is None, "another name"
+    assert recalled("Can I pay for my order with Bitcoin?") == "not_in_docs"
+    assert recalled("Where is the nearest Perch shop?") is None, "not similar enough"
+
+    doc = domain.docs_dir / "warranty.md"
+    doc.write_text(doc.read_text().replace("two-year", "three-year"))
+    build_index(domain, HashEmbedder(), progress=False)
+    report = build_repeats(domain, open_retriever(domain))
+    assert report.stale == [line.id] and report.answers == 0
