@@ -157,3 +157,24 @@ def test_the_layout_names_every_build_path_once_under_the_build_folder(support_d
     assert layout.bundle_files.root == layout.bundle
     assert layout.phase("sft").best.is_relative_to(layout.train)
     assert domain.index_dir == layout.index and dataclasses.is_dataclass(layout)
+
+
+def test_bases_are_not_recipes_and_a_recipe_sets_only_what_differs():
+    from domainkit.config.loading import recipes_dir
+
+    assert "_base" not in available_recipes()
+    assert (recipes_dir() / "_base.yaml").is_file()
+    legal = yaml.safe_load((recipes_dir() / "legal.yaml").read_text())
+    assert legal["base"] == "_base" and "evidence" not in legal
+    assert load_recipe("legal").evidence.max_words == 140  # from the base
+
+
+def test_a_recipe_of_ones_own_builds_on_a_base_beside_it_or_a_shipped_one(tmp_path):
+    (tmp_path / "_mine.yaml").write_text("train:\n  lora_r: 8\n")
+    (tmp_path / "mine.yaml").write_text("base: _mine\nname: mine\n")
+    (tmp_path / "theirs.yaml").write_text("base: _base\nname: theirs\n")
+    assert load_recipe(str(tmp_path / "mine.yaml")).train.lora_r == 8
+    assert load_recipe(str(tmp_path / "theirs.yaml")).train.method == "lora"
+    (tmp_path / "_mine.yaml").write_text("base: mine\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_recipe(str(tmp_path / "mine.yaml"))
