@@ -20,6 +20,10 @@ VALIDATION_FILE = "validation.yaml"
 EVAL_FILE = "eval.yaml"
 # A recipe file may build on another (``base: _base``) and set only what differs from it.
 BASE_KEY = "base"
+SCHEMA_HINT = (
+    "`domainkit config --schema` prints every field; the documentation's configuration "
+    "reference describes them"
+)
 
 Sources = list[tuple[Path, dict[str, Any]]]
 
@@ -125,7 +129,7 @@ def _describe_error(err: dict[str, Any], sources: Sources) -> str:
     file = next((f for f, raw in reversed(sources) if _has_path(raw, err["loc"])), sources[-1][0])
     message = err["msg"]
     if err["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling; see `domainkit init --help` for the schema)"
+        message = f"unknown field (check the spelling; {SCHEMA_HINT})"
     elif err["type"] == "missing":
         return f"{file}: field '{field}' is required"
     return f"{file}: field '{field}': got {err.get('input')!r}: {message}"
