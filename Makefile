@@ -10,7 +10,7 @@ DEMO_DOMAIN ?= corpora/customer-support
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
-# This machine's pip config lists local mirrors that warn about every package they lack.
+# pip configs that list local mirror folders warn about every package a folder lacks.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 export HF_HUB_OFFLINE := 1
@@ -33,8 +33,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The product's main job on the sample corpus: ingest, index, synth, train, eval, bundle
-# (a small first run: about DEMO_LIMIT samples, DEMO_EVAL_LIMIT questions per eval set),
-# then two questions: one the documents answer, one they do not.
+# (a small first run: about DEMO_LIMIT samples, DEMO_EVAL_LIMIT questions per eval set;
+# docs/decisions.md, "make demo is a small first run"), then two questions: one the
+# documents answer, one they do not.
 DEMO_LIMIT ?= 120
 DEMO_EVAL_LIMIT ?= 30
 demo: install
