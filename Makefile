@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo test test-fast lint bench bench-squad clean
+.PHONY: install browser demo test test-fast lint docs docs-build docs-check bench bench-squad clean
 
 install: $(STAMP)
 
@@ -57,8 +57,21 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check domainkit tests bench cli.py
-	$(BIN)/ruff format --check domainkit tests bench cli.py
+	$(BIN)/ruff check domainkit tests bench cli.py docs/gen_reference.py
+	$(BIN)/ruff format --check domainkit tests bench cli.py docs/gen_reference.py
+
+# The documentation site (MkDocs, Material theme): `make docs` serves it on
+# http://127.0.0.1:8000/ and rebuilds on edits; `make docs-build` writes site/.
+docs: install
+	$(BIN)/mkdocs serve
+
+docs-build: install
+	$(BIN)/mkdocs build --strict
+
+# The generated reference pages (command line, configuration) must match the code.
+docs-check: install
+	$(BIN)/python docs/gen_reference.py --check
+	$(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python bench/retrieval.py
