@@ -75,7 +75,9 @@ def _scalar(value: Any) -> str:
     """A value on one line, as YAML would read it back (a multi-line text JSON-quoted)."""
     if isinstance(value, str) and "\n" in value:
         return json.dumps(value, ensure_ascii=False)
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+    text = yaml.safe_dump(
+        value, default_flow_style=True, width=10**6, allow_unicode=True, sort_keys=False
+    )
     return text.strip().removesuffix("...").strip()
 
 
