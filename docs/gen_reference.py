@@ -212,7 +212,7 @@ def _set_by(recipes: dict[str, dict[str, Any]], path: str) -> str:
         else:
             value = _yaml(node)
             if len(value) > 60:  # a prompt or a refusal: its opening, the file has the rest
-                value = value[:56].rstrip() + " ..."
+                value = value[:56].rsplit(" ", 1)[0] + " ..."
             found.append(f"`{name}`: `{value}`")
     return "<br>".join(found)
 
