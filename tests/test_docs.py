@@ -82,3 +82,22 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "site" / "reference" / "configuration" / "index.html").is_file()
+
+
+def test_every_pointer_to_a_decision_names_an_entry():
+    """Code comments keep a one-line why and point to docs/decisions.md by an entry's
+    title; the entry must exist."""
+    titles = re.findall(r"^### \d{4}-\d{2}-\d{2}: (.+)$", _read("docs/decisions.md"), flags=re.M)
+    sources = [*ROOT.glob("domainkit/**/*.py"), ROOT / "Makefile", *ROOT.glob("recipes/*.yaml")]
+    pointers = []
+    for path in sources:
+        text = " ".join(path.read_text(encoding="utf-8").split())
+        text = re.sub(r" ?# ", " ", text)  # a pointer may wrap across comment lines
+        pointers += re.findall(r'docs/decisions\.md, "([^"]+)"', text)
+    assert len(pointers) >= 8
+    for pointer in pointers:
+        assert pointer in titles, pointer
+
+
+def _read(name: str) -> str:
+    return (ROOT / name).read_text(encoding="utf-8")
