@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from domainkit.answer.answers import Answer, Source
 from domainkit.builder import plan, run_build
 from domainkit.cli import app
-from domainkit.config import load_domain
+from domainkit.config import available_recipes, load_domain, load_recipe
 from domainkit.eval import metrics as m
 from domainkit.eval.items import Item
 from domainkit.eval.scoring import score
@@ -65,10 +65,9 @@ def test_a_documents_own_words_are_not_a_refusal():
     ):
         assert m.is_refusal(reply), reply
     assert m.is_refusal(f"{REFUSAL} This is general information, not advice.", REFUSAL)
-    recipes = Path(__file__).resolve().parents[1] / "recipes"
-    for recipe in sorted(recipes.glob("*.yaml")):  # each recipe's own refusal
-        wording = yaml.safe_load(recipe.read_text())["refusal"]
-        assert m.is_refusal(f"{wording} A disclaimer follows."), recipe.name
+    for name in available_recipes():  # each recipe's own refusal
+        wording = load_recipe(name).refusal
+        assert m.is_refusal(f"{wording} A disclaimer follows."), name
 
 
 def test_yes_no_maybe_and_faithfulness():
