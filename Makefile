@@ -10,14 +10,14 @@ DEMO_DOMAIN ?= corpora/customer-support
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
-# This machine's pip config lists local mirrors that warn about every package they lack.
+# pip configs that list local mirror folders warn about every package a folder lacks.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo test test-fast lint bench bench-squad clean
+.PHONY: install browser demo test test-fast lint docs docs-build docs-check bench bench-squad clean
 
 install: $(STAMP)
 
@@ -33,8 +33,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The product's main job on the sample corpus: ingest, index, synth, train, eval, bundle
-# (a small first run: about DEMO_LIMIT samples, DEMO_EVAL_LIMIT questions per eval set),
-# then two questions: one the documents answer, one they do not.
+# (a small first run: about DEMO_LIMIT samples, DEMO_EVAL_LIMIT questions per eval set;
+# docs/decisions.md, "make demo is a small first run"), then two questions: one the
+# documents answer, one they do not.
 DEMO_LIMIT ?= 120
 DEMO_EVAL_LIMIT ?= 30
 demo: install
@@ -59,10 +60,23 @@ test-fast: install
 
 # Style, the import layers (pyproject's importlinter contracts) and types.
 lint: install
-	$(BIN)/ruff check domainkit tests bench cli.py
-	$(BIN)/ruff format --check domainkit tests bench cli.py
+	$(BIN)/ruff check domainkit tests bench cli.py docs/gen_reference.py
+	$(BIN)/ruff format --check domainkit tests bench cli.py docs/gen_reference.py
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+
+# The documentation site (MkDocs, Material theme): `make docs` serves it on
+# http://127.0.0.1:8000/ and rebuilds on edits; `make docs-build` writes site/.
+docs: install
+	$(BIN)/mkdocs serve
+
+docs-build: install
+	$(BIN)/mkdocs build --strict
+
+# The generated reference pages (command line, configuration) must match the code.
+docs-check: install
+	$(BIN)/python docs/gen_reference.py --check
+	$(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python bench/retrieval.py

@@ -157,3 +157,86 @@ def test_the_layout_names_every_build_path_once_under_the_build_folder(support_d
     assert layout.bundle_files.root == layout.bundle
     assert layout.phase("sft").best.is_relative_to(layout.train)
     assert domain.index_dir == layout.index and dataclasses.is_dataclass(layout)
+
+
+def test_bases_are_not_recipes_and_a_recipe_sets_only_what_differs():
+    from domainkit.config.loading import recipes_dir
+
+    assert "_base" not in available_recipes()
+    assert (recipes_dir() / "_base.yaml").is_file()
+    legal = yaml.safe_load((recipes_dir() / "legal.yaml").read_text())
+    assert legal["base"] == "_base" and "evidence" not in legal
+    assert load_recipe("legal").evidence.max_words == 140  # from the base
+
+
+def test_a_recipe_of_ones_own_builds_on_a_base_beside_it_or_a_shipped_one(tmp_path):
+    (tmp_path / "_mine.yaml").write_text("train:\n  lora_r: 8\n")
+    (tmp_path / "mine.yaml").write_text("base: _mine\nname: mine\n")
+    (tmp_path / "theirs.yaml").write_text("base: _base\nname: theirs\n")
+    assert load_recipe(str(tmp_path / "mine.yaml")).train.lora_r == 8
+    assert load_recipe(str(tmp_path / "theirs.yaml")).train.method == "lora"
+    (tmp_path / "_mine.yaml").write_text("base: mine\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_recipe(str(tmp_path / "mine.yaml"))
+
+
+def test_an_unknown_field_points_to_the_schema(tmp_path):
+    message = _error_for(tmp_path, {"name": "x", "retreival": {"top_k": 3}})
+    assert "domainkit config --schema" in message
+
+
+def test_config_names_where_each_setting_comes_from(tmp_path, monkeypatch):
+    from domainkit.config.loading import recipes_dir
+    from domainkit.config.provenance import explain_domain
+
+    root = write_domain(tmp_path / "d", {"a.md": "# A\n\ntext"}, persona={"tone": "terse"})
+    monkeypatch.chdir(tmp_path)
+    sources = {s.path: s.source for s in explain_domain(root)}
+    values = {s.path: s.value for s in explain_domain(root)}
+    base, recipe = recipes_dir() / "_base.yaml", recipes_dir() / "customer-support.yaml"
+    assert sources["persona.tone"] == "d/domain.yaml" and values["persona.tone"] == "terse"
+    assert sources["persona.assistant_name"] == str(recipe.resolve())
+    assert sources["train.method"] == str(base.resolve()) and values["train.method"] == "lora"
+    assert sources["synth.mix.self_chat"] == str(recipe.resolve())
+    assert sources["train.optimizer"] == "default" and values["train.optimizer"] == "auto"
+    config = load_domain(root).config.model_dump(mode="json")
+    for path, value in values.items():
+        node = config
+        for part in path.split("."):
+            node = node[part]
+        assert node == value, path
+
+
+def test_config_command_prints_annotated_yaml_json_and_the_schema(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from domainkit.cli import app
+    from domainkit.config.schema import DomainConfig
+
+    root = write_domain(tmp_path / "d", {"a.md": "# A\n\ntext"})
+    runner = CliRunner()
+    shown = runner.invoke(app, ["config", str(root)])
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in shown.stdout.splitlines() if x.strip().startswith("chunk_size:"))
+    assert line.split("#")[0].split(":")[1].strip() == "40"
+    assert line.split("#")[1].strip().endswith("domain.yaml")
+    assert yaml.safe_load(shown.stdout)["chunking"]["chunk_size"] == 40, "reads back as YAML"
+    as_json = json.loads(runner.invoke(app, ["config", str(root), "--json"]).stdout)
+    assert as_json["retrieval.embedder"] == {
+        "value": "hash-test",
+        "source": str(root / "domain.yaml"),
+    }
+    schema = json.loads(runner.invoke(app, ["config", "--schema"]).stdout)
+    assert schema == DomainConfig.model_json_schema()
+    missing = runner.invoke(app, ["config"])
+    assert missing.exit_code == 1 and "--schema" in missing.output
+
+
+def test_init_points_to_config_for_the_settings(tmp_path):
+    root = tmp_path / "acme"
+    scaffold_domain(root, "legal")
+    text = (root / "domain.yaml").read_text()
+    assert f"domainkit config {root}" in text and "domainkit config --schema" in text
+    assert "recipes/legal.yaml" not in text

@@ -50,11 +50,10 @@ def compose(evidence: Evidence, primary: EvidenceSentence, max_words: int) -> st
     others = [  # sentences of the other cited passages, nearly as relevant as the primary
         s for s in evidence.ranked if s.chunk.id != primary.chunk.id and s.score >= floor
     ]
-    # Then the best of the rest by score, wherever they stand: the main line's
-    # neighbours ("Perch: 2 years." sits in the list that holds the Talon's line) and
-    # the other passages' lines nearly as relevant. Neighbours first, whatever their
-    # score, spent the words on lines of one passage while a second passage's line,
-    # scored just under the main one, held the answer (SQuAD validation questions).
+    # Then the best of the rest by score, wherever they stand (the main line's neighbours
+    # and the other passages' lines nearly as relevant), so that a second passage's line
+    # scored just under the main one is not crowded out (docs/decisions.md, "answer lines
+    # join by score").
     for sentence in sorted(own + others, key=lambda s: -s.score):
         if sentence.lead_in or key(sentence) in {key(s) for s in chosen}:
             continue
@@ -64,9 +63,8 @@ def compose(evidence: Evidence, primary: EvidenceSentence, max_words: int) -> st
     groups: dict[str, list[EvidenceSentence]] = {}
     for sentence in chosen:
         groups.setdefault(sentence.chunk.id, []).append(sentence)
-    # The main line (after its lead-in) opens the answer; the rest of each passage follows
-    # in document order ("How do I reset my Talon?" opened with the Perch's line, the
-    # list's first).
+    # The main line (after its lead-in) opens the answer, not the first line of its list;
+    # the rest of each passage follows in document order.
     lead = evidence.lead_of(primary)
     opening = [key(s) for s in (lead, primary) if s is not None]
 

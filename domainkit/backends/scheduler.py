@@ -15,9 +15,9 @@ from domainkit.errors import DomainkitError
 log = logging.getLogger(__name__)
 
 
-# Prompt tokens prefilled before a batch of newcomers starts streaming: 16 requests of
-# ~700 tokens arriving together all waited for the prefill of all 16 (15.7 s on 2 cores);
-# prefilled a few at a time, the first stream while the rest are prefilled.
+# Prompt tokens prefilled before a batch of newcomers starts streaming: prefilled a few at
+# a time, the first stream while the rest are prefilled (docs/decisions.md, "newcomers join
+# 512 prompt tokens at a time").
 JOIN_TOKENS = 512
 
 

@@ -73,6 +73,7 @@ def _main(
 
 # Registration order is the order `--help` lists the commands in: the usual path first.
 from domainkit.cli import domain as _domain  # noqa: E402,F401  isort: skip  (registers commands)
+from domainkit.cli import config as _config  # noqa: E402,F401  isort: skip
 from domainkit.cli import build as _build  # noqa: E402,F401  isort: skip
 from domainkit.cli import runtime as _runtime  # noqa: E402,F401  isort: skip
 from domainkit.cli import review as _review  # noqa: E402,F401  isort: skip

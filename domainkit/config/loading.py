@@ -18,6 +18,14 @@ from domainkit.errors import ConfigError
 DOMAIN_FILE = "domain.yaml"
 VALIDATION_FILE = "validation.yaml"
 EVAL_FILE = "eval.yaml"
+# A recipe file may build on another (``base: _base``) and set only what differs from it.
+BASE_KEY = "base"
+SCHEMA_HINT = (
+    "`domainkit config --schema` prints every field; the documentation's configuration "
+    "reference describes them"
+)
+
+Sources = list[tuple[Path, dict[str, Any]]]
 
 
 def recipes_dir() -> Path:
@@ -36,7 +44,8 @@ def recipes_dir() -> Path:
 
 
 def available_recipes() -> list[str]:
-    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+    """The shipped recipes' names; files named ``_*.yaml`` are bases, not recipes."""
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def recipe_path(name_or_path: str, relative_to: Path | None = None) -> Path:
@@ -100,9 +109,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def validate_config(
-    data: dict[str, Any], sources: list[tuple[Path, dict[str, Any]]]
-) -> DomainConfig:
+def validate_config(data: dict[str, Any], sources: Sources) -> DomainConfig:
     """Validate merged settings; each error names the file whose value is at fault.
 
     Args:
@@ -116,13 +123,13 @@ def validate_config(
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-def _describe_error(err: Any, sources: list[tuple[Path, dict[str, Any]]]) -> str:
+def _describe_error(err: Any, sources: Sources) -> str:
     loc = [str(part) for part in err["loc"]]
     field = ".".join(loc) or "(top level)"
     file = next((f for f, raw in reversed(sources) if _has_path(raw, err["loc"])), sources[-1][0])
     message = err["msg"]
     if err["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling; see `domainkit init --help` for the schema)"
+        message = f"unknown field (check the spelling; {SCHEMA_HINT})"
     elif err["type"] == "missing":
         return f"{file}: field '{field}' is required"
     return f"{file}: field '{field}': got {err.get('input')!r}: {message}"
@@ -137,11 +144,41 @@ def _has_path(raw: Any, loc: tuple) -> bool:
     return True
 
 
+def recipe_sources(path: Path) -> Sources:
+    """A recipe file and the bases it builds on, as ``(file, raw mapping)`` pairs, the
+    most general first; the ``base`` key itself is taken out of each mapping.
+
+    A base is looked up beside the file that names it, then as any recipe is.
+    """
+    chain: Sources = []
+    seen: set[Path] = set()
+    while True:
+        if path.resolve() in seen:
+            raise ConfigError(f"{path}: field '{BASE_KEY}': recipes build on each other in a loop")
+        seen.add(path.resolve())
+        raw = dict(read_yaml_mapping(path))
+        base = raw.pop(BASE_KEY, None)
+        chain.insert(0, (path, raw))
+        if base is None:
+            return chain
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: field '{BASE_KEY}': got {base!r}: expected a name")
+        sibling = path.parent / f"{base}.yaml"
+        path = sibling if sibling.is_file() else recipe_path(base, relative_to=path.parent)
+
+
+def merge_sources(sources: Sources) -> dict[str, Any]:
+    """The sources' settings merged in order, each over the ones before it."""
+    merged: dict[str, Any] = {}
+    for _, raw in sources:
+        merged = deep_merge(merged, raw)
+    return merged
+
+
 def load_recipe(name_or_path: str) -> DomainConfig:
-    """Load and validate one recipe on its own."""
-    path = recipe_path(name_or_path)
-    raw = read_yaml_mapping(path)
-    return validate_config(raw, [(path, raw)])
+    """Load and validate one recipe on its own (over its bases)."""
+    sources = recipe_sources(recipe_path(name_or_path))
+    return validate_config(merge_sources(sources), sources)
 
 
 @dataclass(frozen=True)
@@ -192,6 +229,16 @@ def load_domain(root: Path | str, build_dir: Path | str | None = None) -> Domain
         build_dir: Overrides the configured build folder (absolute, or relative to ``root``).
     """
     root = Path(root)
+    sources = domain_sources(root)
+    config = validate_config(merge_sources(sources), sources)
+    if build_dir is not None:
+        config = config.model_copy(update={"build_dir": str(build_dir)})
+    return Domain(root=root, config=config)
+
+
+def domain_sources(root: Path) -> Sources:
+    """The files a domain's settings come from, as ``(file, raw mapping)`` pairs, most
+    general first: the recipe's bases, the recipe, then domain.yaml."""
     if not root.is_dir():
         raise ConfigError(f"{root}: not a folder (expected a domain folder with {DOMAIN_FILE})")
     domain_file = root / DOMAIN_FILE
@@ -200,19 +247,9 @@ def load_domain(root: Path | str, build_dir: Path | str | None = None) -> Domain
             f"{domain_file}: not found; create one with `domainkit init {root} --recipe NAME`"
         )
     raw = read_yaml_mapping(domain_file)
-    sources: list[tuple[Path, dict[str, Any]]] = []
-    base: dict[str, Any] = {}
     recipe_name = raw.get("recipe")
-    if recipe_name is not None:
-        if not isinstance(recipe_name, str):
-            raise ConfigError(
-                f"{domain_file}: field 'recipe': got {recipe_name!r}: expected a name"
-            )
-        path = recipe_path(recipe_name, relative_to=root)
-        base = read_yaml_mapping(path)
-        sources.append((path, base))
-    sources.append((domain_file, raw))
-    config = validate_config(deep_merge(base, raw), sources)
-    if build_dir is not None:
-        config = config.model_copy(update={"build_dir": str(build_dir)})
-    return Domain(root=root, config=config)
+    if recipe_name is None:
+        return [(domain_file, raw)]
+    if not isinstance(recipe_name, str):
+        raise ConfigError(f"{domain_file}: field 'recipe': got {recipe_name!r}: expected a name")
+    return [*recipe_sources(recipe_path(recipe_name, relative_to=root)), (domain_file, raw)]

@@ -9,8 +9,10 @@ from domainkit.errors import ConfigError
 from domainkit.utils.atomic import atomic_write_text
 
 _DOMAIN_TEMPLATE = """\
-# {name}: a domainkit domain. Every field of the recipe can be overridden here;
-# see recipes/{recipe}.yaml for the full list with comments.
+# {name}: a domainkit domain. Any setting of the recipe can be overridden here.
+# `domainkit config {folder}` shows every setting and where its value comes from;
+# `domainkit config --schema` (or the documentation's configuration reference) lists
+# every field with its type, default and description.
 name: {name}
 organization: {organization}
 recipe: {recipe}
@@ -55,6 +57,7 @@ def scaffold_domain(root: Path, recipe: str, organization: str | None = None) ->
     name = root.resolve().name
     text = _DOMAIN_TEMPLATE.format(
         name=name,
+        folder=root,
         recipe=recipe,
         organization=organization or "Your Organization",
         description=f"{base.description or 'An assistant'} for {organization or name}.",

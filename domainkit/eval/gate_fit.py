@@ -99,11 +99,9 @@ def calibrate(
 
     The budget holds only on questions like the users': ``synthetic`` marks the questions
     synth wrote from a passage. Those reuse the passage's words, so they score higher than
-    users' questions about the same fact (customer-support: evidence answers 0.88 of its
-    synthetic validation questions right, 0.63 of eval.yaml's; 17 of eval.yaml's 54
-    answerable questions scored below the lowest synthetic one that was answered right), and
-    a cut that refused none of those refused 31% of users' answerable questions (43% at the
-    budget's cut). So unless at least ``MIN_GUARDED`` answerable questions are users' own (a
+    users' questions about the same fact, and a cut set on them refuses many of the users'
+    answerable questions (docs/decisions.md, "the gate's cut on synthetic validation
+    questions"). So unless at least ``MIN_GUARDED`` answerable questions are users' own (a
     domain's ``validation.yaml``), the cut goes below every answerable validation question,
     right or wrong, whatever the budget.
 

@@ -156,9 +156,10 @@ class TrainingRun:
 
     def _tensors(self, batch: list[Row]) -> dict:
         pad = self.tokenizer.pad_token_id
-        # On a CPU, oneDNN keeps about 30 MB per distinct matrix shape it has run (SmolLM2,
-        # measured), so passes of every possible length would grow the process by that much
-        # a step; lengths rounded up to a multiple of 32 bound the shapes for a little padding.
+        # On a CPU, oneDNN keeps memory for each distinct matrix shape it has run, so passes
+        # of every possible length would grow the process a step at a time; lengths rounded
+        # up to a multiple of 32 bound the shapes for a little padding (docs/decisions.md,
+        # "CPU pass lengths rounded to 32").
         multiple = CPU_PAD_MULTIPLE if self.accelerator.device.type == "cpu" else 1
         return {
             k: v.to(self.accelerator.device)

@@ -43,8 +43,8 @@ HEADROOM = 0.9
 LARGE_MODEL = 2_000_000_000
 DEFAULT_LABEL_SHARE = 0.25
 # On a CPU, a forward and backward pass of about this many tokens runs as many tokens a
-# second as a longer one (SmolLM2-135M, QLoRA: 379 tokens/s for one 900-token row against
-# 336 for four at once), and holds a quarter of a 4,096-token micro-batch's activations.
+# second as a longer one, and holds a quarter of a 4,096-token micro-batch's activations
+# (docs/decisions.md, "CPU passes of 1,024 tokens").
 CPU_PASS_TOKENS = 1024
 
 

@@ -137,8 +137,8 @@ def load_student(settings: TrainConfig) -> Student:
         # Only the adapters train. peft's prepare_model_for_kbit_training would also cast the
         # frozen norms and embeddings to fp32, which under bf16 compute puts the whole hidden
         # stream, and every activation autograd keeps, in fp32: half again the activation
-        # memory (SmolLM2, one 900-token row: 1,027 MB kept instead of 700), and slower,
-        # for no gain the plain LoRA path (bf16 norms) does not have.
+        # memory, and slower (docs/decisions.md, "QLoRA keeps the frozen norms in the
+        # compute precision").
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         model = get_peft_model(model, adapter_config(settings))
