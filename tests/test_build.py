@@ -233,18 +233,17 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
         runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"]).exit_code
         == 0
     )
-    printed = runner.invoke(app, ["eval", str(buildable)], env={"COLUMNS": "250"})
+    runtime = {"evidence only", "tuned + evidence", "tuned, runtime policy"}
+    base = {"base closed-book", "naive RAG (base)"}
+    first = runner.invoke(app, ["eval", str(buildable)], env={"COLUMNS": "250"})
+    assert first.exit_code == 0, first.output
+    report_path = buildable / ".domainkit" / "eval" / "report.json"
+    assert set(json.loads(report_path.read_text())["conditions"]["eval.yaml"]) == runtime
+    printed = runner.invoke(app, ["eval", str(buildable), "--compare"], env={"COLUMNS": "250"})
     assert printed.exit_code == 0, printed.output
-    report = json.loads((buildable / ".domainkit" / "eval" / "report.json").read_text())
+    report = json.loads(report_path.read_text())
     table = report["conditions"]["eval.yaml"]
-    assert set(table) == {
-        "base closed-book",
-        "naive RAG (base)",
-        "evidence only",
-        "tuned closed-book",
-        "tuned + evidence",
-        "tuned, runtime policy",
-    }
+    assert set(table) == runtime | base | {"tuned closed-book"}
     for name, metrics in table.items():
         line = next(ln for ln in printed.output.splitlines() if ln.strip("│ ").startswith(name))
         assert f"{metrics['false_refusals']:.2f}" in line and f"{metrics['accuracy']:.2f}" in line
@@ -263,6 +262,14 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
     assert all(0.0 <= metrics["judge"] <= 1.0 for metrics in table.values())
     assert report["calibration"]["validation_questions"] >= 8 and report["calibration"]["gate"]
     assert (buildable / ".domainkit" / "eval" / "gate.png").is_file()
+    # Without --compare the base model's rows come back from that run, unchanged.
+    reused = runner.invoke(app, ["eval", str(buildable)], env={"COLUMNS": "250"})
+    assert reused.exit_code == 0, reused.output
+    again = json.loads(report_path.read_text())
+    assert set(again["conditions"]["eval.yaml"]) == runtime | base
+    for name in base:
+        assert again["conditions"]["eval.yaml"][name] == table[name]
+    assert any("reused from the run of" in note for note in again["notes"])
 
 
 def test_build_after_a_kill_in_training_continues_from_the_checkpoint(

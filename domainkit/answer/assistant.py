@@ -29,7 +29,7 @@ from domainkit.answer.answers import Answer, ConversationError, PendingAnswer, S
 from domainkit.answer.budget import fit_prompt
 from domainkit.answer.compose import compose, evidence_answer
 from domainkit.answer.evidence import Evidence, EvidenceSelector
-from domainkit.answer.gate import Gate, features_of, reading_counts
+from domainkit.answer.gate import Gate, features_of, prior_gate, reading_counts
 from domainkit.answer.memory import ReviewedAnswers
 from domainkit.answer.retrieve import Retrieval, search_query, split_conversation
 from domainkit.backends import BACKENDS, ChatBackend, GenRequest, GenResult, ScoresChoices
@@ -59,11 +59,18 @@ class Calibration:
 
     @classmethod
     def of(cls, domain: Domain) -> Calibration:
-        """The built domain's calibration, else the defaults."""
+        """The built domain's calibration, else the prior gate (``gate.prior_gate``)."""
         path = domain.layout.calibration
         data = json.loads(path.read_text()) if path.is_file() else {}
-        gate = Gate.from_dict(data["gate"]) if "gate" in data else Gate()
+        gate = Gate.from_dict(data["gate"]) if "gate" in data else prior_of(domain)
         return cls(gate, float(data.get("reader_weight", DEFAULT_READER_WEIGHT)))
+
+
+def prior_of(domain: Domain) -> Gate:
+    """The gate before calibration for this domain's documents (``gate.prior_gate``)."""
+    from domainkit.retrieval.store import docs_fingerprint
+
+    return prior_gate(docs_fingerprint(domain.index_dir))
 
 
 def load_backend(

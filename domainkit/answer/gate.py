@@ -17,15 +17,20 @@ Roost?"). So the gate combines several signals in a logistic model:
   and the answer states none (``answer.answer_types``): "How heavy is the Roost?"
   answered with "Power cable (2 m)".
 
-``eval.gate_fit.calibrate`` fits the weights (keeping the prior's signs) and the decision
-threshold on a validation set that holds unanswerable questions (never on the eval set).
-Before calibration a conservative hand-set model is used.
+``eval.gate_fit.calibrate`` fits the weights (keeping the hand-set prior's signs) and the
+decision threshold on a validation set that holds unanswerable questions (never on the eval
+set). Before calibration, and for a domain whose validation questions are too few, the gate
+is ``prior_gate``: fitted on the shipped corpora's own hand-written questions
+(``bench/fit_prior.py`` writes ``prior.json``), the hand-set gate when that is missing.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -137,3 +142,31 @@ def features_of(
         model_refusal=model_refusal,
         missing_type=int(missing_type(question, answer)),
     )
+
+
+PRIOR_FILE = Path(__file__).with_name("prior.json")
+
+
+def prior_gate(docs: str | None = None) -> Gate:
+    """The gate before calibration: the fit on the shipped corpora's questions; for one of
+    those corpora (``docs``, its documents' fingerprint, ``retrieval.store.docs_fingerprint``)
+    the fit that left it out, so no corpus is answered by a gate fitted on its own questions."""
+    return prior_fit(docs)[1]
+
+
+def prior_fit(docs: str | None = None) -> tuple[str, Gate]:
+    """``prior_gate`` and the name of the fit it is (``all``, ``without:legal``, or
+    ``hand-set`` without a fitted prior)."""
+    fits = _fitted_priors()
+    name = next((n for n, f in fits.items() if docs and docs in f.get("excludes", [])), "all")
+    fit = fits.get(name)
+    if fit is None:
+        return "hand-set", Gate()
+    return name, Gate(dict(fit["weights"]), float(fit["bias"]), float(fit["threshold"]), False)
+
+
+@functools.lru_cache(maxsize=1)
+def _fitted_priors() -> dict[str, dict]:
+    if not PRIOR_FILE.is_file():
+        return {}
+    return json.loads(PRIOR_FILE.read_text(encoding="utf-8")).get("fits", {})

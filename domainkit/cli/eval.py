@@ -66,11 +66,21 @@ def evaluate(
     last: Annotated[
         bool, typer.Option("--last", help="Print the last report again instead of evaluating.")
     ] = False,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also run the comparison: the base model closed-book and as naive RAG, the "
+            "tuned model closed-book, the forgetting check (most of an eval's time; otherwise "
+            "the base model's rows are reused from the last run that had them, when still valid).",
+        ),
+    ] = False,
     build_dir: BuildDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Measure what tuning and retrieval each bring: base vs tuned, closed-book vs retrieval,
-    and the runtime policy, on eval.yaml and the validation split.
+    """Measure the runtime policy, the evidence alone and the tuned model's reading of it on
+    eval.yaml and the validation split; with --compare, what tuning and retrieval each bring
+    (base vs tuned, closed-book vs naive RAG).
 
     Calibrates the runtime thresholds on the validation split (written to
     BUILD/runtime/calibration.json) and writes BUILD/eval/report.{json,md}, answers.jsonl
@@ -87,7 +97,9 @@ def evaluate(
             raise DomainkitError(f"no evaluation report in {loaded.build_dir}; run eval first")
     else:
         with build_lock(loaded.build_dir, "eval"):
-            report = report_dict(run_eval(loaded, limit=limit, progress=not json_output))
+            report = report_dict(
+                run_eval(loaded, limit=limit, progress=not json_output, compare=compare)
+            )
     if json_output:
         print_json(report)
         return

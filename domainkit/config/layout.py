@@ -111,6 +111,11 @@ class Layout:
         return self.eval / "loss.png"
 
     @property
+    def eval_comparison(self) -> Path:
+        """The base model's comparison rows, reused while nothing they depend on changed."""
+        return self.root / "eval-comparison.json"
+
+    @property
     def eval_resume(self) -> Path:
         """Model replies of an evaluation in progress (deleted when its report is written)."""
         return self.root / "eval-replies.sqlite"

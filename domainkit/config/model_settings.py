@@ -212,7 +212,15 @@ class EvalConfig(Section):
         64, ge=8, le=2048, description="Longest answer generated per eval question."
     )
     general_knowledge: bool = Field(
-        True, description="Also ask a small general-knowledge set closed-book (forgetting)."
+        True,
+        description="With the comparison, also ask a small general-knowledge set closed-book "
+        "(forgetting).",
+    )
+    compare: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="The comparison conditions (base model closed-book and as naive RAG, tuned "
+        "closed-book, forgetting): on runs them (most of an eval's time); auto reuses the "
+        "base model's from the last run with the same model, questions and index; off never.",
     )
     judge: Literal["auto", "on", "off"] = Field(
         "auto",

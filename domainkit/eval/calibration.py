@@ -60,7 +60,14 @@ def gold_absent_twins(items, retriever) -> tuple[list, dict[str, frozenset[str]]
 
 
 def calibrate_assistant(
-    assistant, answers, items, twin_answers, twins, is_correct, max_false_refusals=None
+    assistant,
+    answers,
+    items,
+    twin_answers,
+    twins,
+    is_correct,
+    max_false_refusals=None,
+    prior: Gate | None = None,
 ) -> tuple[Calibration, dict]:
     """Fit the reader weight on the answerable items, then the gate on every item and
     twin.
@@ -72,6 +79,8 @@ def calibrate_assistant(
         twin_answers: Its ``rag`` answers to the gold-absent ``twins``.
         is_correct: ``(item, answer) -> bool``.
         max_false_refusals: The gate's budget of refused answerable questions (``calibrate``).
+        prior: The gate before calibration: what the fit shrinks towards, and what stays
+            when there are too few questions to fit (default: the hand-set gate).
 
     Returns:
         The calibration (gate and reader weight) and a report of how it was fitted.
@@ -113,14 +122,14 @@ def calibrate_assistant(
         "reader_weight": weight,
         "reader_accuracy": {str(w): a for w, a in accuracy.items()},
     }
-    gate = Gate()  # the prior, unless the fit below replaces it
+    gate = prior or Gate()  # unless the fit below replaces it
     try:
         # The false-refusal budget protects users' right answers (``calibrate``).
         right = [i.answerable and is_correct(i, a) for i, a in pairs]
         labels = [i.answerable for i, _ in pairs]
         synthetic = [i.synthetic for i, _ in pairs]
         gate, fit = calibrate(
-            features, labels, max_false_refusals, right=right, synthetic=synthetic
+            features, labels, max_false_refusals, right=right, synthetic=synthetic, prior=prior
         )
         out |= {"gate": gate.to_dict(), **fit}
     except ValueError as e:

@@ -9,7 +9,7 @@ import numpy as np
 
 from domainkit.answer.gate import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS, Gate, GateFeatures
 
-__all__ = ["PRIOR_BIAS", "allowed_misses", "calibrate", "fit_logistic", "tradeoff"]
+__all__ = ["PRIOR_BIAS", "allowed_misses", "calibrate", "fit_logistic", "fit_weights", "tradeoff"]
 
 
 def fit_logistic(
@@ -77,14 +77,41 @@ MIN_GUARDED = 5
 PRIOR_STRENGTH = 4.0
 
 
+def fit_weights(
+    x: np.ndarray, y: np.ndarray, target: dict[str, float], strength: float
+) -> tuple[dict[str, float], float]:
+    """The gate's weights by ``fit_logistic`` shrunk towards ``target``, every weight keeping
+    the hand-set prior's sign: a feature whose fitted weight points the other way is dropped
+    (weight 0) and the rest refitted.
+
+    Returns:
+        (weight by feature name, bias).
+    """
+    active = list(range(len(FEATURES)))
+    while True:
+        toward = np.array([target.get(FEATURES[i], 0.0) for i in active])
+        fitted, bias = fit_logistic(x[:, active], y, l2=strength, prior=toward)
+        keep = [
+            i for i, w in zip(active, fitted, strict=True) if w * PRIOR_WEIGHTS[FEATURES[i]] > 0
+        ]
+        if len(keep) == len(active) or not keep:
+            break
+        active = keep
+    weights = dict.fromkeys(FEATURES, 0.0)
+    weights.update({FEATURES[i]: float(w) for i, w in zip(active, fitted, strict=True)})
+    return weights, bias
+
+
 def calibrate(
     features: list[GateFeatures],
     answerable: list[bool],
     max_false_refusals: float | None = None,
     right: list[bool] | None = None,
     synthetic: list[bool] | None = None,
+    prior: Gate | None = None,
 ) -> tuple[Gate, dict]:
-    """Fit the gate on validation questions with known answerability.
+    """Fit the gate on validation questions with known answerability, its weights shrunk
+    towards ``prior``'s (the gate before calibration, ``answer.gate.prior_gate``).
 
     Every weight keeps the prior's sign: validation questions are synthetic, and a signal
     that seems to point the wrong way there (answerable questions looking refusal-prone to
@@ -120,16 +147,8 @@ def calibrate(
             f"unanswerable questions (got {int(y.sum())} and {int(len(y) - y.sum())})"
         )
     x = np.stack([f.vector() for f in features])
-    active = list(range(len(FEATURES)))
-    while True:
-        prior = np.array([PRIOR_WEIGHTS[FEATURES[i]] for i in active])
-        fitted, bias = fit_logistic(x[:, active], y, l2=PRIOR_STRENGTH, prior=prior)
-        keep = [i for i, w, p in zip(active, fitted, prior, strict=True) if w * p > 0]
-        if len(keep) == len(active) or not keep:
-            break
-        active = keep
-    weights = dict.fromkeys(FEATURES, 0.0)
-    weights.update({FEATURES[i]: float(w) for i, w in zip(active, fitted, strict=True)})
+    target = (prior or Gate()).weights
+    weights, bias = fit_weights(x, y, target, PRIOR_STRENGTH)
     gate = Gate(weights, bias, 0.5, True)
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)

@@ -58,6 +58,9 @@ def markdown(report, with_loss: bool = False) -> str:
     lines += [f"- {k}: {v}" for k, v in report.retrieval.items()]
     lines += ["", "## Answerability gate (calibrated on the validation questions)", ""]
     lines += _calibration_lines(report.calibration)
+    if report.learning:
+        lines += ["", "## Learning from reviewed questions", ""]
+        lines += _learning_lines(report.learning)
     if report.general:
         lines += ["", "## General knowledge (closed-book, forgetting check)", ""]
         lines += [f"- {model}: {value:.0%}" for model, value in report.general.items()]
@@ -131,6 +134,42 @@ def _calibration_lines(calibration: dict) -> list[str]:
             "its reading could not change an answer"
         ),
     ]
+
+
+def _learning_lines(learning: dict) -> list[str]:
+    """What the users' reviewed questions (validation.yaml) changed, and why each use was
+    taken or not."""
+    users = learning["users_questions"]
+    lines = [
+        f"- users' questions in validation.yaml: {users['answerable']} answerable "
+        f"({users['with_line']} with a reviewed line), {users['unanswerable']} unanswerable"
+    ]
+    if learning["gate"] == "prior":
+        lines.append(
+            f"- gate: the prior fitted on the shipped corpora's questions ({learning['prior']}"
+            "), the validation questions being too few to fit"
+        )
+    elif learning.get("guarded_questions") == "users'":
+        lines.append(
+            "- gate: calibrated, its cut set by the false-refusal budget on the users' "
+            "questions (they are what new questions look like)"
+        )
+    else:
+        lines.append(
+            "- gate: calibrated on synthetic questions only (fewer than 5 answerable users' "
+            "questions), its cut below every answerable one"
+        )
+    repeats = learning.get("repeats")
+    if repeats and repeats["answers"] + repeats["refusals"]:
+        lines.append(
+            f"- answers to repeats: {repeats['answers']} reviewed lines and "
+            f"{repeats['refusals']} reviewed refusals answer questions that mean the same "
+            f"(similarity >= {repeats['threshold']:.3f}, same names and figures), route "
+            "`reviewed`"
+        )
+    else:
+        lines.append("- answers to repeats: none (no reviewed questions with a verdict)")
+    return lines
 
 
 def _pyplot():

@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from domainkit.answer.answers import Answer
-from domainkit.answer.assistant import Assistant, load_backend
+from domainkit.answer.assistant import Assistant, load_backend, prior_of
 from domainkit.config.layout import adapter_config
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
@@ -66,16 +66,20 @@ GENERAL = [
 
 @dataclass
 class Condition:
+    """One row of the table: the model it runs (base or tuned), the policy, and whether it
+    is a comparison (run on request, ``eval.comparison``) or what the runtime is."""
+
     name: str
     tuned: bool
     policy: str
+    compare: bool = False
 
 
 CONDITIONS = [
-    Condition("base closed-book", False, "closed"),
-    Condition("naive RAG (base)", False, "naive"),
+    Condition("base closed-book", False, "closed", compare=True),
+    Condition("naive RAG (base)", False, "naive", compare=True),
     Condition("evidence only", False, "evidence"),
-    Condition("tuned closed-book", True, "closed"),
+    Condition("tuned closed-book", True, "closed", compare=True),
     Condition("tuned + evidence", True, "rag"),
     Condition("tuned, runtime policy", True, "auto"),
 ]
@@ -92,6 +96,7 @@ class EvalReport:
     headline: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    learning: dict = field(default_factory=dict)
 
 
 class _MemoRetriever:
@@ -153,23 +158,40 @@ def _prompt_chars(assistant: Assistant, item: Item, policy: str) -> int:
     )
 
 
-def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True) -> EvalReport:
-    """Evaluate the domain's models under every condition and write the report."""
+def run_eval(
+    domain: Domain, *, limit: int | None = None, progress: bool = True, compare: bool = False
+) -> EvalReport:
+    """Evaluate the runtime (and, with ``compare`` or ``eval.compare: on``, the comparison
+    conditions) and write the report."""
+    from domainkit.eval import comparison
     from domainkit.eval.report import write_report
     from domainkit.retrieval import open_retriever
 
     started = time.perf_counter()
     sets = _question_sets(domain, limit)
-    general = [Item(q, a, True) for q, a in GENERAL] if domain.config.eval.general_knowledge else []
+    mode = "on" if compare else domain.config.eval.compare
     tuned_available = adapter_config(domain.layout.adapter).is_file()
-    conditions = [c for c in CONDITIONS if tuned_available or not c.tuned]
-    generated = [c for c in conditions if c.policy != "auto"]
+    wanted = [c for c in CONDITIONS if mode == "on" or not c.compare]
+    conditions = [c for c in wanted if tuned_available or not c.tuned]
+    general = (
+        [Item(q, a, True) for q, a in GENERAL]
+        if domain.config.eval.general_knowledge and mode == "on"
+        else []
+    )
+    generated = [c for c in conditions if c.policy not in ("auto", "evidence")]
     total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
     bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
     run = _Run(domain, _MemoRetriever(open_retriever(domain)), bar, sets, general)
-    for tuned in (False, True) if tuned_available else (False,):
-        run.evaluate_model(tuned, [c for c in conditions if c.tuned == tuned])
+    base = [c for c in conditions if not c.tuned and c.policy != "evidence"]
+    if base or not tuned_available:
+        run.evaluate_model(False, [c for c in conditions if not c.tuned])
+    if tuned_available:
+        run.evaluate_model(True, [c for c in conditions if c.tuned or c.policy == "evidence"])
     bar.close()
+    if mode == "on":
+        comparison.save(domain, sets, run.results, run.rows)
+    elif mode == "auto":
+        run.reuse(comparison.load_reused(domain, sets))
     if "reader_weight" in run.calibration:
         run.calibration["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(domain.layout.calibration, run.calibration)
@@ -184,6 +206,7 @@ def run_eval(domain: Domain, *, limit: int | None = None, progress: bool = True)
         headline=_headline(run.results),
         seconds=round(time.perf_counter() - started, 1),
         notes=run.notes(tuned_available),
+        learning=_learning(domain, sets.get("validation", []), run.calibration),
     )
     write_report(domain, report, run.rows)
     run.forget_replies()
@@ -223,6 +246,7 @@ class _Run:
         self.rows: list[dict] = []
         self.general_scores: dict = {}
         self.calibration: dict = {}
+        self.reused_from: str | None = None
 
     def evaluate_model(self, tuned: bool, conditions: list[Condition]) -> None:
         """The base or tuned model: general knowledge, calibration (tuned), then each of
@@ -263,8 +287,20 @@ class _Run:
             backend=(kept, has_adapter),
         )
 
+    def reuse(self, kept: dict[str, dict]) -> None:
+        """Put the base model's comparison rows kept from an earlier run in the table."""
+        for set_name, earlier in kept.items():
+            self.results[set_name] = {**earlier["results"], **self.results[set_name]}
+            self.rows += earlier["rows"]
+            self.reused_from = earlier["written"]
+
     def notes(self, tuned_available: bool) -> list[str]:
         notes = [] if tuned_available else ["no trained adapter: tuned conditions skipped"]
+        if self.reused_from:
+            notes.append(
+                f"base closed-book and naive RAG reused from the run of {self.reused_from} "
+                "(same base model, questions, index and settings)"
+            )
         if reused := sum(b.reused for b in self.backends):
             notes.append(
                 f"resumed an interrupted run: {reused} model replies were kept from it, so "
@@ -299,10 +335,17 @@ class _Run:
             ], seconds
         return _answer_all(assistant, items, condition.policy, self.max_tokens, self.bar)
 
-    def _rag_answers(self, assistant: Assistant, set_name: str, items: list[Item]):
+    def _rag_answers(
+        self, assistant: Assistant, set_name: str, items: list[Item], read: bool = False
+    ):
+        """The model's reading of each item's evidence, once per model and set. Unless
+        ``read`` (calibration needs the model's scores), once the calibrated assistant
+        would not read (reader weight 0, no weight on the model's refusal), the selector's
+        reading, as the runtime answers: the same answers without scoring every question."""
         key = (assistant.tuned, set_name)
         if key not in self._rag:
-            self._rag[key] = _answer_all(assistant, items, "rag", self.max_tokens, self.bar)
+            policy = "rag" if read or assistant.reads_matter() else "auto"
+            self._rag[key] = _answer_all(assistant, items, policy, self.max_tokens, self.bar)
         return self._rag[key]
 
     def calibrate(self, assistant: Assistant, items: list[Item]) -> Assistant:
@@ -317,7 +360,7 @@ class _Run:
         if not items:
             self.calibration = {"note": "not calibrated: no validation questions"}
             return assistant
-        answers, _ = self._rag_answers(assistant, "validation", items)
+        answers, _ = self._rag_answers(assistant, "validation", items, read=True)
         chunks = self.retriever.retriever.index.chunks
         twins, hidden = gold_absent_twins(with_passages(items, chunks), self.retriever)
         hiding = assistant.with_parts(retriever=HidingRetriever(self.retriever, hidden))
@@ -330,8 +373,36 @@ class _Run:
             twins,
             lambda i, a: answered_right(i, a, self.refusal),
             self.domain.config.runtime.max_false_refusals,
+            prior=prior_of(self.domain),
         )
         return assistant.with_parts(gate=calibration.gate, reader_weight=calibration.reader_weight)
+
+
+def _learning(domain: Domain, items: list[Item], calibration: dict) -> dict:
+    """What the users' reviewed questions changed in this build, for the report."""
+    from domainkit.answer.gate import prior_fit
+    from domainkit.retrieval.store import docs_fingerprint
+
+    users = [i for i in items if not i.synthetic]
+    out: dict = {
+        "users_questions": {
+            "answerable": sum(i.answerable for i in users),
+            "unanswerable": sum(not i.answerable for i in users),
+            "with_line": sum(i.line is not None for i in users),
+        },
+        "gate": "calibrated" if calibration.get("gate") else "prior",
+        "guarded_questions": calibration.get("guarded_questions"),
+        "prior": prior_fit(docs_fingerprint(domain.index_dir))[0],
+    }
+    if domain.layout.reviewed.is_file():
+        reviewed = json.loads(domain.layout.reviewed.read_text(encoding="utf-8"))
+        entries = reviewed["entries"]
+        out["repeats"] = {
+            "answers": sum(e["verdict"] == "line" for e in entries),
+            "refusals": sum(e["verdict"] != "line" for e in entries),
+            "threshold": reviewed["threshold"],
+        }
+    return out
 
 
 def _row(set_name: str, condition: str, item: Item, answer: Answer) -> dict:

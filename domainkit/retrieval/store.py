@@ -100,6 +100,17 @@ def _read_manifest(version: Path) -> dict:
     return json.loads(IndexVersion(version).manifest.read_text(encoding="utf-8"))
 
 
+def docs_fingerprint(index_dir: Path) -> str | None:
+    """One hash of the documents the live index was built from (their paths and contents),
+    None without an index: which corpus this is, whatever the domain is called."""
+    from domainkit.utils.hashing import json_hash
+
+    version = current_version(index_dir)
+    if version is None:
+        return None
+    return json_hash(sorted(_read_manifest(version).get("files", {}).items()))
+
+
 def source_hashes(domain: Domain) -> dict[str, str]:
     """Content hash of every document file the index reads, by path relative to docs/."""
     docs = domain.docs_dir
