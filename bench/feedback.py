@@ -279,8 +279,9 @@ def print_table(results: list[dict]) -> None:
             f"{r['corpus']:<18} | {b['rewordings']['right_or_rightly_refused']:.2f} -> "
             f"{a['rewordings']['right_or_rightly_refused']:.2f}              | "
             f"{b['scored']['accuracy']:.2f} -> {a['scored']['accuracy']:.2f}     | "
-            f"{b['scored']['refused_unanswerable']:.2f} -> {a['scored']['refused_unanswerable']:.2f}"
-            f"         | {b['scored']['false_refusals']:.2f} -> {a['scored']['false_refusals']:.2f}"
+            f"{b['scored']['refused_unanswerable']:.2f} -> "
+            f"{a['scored']['refused_unanswerable']:.2f}         | "
+            f"{b['scored']['false_refusals']:.2f} -> {a['scored']['false_refusals']:.2f}"
         )
     print(f"mean gain in unanswerable refused (scored half): {sum(gains) / len(gains):+.3f}")
 

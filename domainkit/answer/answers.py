@@ -72,6 +72,7 @@ class Answer:
         quote: The model's reply when it quoted (before verification).
         evidence: The evidence block's sentences.
         line: The id of the line the answer opens with (None for a refusal).
+        lines: The ids of all the lines its text is made of, in order.
         gate: The gate's features and probability of answerable, under ``auto``.
     """
 
@@ -81,6 +82,7 @@ class Answer:
     quote: str | None = None
     evidence: list[EvidenceLine] = field(default_factory=list)
     line: str | None = None
+    lines: list[str] = field(default_factory=list)
     gate: dict | None = None
     confidence: float | None = None
     prompt_tokens: int = 0

@@ -27,7 +27,7 @@ from typing import get_args
 from domainkit.answer import read
 from domainkit.answer.answers import Answer, ConversationError, PendingAnswer, Source
 from domainkit.answer.budget import fit_prompt
-from domainkit.answer.compose import compose, evidence_answer
+from domainkit.answer.compose import composed_lines, evidence_answer, word
 from domainkit.answer.evidence import Evidence, EvidenceSelector
 from domainkit.answer.gate import Gate, features_of, prior_gate, reading_counts
 from domainkit.answer.memory import ReviewedAnswers
@@ -245,13 +245,14 @@ class Assistant:
         sampling = _Sampling(
             self.settings.temperature if temperature is None else temperature, seed
         )
-        if self.retriever is None or policy == "closed":
+        if self.retriever is None or self.selector is None or policy == "closed":
             return self._closed(question, history, max_tokens, sampling, on_text, started)
         if policy == "naive":
             return self._naive(question, history, max_tokens, sampling, on_text, started)
-        if policy == "auto" and (recalled := self.recall(question)) is not None:
+        hits = self._retrieve(question, history)
+        evidence = self.selector.select(question, [h.chunk for h in hits])
+        if policy == "auto" and (recalled := self.recall(question, evidence, hits)) is not None:
             return self._ready(recalled, on_text, started)
-        evidence = self._evidence(question, history)
         if policy == "evidence" or not evidence.sentences:
             return self._from_evidence(evidence, on_text, started)
         plan = self._plan(question, history, evidence, max_tokens)
@@ -277,29 +278,49 @@ class Assistant:
         )
         return PendingAnswer(finish, self.scheduler.submit(request), request)
 
-    def recall(self, question: str) -> Answer | None:
+    def recall(
+        self, question: str, evidence: Evidence | None = None, hits: list | None = None
+    ) -> Answer | None:
         """The reviewer's answer when ``question`` repeats a reviewed one (route
-        ``reviewed``): the reviewed line worded and cited as any answer is, or the refusal."""
+        ``reviewed``): the reviewed lines worded and cited as any answer is, or the refusal.
+        ``evidence`` and ``hits`` are the question's own, when already found."""
         if self.memory is None or self.retriever is None or self.selector is None:
             return None
+        if hits is None:
+            hits = self._retrieve(question, [])
+        if evidence is None:
+            evidence = self.selector.select(question, [h.chunk for h in hits])
         vector = self.retriever.embedder.embed([question])[0]
-        found = self.memory.recall(question, vector, self.retriever.vocabulary)
+        found = self.memory.recall(
+            question,
+            vector,
+            self.retriever.vocabulary,
+            retrieved={h.chunk.id for h in hits},
+            dense=evidence.best_dense if evidence.sentences else None,
+        )
         if found is None:
             return None
         entry = found.reviewed
         trace = {"reviewed": entry.question, "similarity": round(found.similarity, 4)}
-        if entry.verdict != "line" or entry.chunk is None or entry.line is None:
+        if entry.verdict != "line" or not entry.lines or entry.line is None:
             return Answer(self.config.refusal, "reviewed", gate=trace)
-        chunk = Chunk.from_dict(entry.chunk)
-        ref = LineRef.parse(entry.line)
-        span = (chunk, ref.start - chunk.start, ref.end - chunk.start)
-        evidence = self.selector.select(question, [chunk], query_vector=vector, required=[span])
-        line = next((s for s in evidence.sentences if s.id == entry.line), None)
-        if line is None:  # the selector could not keep it: answer as if never reviewed
-            return None
+        chunks = {c["id"]: Chunk.from_dict(c) for c in entry.chunks}
+        spans = []
+        for line_id in entry.lines:
+            ref = LineRef.parse(line_id)
+            chunk = next(c for c in chunks.values() if ref.find([c]) is not None)
+            spans.append((chunk, ref.start - chunk.start, ref.end - chunk.start))
+        evidence = self.selector.select(
+            question, list(chunks.values()), query_vector=vector, required=spans
+        )
+        kept = {s.id: s for s in evidence.sentences}
+        if not all(line_id in kept for line_id in entry.lines):
+            return None  # the selector could not keep them all: answer as if never reviewed
+        chosen = [kept[line_id] for line_id in entry.lines]
         answer = evidence_answer(evidence, self.settings.answer_words)
-        answer.text = compose(evidence, line, self.settings.answer_words)
-        answer.route, answer.line, answer.gate = "reviewed", line.id, trace
+        answer.text = word(evidence, chosen, kept[entry.line])
+        answer.route, answer.line, answer.lines = "reviewed", entry.line, list(entry.lines)
+        answer.gate = trace
         return answer
 
     def _ready(self, answer: Answer, on_text, started: float) -> PendingAnswer:
@@ -334,12 +355,17 @@ class Assistant:
 
     # -- the evidence route ----------------------------------------------------------------
 
-    def _evidence(self, question: str, history: list[Message]) -> Evidence:
-        """Retrieve, then select the evidence for the question."""
-        assert self.retriever is not None and self.selector is not None
-        hits = self.retriever.search(
+    def _retrieve(self, question: str, history: list[Message]) -> list:
+        """The passages searched for the question (``retrieve.search_query``)."""
+        assert self.retriever is not None
+        return self.retriever.search(
             search_query(question, history), k=self.config.evidence.passages
         )
+
+    def _evidence(self, question: str, history: list[Message]) -> Evidence:
+        """Retrieve, then select the evidence for the question."""
+        assert self.selector is not None
+        hits = self._retrieve(question, history)
         return self.selector.select(question, [h.chunk for h in hits])
 
     def _plan(
@@ -381,7 +407,8 @@ class Assistant:
             answer.finish_reason = result.finish_reason
         answer.trimmed_turns = plan.trimmed
         if reading.line is not None:
-            answer.text = compose(evidence, reading.line, self.settings.answer_words)
+            words = self.settings.answer_words
+            answer.text, answer.lines = composed_lines(evidence, reading.line, words)
             answer.line = reading.line.id
             # "answer" only when the model's choice of line counted: unread, or read with no
             # weight, the line is the selector's and the user is told so.
@@ -399,7 +426,7 @@ class Assistant:
         refused = result is not None and not result.choice_logprobs and reading.refusal == 1.0
         if gated and (refused or probability < self.gate.threshold):
             answer.text, answer.route, answer.sources = self.config.refusal, "refusal", []
-            answer.line = None
+            answer.line, answer.lines = None, []
         if result is None or result.choice_logprobs:  # scored or unread: the reply is this text
             answer.completion_tokens = self.scheduler.generator.count_text(answer.text)
         return answer

@@ -24,6 +24,19 @@ def compose(evidence: Evidence, primary: EvidenceSentence, max_words: int) -> st
     sit apart). Each passage's sentences are in document order, followed by its
     citation ``[n]``, the primary's passage first. Only the documents' own words, so
     nothing needs trusting."""
+    return word(evidence, choose(evidence, primary, max_words), primary)
+
+
+def composed_lines(
+    evidence: Evidence, primary: EvidenceSentence, max_words: int
+) -> tuple[str, list[str]]:
+    """``compose``'s text and the ids of the lines it is made of, in their order."""
+    chosen = choose(evidence, primary, max_words)
+    return word(evidence, chosen, primary), [s.id for s in _ordered(evidence, chosen, primary)]
+
+
+def choose(evidence: Evidence, primary: EvidenceSentence, max_words: int) -> list[EvidenceSentence]:
+    """The lines an answer opening with ``primary`` is made of (see ``compose``)."""
 
     def key(sentence: EvidenceSentence) -> tuple[str, int]:
         return sentence.chunk.source, sentence.start
@@ -58,26 +71,47 @@ def compose(evidence: Evidence, primary: EvidenceSentence, max_words: int) -> st
         if sentence.lead_in or key(sentence) in {key(s) for s in chosen}:
             continue
         add(sentence, leads=sentence.chunk.id != primary.chunk.id)
+    return chosen
+
+
+def word(evidence: Evidence, chosen: list[EvidenceSentence], primary: EvidenceSentence) -> str:
+    """``chosen`` lines as the answer reads: grouped by passage, the primary's first, each
+    passage's lines followed by its citation ``[n]``."""
+    pieces = []
+    for number, lines in _grouped(evidence, chosen, primary):
+        parts = [readable(s.text) for s in lines]
+        text = " ".join(p if p.endswith((".", "!", "?", ":", ";")) else f"{p}." for p in parts)
+        pieces.append(f"{text} {citation(number)}")
+    return " ".join(pieces)
+
+
+def _grouped(
+    evidence: Evidence, chosen: list[EvidenceSentence], primary: EvidenceSentence
+) -> list[tuple[int, list[EvidenceSentence]]]:
+    """(citation number, lines) per passage, the primary's passage first. The main line
+    (after its lead-in) opens the answer, not the first line of its list; the rest of each
+    passage follows in document order."""
     numbers = {primary.chunk.id: primary.number}
-    numbers.update({s.chunk.id: s.number for s in others})
     groups: dict[str, list[EvidenceSentence]] = {}
     for sentence in chosen:
         groups.setdefault(sentence.chunk.id, []).append(sentence)
-    # The main line (after its lead-in) opens the answer, not the first line of its list;
-    # the rest of each passage follows in document order.
+        if sentence.number:  # lines outside the evidence block carry none
+            numbers.setdefault(sentence.chunk.id, sentence.number)
     lead = evidence.lead_of(primary)
-    opening = [key(s) for s in (lead, primary) if s is not None]
+    opening = [(s.chunk.source, s.start) for s in (lead, primary) if s is not None]
 
     def order(sentence: EvidenceSentence) -> tuple[int, int]:
-        k = key(sentence)
+        k = (sentence.chunk.source, sentence.start)
         return (opening.index(k), 0) if k in opening else (len(opening), sentence.start)
 
-    pieces = []
-    for chunk_id in sorted(groups, key=lambda c: (c != primary.chunk.id, numbers[c])):
-        parts = [readable(s.text) for s in sorted(groups[chunk_id], key=order)]
-        text = " ".join(p if p.endswith((".", "!", "?", ":", ";")) else f"{p}." for p in parts)
-        pieces.append(f"{text} {citation(numbers[chunk_id])}")
-    return " ".join(pieces)
+    ranked = sorted(groups, key=lambda c: (c != primary.chunk.id, numbers.get(c, 0)))
+    return [(numbers.get(c, 0), sorted(groups[c], key=order)) for c in ranked]
+
+
+def _ordered(
+    evidence: Evidence, chosen: list[EvidenceSentence], primary: EvidenceSentence
+) -> list[EvidenceSentence]:
+    return [s for _, lines in _grouped(evidence, chosen, primary) for s in lines]
 
 
 def evidence_answer(evidence: Evidence, answer_words: int) -> Answer:
@@ -85,8 +119,10 @@ def evidence_answer(evidence: Evidence, answer_words: int) -> Answer:
     best = evidence.best()
     if best is None:
         raise ValueError("no evidence to answer from")
+    text, lines = composed_lines(evidence, best, answer_words)
     return Answer(
-        text=compose(evidence, best, answer_words),
+        text=text,
+        lines=lines,
         route="evidence",
         sources=sources_of(evidence),
         evidence=[

@@ -2,9 +2,12 @@
 
 A reviewer has marked some users' questions (``domainkit review``): this line answers it,
 or the documents do not. A new question is a repeat of one of them when its embedding is
-at least ``threshold`` similar (calibrated at build time on synthetic paraphrases against
-questions about other facts of the same passage) *and* it names the same things: the same
-names, model numbers and figures, and none the corpus never mentions. "How long is the
+at least ``threshold`` similar (calibrated at build time on questions that must not match:
+about other facts of the same passage, or reviewed with other verdicts) *and* it names the
+same things: the same names, model numbers and figures, and none the corpus never mentions.
+A reviewed line answers a repeat only when the repeat's own search finds that line's
+passage; a reviewed refusal refuses one only when the repeat's evidence is no better than
+the reviewed question's was. "How long is the
 Talon's warranty?" then repeats "For how many years is my Talon covered?", while "How long
 is the Perch's warranty?", as similar to the eye, is not one.
 """
@@ -14,11 +17,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from domainkit.ingest import Chunk
+from domainkit.ingest.lines import LineRef
 from domainkit.retrieval.terms import (
     CorpusVocabulary,
     normalize_word,
@@ -37,16 +42,18 @@ class Reviewed:
     Attributes:
         question: As the user asked it (personal data masked).
         verdict: ``line`` (this line answers it) or ``not_in_docs`` (refuse).
-        line: The answering line's id, for ``line``.
-        text: That line's current text.
-        chunk: The passage that holds it in the current index (``Chunk.to_dict``).
+        line: The id of the line the answer opens with, for ``line``.
+        lines: The ids of all the answer's lines, in order (the opening one among them).
+        chunks: The passages that hold them in the current index (``Chunk.to_dict``).
+        dense: The reviewed question's best evidence similarity in the current index.
     """
 
     question: str
     verdict: str
     line: str | None = None
-    text: str | None = None
-    chunk: dict | None = None
+    lines: list[str] = field(default_factory=list)
+    chunks: list[dict] = field(default_factory=list)
+    dense: float | None = None
 
 
 @dataclass
@@ -73,9 +80,19 @@ class ReviewedAnswers:
         return len(self.entries)
 
     def recall(
-        self, question: str, vector: np.ndarray, vocabulary: CorpusVocabulary
+        self,
+        question: str,
+        vector: np.ndarray,
+        vocabulary: CorpusVocabulary,
+        retrieved: set[str] | None = None,
+        dense: float | None = None,
     ) -> Recall | None:
-        """The reviewed question ``question`` repeats, if any (see the module docstring)."""
+        """The reviewed question ``question`` repeats, if any (see the module docstring).
+
+        Args:
+            retrieved: The chunk ids the question's own search found.
+            dense: The question's best evidence similarity.
+        """
         if not self.entries:
             return None
         similarities = self.vectors @ vector
@@ -88,7 +105,11 @@ class ReviewedAnswers:
             entry = self.entries[int(i)]
             # A line answers only about what the corpus knows; a refusal may stand for a
             # question about something it never mentions.
-            if same_things(entry.question, question) and (entry.verdict != "line" or not unknown):
+            if not same_things(entry.question, question):
+                continue
+            if entry.verdict == "line" and not unknown and _found(entry, retrieved):
+                return Recall(entry, similarity)
+            if entry.verdict != "line" and _no_better(dense, entry.dense):
                 return Recall(entry, similarity)
         return None
 
@@ -124,6 +145,24 @@ def named_terms(question: str) -> frozenset[str]:
 
 
 _MASK = re.compile(r"\[(?:EMAIL|PHONE|CARD|IBAN)\]")
+
+
+# A repeat of a refused question may find evidence this much more similar and still be one.
+DENSE_MARGIN = 0.05
+
+
+def _found(entry: Reviewed, retrieved: set[str] | None) -> bool:
+    """Whether the repeat's own search found the passage of the reviewed opening line."""
+    if retrieved is None or entry.line is None:
+        return retrieved is None
+    return any(
+        LineRef.parse(entry.line).find([Chunk.from_dict(c)]) is not None and c["id"] in retrieved
+        for c in entry.chunks
+    )
+
+
+def _no_better(dense: float | None, reviewed: float | None) -> bool:
+    return dense is None or reviewed is None or dense <= reviewed + DENSE_MARGIN
 
 
 def same_things(a: str, b: str) -> bool:

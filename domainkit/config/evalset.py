@@ -33,6 +33,11 @@ class EvalQuestion(BaseModel):
     line: str | None = Field(
         None, description="The id of the line that answers it (reviewed questions)."
     )
+    lines: list[str] = Field(
+        default_factory=list,
+        description="With a verdict of right: the ids of all the lines of the answer judged "
+        "right, in order (a repeat is answered with them).",
+    )
     exchange: str | None = Field(
         None, description="The conversation log's exchange a reviewed question came from."
     )

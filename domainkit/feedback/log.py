@@ -56,6 +56,7 @@ class Exchange:
         route: How it was answered (``answer``, ``evidence``, ``refusal``, ``reviewed`` ...).
         policy: The policy it was answered under.
         line: The id of the line the answer opened with.
+        lines: The ids of all the lines the answer was made of.
         sources: The cited passages (number, document, heading, chunk id, page).
         evidence: The evidence lines, each with its line id.
         gate: The gate's features, probability and threshold.
@@ -75,6 +76,7 @@ class Exchange:
     route: str
     policy: str
     line: str | None
+    lines: list[str]
     sources: list[dict]
     evidence: list[dict]
     gate: dict | None
@@ -130,6 +132,7 @@ def exchange_of(
         route=answer.route,
         policy=policy,
         line=answer.line,
+        lines=list(answer.lines),
         sources=[
             {
                 "number": s.number,
@@ -316,6 +319,7 @@ class SqliteLog:
         for record, reviewed, rating, reason, comment, at in rows:
             data = json.loads(record)
             data.pop("margin", None)
+            data.setdefault("lines", [data["line"]] if data.get("line") else [])
             data |= {"reviewed": reviewed, "rating": rating, "reason": reason}
             data |= {"comment": comment, "feedback_at": at}
             out.append(Exchange(**data))

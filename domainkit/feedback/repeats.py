@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 FALSE_MATCH = 0.02
 # Fewer must-not-match pairs than this and the default cut stands.
 MIN_PAIRS = 30
-# The calibrated cut stays within these: below, paraphrase is a guess; above, nothing matches.
-BOUNDS = (0.80, 0.95)
+# The calibrated cut stays within these: below, a question is about as close to another on
+# the same topic (all-MiniLM-L6-v2's scale); above, hardly a rewording matches.
+BOUNDS = (0.70, 0.95)
 
 
 @dataclass
@@ -56,7 +57,7 @@ def build_repeats(domain: Domain, retriever) -> RepeatsReport:
     for q in reviewed_questions(domain):
         entry = _entry(q, chunks, report)
         if entry is not None:
-            entries.append(entry)
+            entries.append(replace(entry, dense=_best_dense(domain, retriever, entry.question)))
     vectors = (
         retriever.embedder.embed([e.question for e in entries])
         if entries
@@ -77,12 +78,23 @@ def _entry(question: dict, chunks, report: RepeatsReport) -> Reviewed | None:
     if not line:
         report.text_only += 1  # an answer in the reviewer's words: calibration only
         return None
-    found = LineRef.parse(line).find(chunks)
-    if found is None:
+    lines = question.get("lines") or [line]
+    found = [LineRef.parse(x).find(chunks) for x in lines]
+    if any(f is None for f in found):
         report.stale.append(line)
         return None
-    chunk, text = found
-    return Reviewed(question["question"], "line", line, text, chunk.to_dict())
+    passages = {f[0].id: f[0].to_dict() for f in found if f is not None}
+    return Reviewed(question["question"], "line", line, lines, list(passages.values()))
+
+
+def _best_dense(domain: Domain, retriever, question: str) -> float | None:
+    """The question's best evidence similarity, as the runtime would find it."""
+    from domainkit.answer.evidence import EvidenceSelector
+
+    hits = retriever.search(question, k=domain.config.evidence.passages)
+    selector = EvidenceSelector(retriever.embedder, retriever.vocabulary, domain.config.evidence)
+    evidence = selector.select(question, [h.chunk for h in hits])
+    return round(evidence.best_dense, 4) if evidence.sentences else None
 
 
 def _threshold(domain: Domain, retriever, entries, vectors) -> tuple[float, str]:

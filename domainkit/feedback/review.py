@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -32,6 +33,7 @@ from domainkit.prompting import readable
 from domainkit.retrieval.units import text_units
 
 VERDICTS = ("right", "line", "answer_text", "not_in_docs", "off_topic")
+_CITATION = re.compile(r"\s*\[\d{1,3}\]")
 HEADER = (
     "# Validation questions: calibrate the answerability gate, answer repeats and train\n"
     "# (eval.yaml's format). `domainkit review` appends reviewed users' questions below;\n"
@@ -97,14 +99,20 @@ def question_of(
         if not verdict.text or not verdict.text.strip():
             raise ReviewError("--answer-text needs the answer's text")
         entry["answer"] = " ".join(verdict.text.split())
-    else:
-        line = exchange.line if kind == "right" else line
-        if not line:
+    elif kind == "right":
+        if not exchange.line:
             raise ReviewError(
                 "the answer names no line to call right; mark the line that answers it"
-                if kind == "right"
-                else "--line needs a line id (from `domainkit review --json` or --search)"
             )
+        document, _ = _line(exchange, exchange.line, chunks)
+        # The answer as given was right: it is the reference, and its lines answer repeats.
+        entry["answer"] = _CITATION.sub("", exchange.answer).strip()
+        entry["source"] = f"{docs_dir.rstrip('/')}/{document}"
+        entry["line"] = exchange.line
+        entry["lines"] = list(exchange.lines or [exchange.line])
+    else:
+        if not line:
+            raise ReviewError("--line needs a line id (from `domainkit review --json` or --search)")
         document, text = _line(exchange, line, chunks)
         entry |= {"answer": readable(text), "spans": [readable(text)]}
         entry["source"] = f"{docs_dir.rstrip('/')}/{document}"
@@ -139,8 +147,14 @@ def _locked(path: Path) -> Iterator[None]:
     """One writer of ``path`` at a time (two reviewers appending together)."""
     import fcntl
 
+    import hashlib
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    # The lock lives outside the user's domain folder, keyed by the file it guards.
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"domainkit-review-{key}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -229,11 +243,11 @@ def export_reviews(domain: Domain, target: Path) -> int:
 
 
 def stale_reviews(domain: Domain, chunks: Sequence[Chunk]) -> list[dict]:
-    """Reviewed questions whose line is no longer in the documents as it was."""
+    """Reviewed questions with a line no longer in the documents as it was."""
     stale = []
     for q in reviewed_questions(domain):
-        line = q.get("line")
-        if line and LineRef.parse(line).find(chunks) is None:
+        lines = q.get("lines") or ([q["line"]] if q.get("line") else [])
+        if any(LineRef.parse(line).find(chunks) is None for line in lines):
             stale.append(q)
     return stale
 
