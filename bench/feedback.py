@@ -252,17 +252,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpora", default=",".join(CORPORA))
     parser.add_argument("--limit", type=int, default=120, help="build size; 0 for a full build")
+    parser.add_argument(
+        "--table", action="store_true", help="only print the table of the results on disk"
+    )
     args = parser.parse_args()
     rewordings = yaml.safe_load(REWORDINGS.read_text())
     OUT.mkdir(parents=True, exist_ok=True)
-    results = []
-    for corpus in args.corpora.split(","):
+    corpora = args.corpora.split(",")
+    for corpus in [] if args.table else corpora:
         print(f"== {corpus}", flush=True)
         result = simulate(corpus, args.limit or None, rewordings[corpus])
-        results.append(result)
         print(json.dumps(result, indent=1), flush=True)
-        (OUT / "results.json").write_text(json.dumps(results, indent=1))
-    print_table(results)
+        # One file per corpus, so corpora can run side by side.
+        (OUT / f"{corpus}.json").write_text(json.dumps(result, indent=1))
+    saved = [OUT / f"{c}.json" for c in corpora if (OUT / f"{c}.json").exists()]
+    print_table([json.loads(p.read_text()) for p in saved])
     return 0
 
 

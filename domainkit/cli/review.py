@@ -187,6 +187,13 @@ def _serve(desk, host: str, port: int) -> None:
 
     app_.add_middleware(TrustedHostMiddleware, allowed_hosts=local_hosts(host))
     add_review_routes(app_, desk, [], prefix="/review")
+
+    @app_.get("/", include_in_schema=False)
+    def home():
+        from fastapi.responses import RedirectResponse
+
+        return RedirectResponse("/review")
+
     from domainkit.runtime.server import add_error_handlers
 
     add_error_handlers(app_)
