@@ -2,11 +2,16 @@
 write (transformers ``Trainer`` + peft, default padding to the longest sample of each
 random batch, no packing), on SmolLM2-135M, the same samples, labels and LoRA settings.
 
-Prints effective (non-padding) training tokens/s and peak memory (the process's maximum
-resident set) for each, the ratios against the baseline, and domainkit's memory plan next
-to its measured peak. Each trainer runs in its own process so peak memory is its own.
+Prints the CPU it runs on, effective (non-padding) training tokens/s and peak memory (the
+process's maximum resident set) for each, the ratios against the baseline, and domainkit's
+memory plan next to its measured peak. Each trainer runs in its own process so peak memory
+is its own. On a CPU without native bf16 the bf16 baseline is skipped: autocast emulates
+bf16 there, so slowly that the run would not finish in reasonable time (over 10 minutes for
+64 samples on an EPYC without AVX-512). ``DOMAINKIT_CPU_BF16=0`` runs the whole bench as on
+such a CPU (domainkit's arms then compute in fp32).
 
     .venv/bin/python bench/train.py [--domain corpora/customer-support] [--samples 64]
+        [--build-dir /tmp/full/customer-support]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -26,11 +32,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_samples(domain_dir: Path, n: int):
+def load_samples(domain_dir: Path, n: int, build_dir: Path | None = None):
     from domainkit.config import load_domain
     from domainkit.synth import dataset
 
-    domain = load_domain(domain_dir)
+    domain = load_domain(domain_dir, build_dir)
     samples = dataset.load_samples(domain.layout.synth)["train"][:n]
     if not samples:
         sys.exit(f"no synth dataset in {domain_dir}; run `domainkit synth {domain_dir}` first")
@@ -50,6 +56,38 @@ def settings_for(domain, method: str, checkpointing: str = "off"):
             "device": "cpu",
         }
     )
+
+
+# What says whether a CPU computes bf16 in hardware (AVX512-BF16, AMX) or at all quickly.
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def describe_cpu(cpuinfo: str, native_bf16: bool, forced: str | None) -> str:
+    """One line on the CPU: its model name (``/proc/cpuinfo``'s text), whether domainkit
+    computes in bf16 on it, and which of ``CPU_FLAGS`` it has."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    from domainkit.train.model import CPU_BF16_ENV
+
+    has = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in CPU_FLAGS)
+    bf16 = "yes" if native_bf16 else "no"
+    if forced:
+        bf16 += f" (forced by {CPU_BF16_ENV}={forced})"
+    return f"CPU: {name}, {os.cpu_count()} cores; native bf16: {bf16}; {has}"
+
+
+def cpu_line() -> str:
+    from domainkit.train.model import CPU_BF16_ENV, native_bf16
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    return describe_cpu(cpuinfo, native_bf16("cpu"), os.environ.get(CPU_BF16_ENV))
 
 
 def peak_mb() -> float:
@@ -201,20 +239,55 @@ WORKERS = {
 }
 
 
+def skipped(worker: str, native_bf16: bool) -> str | None:
+    """Why ``worker`` does not run on this CPU, or None when it does."""
+    if worker == "baseline-bf16" and not native_bf16:
+        return (
+            "no native bf16 on this CPU; autocast emulates it (64 samples took over 10 "
+            "minutes on an EPYC without AVX-512, against 3.5 in fp32)"
+        )
+    return None
+
+
+def run_worker(worker: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--worker", worker, "--domain", str(args.domain)]
+    command += ["--samples", str(args.samples), "--method", args.method]
+    if args.build_dir is not None:
+        command += ["--build-dir", str(args.build_dir)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def result_line(label: str, r: dict) -> str:
+    plan = ""
+    if "plan_mb" in r:
+        plan = f"  (plan {r['plan_mb']:6.0f} MB, x{r['plan_mb'] / r['peak_mb']:.2f} of the peak)"
+    return (
+        f"  {label:52} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
+        f"{r['tokens'] / r['seconds']:7.1f} effective tokens/s  {r['steps']:3d} steps  "
+        f"peak {r['peak_mb']:6.0f} MB{plan}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--domain", type=Path, default=ROOT / "corpora" / "customer-support")
+    parser.add_argument(
+        "--build-dir", type=Path, help="the domain's build folder, if not the configured one"
+    )
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--method", default="qlora", choices=["qlora", "lora"])
     parser.add_argument("--worker", choices=list(WORKERS))
     args = parser.parse_args()
+    domain, conversations = load_samples(args.domain, args.samples, args.build_dir)
     if args.worker:
-        domain, conversations = load_samples(args.domain, args.samples)
         print(json.dumps(WORKERS[args.worker][1](domain, conversations, args.method)))
         return 0
 
-    domain, conversations = load_samples(args.domain, args.samples)
+    from domainkit.train.model import native_bf16
+
     settings = settings_for(domain, args.method)
+    print(cpu_line())
     print(
         f"SmolLM2-135M-Instruct, {args.method}, r={settings.lora_r}, {len(conversations)} "
         f"samples from {args.domain.name}'s synth data, batch {settings.batch_size} x "
@@ -222,33 +295,16 @@ def main() -> int:
     )
     results = {}
     for worker, (label, _) in WORKERS.items():
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--worker",
-                worker,
-                "--domain",
-                str(args.domain),
-                "--samples",
-                str(args.samples),
-                "--method",
-                args.method,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        results[worker] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = results[worker]
-        plan = f"  (plan {r['plan_mb']:6.0f} MB)" if "plan_mb" in r else ""
-        print(
-            f"  {label:52} {r['tokens']:6d} tokens {r['seconds']:7.1f}s "
-            f"{r['tokens'] / r['seconds']:7.1f} effective tokens/s  {r['steps']:3d} steps  "
-            f"peak {r['peak_mb']:6.0f} MB{plan}"
-        )
+        reason = skipped(worker, native_bf16("cpu"))
+        if reason:
+            print(f"  {label:52} skipped: {reason}")
+            continue
+        results[worker] = run_worker(worker, args)
+        print(result_line(label, results[worker]), flush=True)
     speed = {k: v["tokens"] / v["seconds"] for k, v in results.items()}
     for baseline in ("baseline", "baseline-bf16"):
+        if baseline not in results:
+            continue
         print(f"\n  against {baseline}:")
         for ours in ("domainkit", "domainkit-ckpt"):
             print(
