@@ -1,4 +1,4 @@
-"""``domainkit build``: ingest -> index -> synth -> train -> eval -> bundle, with caching.
+"""``domainkit build``: every stage from ingest to bundle, each cached.
 
 Each stage has a fingerprint: the fingerprint of what it reads (the previous stage's
 output, documents, eval.yaml), the settings it uses, and the code that runs it. A stage

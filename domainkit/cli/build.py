@@ -24,7 +24,8 @@ def build(
     start: Annotated[
         str | None,
         typer.Option(
-            "--from", help="Re-run from this stage on (ingest, index, synth, train, eval, bundle)."
+            "--from",
+            help="Re-run from this stage on (ingest, index, synth, train, reviews, eval, bundle).",
         ),
     ] = None,
     until: Annotated[str | None, typer.Option("--until", help="Stop after this stage.")] = None,
@@ -44,7 +45,7 @@ def build(
     build_dir: BuildDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Build the assistant: ingest -> index -> synth -> train -> eval -> bundle.
+    """Build the assistant: ingest -> index -> synth -> train -> reviews -> eval -> bundle.
 
     Stages whose inputs, settings and code have not changed since their last run are
     reused, so a second build with nothing changed takes seconds. Outputs go to the

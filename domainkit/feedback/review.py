@@ -146,7 +146,6 @@ def _line(exchange: Exchange, line: str, chunks: Sequence[Chunk]) -> tuple[str, 
 def _locked(path: Path) -> Iterator[None]:
     """One writer of ``path`` at a time (two reviewers appending together)."""
     import fcntl
-
     import hashlib
     import tempfile
 
