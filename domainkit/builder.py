@@ -38,6 +38,10 @@ class StagePlan:
     fingerprint: str
     size: str = ""
     estimate_s: float = 0.0
+    # Where the estimate comes from: "defaults", or "last run" (this domain's last run of
+    # the stage on this machine, scaled by the size of the work).
+    basis: str = "defaults"
+    default_s: float = 0.0  # the estimate before that correction
 
 
 @dataclass
@@ -88,8 +92,24 @@ def plan(
             action, reason = "cached", "unchanged"
         upstream_runs |= action == "run"
         size, estimate = BY_NAME[stage].estimate(domain, counts)
-        plans.append(StagePlan(stage, action, reason, prints[stage], size, estimate))
+        scaled, basis = _from_last_run(estimate, previous)
+        plans.append(StagePlan(stage, action, reason, prints[stage], size, scaled, basis, estimate))
     return plans
+
+
+# A stage's last run corrects its default estimate by at most this factor either way.
+MAX_CORRECTION = 8.0
+
+
+def _from_last_run(estimate: float, previous: dict) -> tuple[float, str]:
+    """``estimate`` corrected by how the stage's last run compared with its own estimate:
+    the machine's speed and the domain's quirks (e.g. a teacher whose output is mostly
+    rejected) carry over from one build to the next; the size of the work does not."""
+    seconds, estimated = previous.get("seconds", 0.0), previous.get("estimate_s", 0.0)
+    if seconds < 5 or estimated <= 0:
+        return estimate, "defaults"
+    factor = min(max(seconds / estimated, 1 / MAX_CORRECTION), MAX_CORRECTION)
+    return round(estimate * factor, 1), "last run"
 
 
 # -- running ------------------------------------------------------------------------------
@@ -136,6 +156,8 @@ def run_build(
         state["stages"][stage.name] = {
             "fingerprint": stage.fingerprint,
             "seconds": seconds,
+            # The default estimate (before correction) the next plan compares this run with.
+            "estimate_s": stage.default_s,
             "summary": summary,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -147,6 +169,7 @@ def run_build(
                 "action": "run",
                 "reason": stage.reason,
                 "seconds": seconds,
+                "estimate_s": stage.estimate_s,
                 "summary": summary,
             }
         )

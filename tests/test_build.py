@@ -227,6 +227,33 @@ def test_dry_run_shows_the_plan_and_runs_nothing(buildable):
     assert not (buildable / ".domainkit").exists()
 
 
+def test_the_estimate_learns_from_the_last_run_on_this_machine(buildable):
+    """A stage that took three times its estimate is estimated three times as long next
+    time, scaled by the size of the new work; the build's table shows both figures."""
+    domain = load_domain(buildable)
+    first = {p.name: p for p in plan(domain, limit=12)}
+    assert all(p.basis == "defaults" for p in first.values())
+    run_build(domain, limit=12, progress=False, until="index")
+    state = json.loads(domain.layout.build_record.read_text())
+    state["stages"]["index"]["seconds"] = 3 * state["stages"]["index"]["estimate_s"]
+    domain.layout.build_record.write_text(json.dumps(state))
+
+    again = {p.name: p for p in plan(domain, limit=12)}
+    assert again["index"].basis == "last run"
+    assert again["index"].estimate_s == pytest.approx(3 * first["index"].estimate_s, rel=0.01)
+    assert (
+        again["synth"].basis == "defaults"
+        and again["synth"].estimate_s == first["synth"].estimate_s
+    )
+    bigger = {p.name: p for p in plan(domain, limit=24)}
+    assert bigger["synth"].estimate_s > again["synth"].estimate_s
+
+    shown = CliRunner().invoke(
+        app, ["build", str(buildable), "--dry-run", "--limit", "12", "--from", "index"]
+    )
+    assert "index from this domain's last run" in " ".join(shown.output.split())
+
+
 def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
     runner = CliRunner()
     assert (

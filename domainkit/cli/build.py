@@ -106,7 +106,14 @@ def _show_plan(loaded, plans, memory, json_output: bool) -> None:
         t.add_row(p.name, p.action, p.reason, p.size, estimate)
     console.print(t)
     total = sum(p.estimate_s for p in plans if p.action == "run")
-    console.print(f"estimated time: {_duration(total)} (2-core CPU, embedded models)")
+    learnt = [p.name for p in plans if p.action == "run" and p.basis == "last run"]
+    basis = (
+        f"{', '.join(learnt)} from this domain's last run on this machine, the rest from "
+        "defaults for a 2-core CPU and the embedded models"
+        if learnt
+        else "defaults for a 2-core CPU and the embedded models"
+    )
+    console.print(f"estimated time: {_duration(total)} ({basis})")
     if memory is not None:
         console.print(memory.table(), markup=False)
         if not memory.fits:
@@ -121,14 +128,21 @@ def _show_report(loaded, report, json_output: bool) -> None:
     t = Table(
         title=f"Built {loaded.config.name} in {_duration(report.seconds)}", title_justify="left"
     )
-    for column in ("stage", "", "time", "result"):
+    for column in ("stage", "", "time", "estimated", "result"):
         t.add_column(column)
     for s in report.stages:
         summary = s["summary"]
         shown = ", ".join(
             f"{k} {v}" for k, v in summary.items() if k not in ("path", "headline", "calibration")
         )
-        t.add_row(s["stage"], s["action"], _duration(s["seconds"]) if s["seconds"] else "", shown)
+        ran = s["action"] == "run"
+        t.add_row(
+            s["stage"],
+            s["action"],
+            _duration(s["seconds"]) if s["seconds"] else "",
+            _duration(s.get("estimate_s", 0.0)) if ran else "",
+            shown,
+        )
     console.print(t)
     console.print(f"outputs: {report.build_dir}")
     from domainkit.cli.eval import print_eval_tables
