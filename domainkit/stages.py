@@ -149,6 +149,11 @@ def _synth(domain: Domain, limits: Limits, progress) -> dict:
         "splits": r.splits,
         "teacher_calls": r.calls_made,
         "cached_calls": r.calls_cached,
+        # Where synth's time went: generator -> "seconds s, calls, kept".
+        "time_by_generator": {
+            name: f"{t['seconds']:.0f}s {t['teacher_calls']} calls {t['kept']} kept"
+            for name, t in r.generators.items()
+        },
         "path": str(r.path),
     }
 

@@ -123,6 +123,9 @@ def test_build_runs_every_stage_then_reuses_them(buildable):
     ):
         assert (out / path).is_file(), path
     assert report.headline.startswith("accuracy:")
+    synth = next(s for s in report.stages if s["stage"] == "synth")
+    timing = synth["summary"]["time_by_generator"]
+    assert timing and all(" calls " in t and t.endswith(" kept") for t in timing.values())
 
     again = run_build(load_domain(buildable), limit=12, progress=False)
     assert [s["action"] for s in again.stages] == ["cached"] * 7

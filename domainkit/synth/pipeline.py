@@ -52,6 +52,9 @@ class SynthReport:
     calls_made: int
     calls_cached: int
     seconds: float
+    # Per generator: seconds, teacher calls made (not cached) and samples kept before the
+    # final filters: where synth's minutes go.
+    generators: dict[str, dict] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -132,10 +135,18 @@ def run_synth(
     bar = tqdm(total=0, desc="Teacher calls", unit="call", disable=not progress)
     cached.on_progress = bar.update
     samples: list[Sample] = []
+    timing: dict[str, dict] = {}
     try:
         for step in plans:
             bar.set_description(f"Teacher calls ({step.generator})")
-            samples += run_generator(ctx, step, bar, kept_before=len(samples))
+            t0, calls_before = time.perf_counter(), cached.calls_made
+            new = run_generator(ctx, step, bar, kept_before=len(samples))
+            timing[step.generator] = {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "teacher_calls": cached.calls_made - calls_before,
+                "kept": len(new),
+            }
+            samples += new
         bar.total = bar.n
     finally:
         bar.close()
@@ -156,6 +167,7 @@ def run_synth(
         calls_made=cached.calls_made,
         calls_cached=cached.calls_cached,
         seconds=time.perf_counter() - started,
+        generators=timing,
     )
     _check_enough(report)
     report.path = dataset.save(
