@@ -272,3 +272,16 @@ def test_repeats_of_reviewed_questions_get_the_reviewed_line_or_refusal(domain):
     build_index(domain, HashEmbedder(), progress=False)
     report = build_repeats(domain, open_retriever(domain))
     assert report.stale == [line.id] and report.answers == 0
+
+
+def test_a_plural_names_the_same_thing_but_a_figure_must_match_as_written():
+    from domainkit.answer.memory import same_things
+
+    assert same_things(
+        "Is there anyone to talk to on the phone on a Sunday?",
+        "Can I ring customer support on Sundays?",
+    )
+    assert same_things("How many Talons can I link?", "How many Talon speakers can I link?")
+    assert not same_things("How many Talons can I link?", "How many Perch speakers can I link?")
+    assert not same_things("Is the KR-500 loud?", "Is the KR-500s loud?")
+    assert same_things("Do you ship to Swiss addresses?", "Do you ship to Swiss homes?")

@@ -169,8 +169,17 @@ def same_things(a: str, b: str) -> bool:
     """Whether two questions name the same things: each one's names, model numbers and
     figures occur among the other's words, whatever their case ("perch" names the Perch)."""
     words_a, words_b = _words(a), _words(b)
-    return named_terms(a) <= words_b and named_terms(b) <= words_a
+    names_a = {_singular(t) for t in named_terms(a)}
+    names_b = {_singular(t) for t in named_terms(b)}
+    return names_a <= words_b and names_b <= words_a
 
 
 def _words(question: str) -> set[str]:
-    return {normalize_word(w) for w in surface_words(_MASK.sub(" ", question))}
+    return {_singular(normalize_word(w)) for w in surface_words(_MASK.sub(" ", question))}
+
+
+def _singular(word: str) -> str:
+    """``talons`` and ``sundays`` name what ``Talon`` and ``Sunday`` do; figures and model
+    numbers (any digit) must match as written."""
+    plural = len(word) > 3 and word.isalpha() and word.endswith("s") and not word.endswith("ss")
+    return word[:-1] if plural else word
