@@ -212,8 +212,8 @@ def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate
 
 def test_the_threshold_refuses_as_much_as_a_false_refusal_budget_allows():
     """With ``max_false_refusals`` the cut is the highest that keeps the expected share of new
-    answerable questions refused within budget; without it, the one of best balanced
-    accuracy."""
+    answerable questions refused within budget (on scores from fits without each question);
+    without it, the one of best balanced accuracy."""
     rng = random.Random(3)
     features, answerable = [], []
     for _ in range(300):
@@ -226,10 +226,7 @@ def test_the_threshold_refuses_as_much_as_a_false_refusal_budget_allows():
         assert fit["answered"] >= 1 - budget
         kept = [gate.answers(f) for f, ok in zip(features, answerable, strict=True) if ok]
         assert sum(kept) / len(kept) >= 1 - budget
-        n = sum(answerable)
-        floor = 1 - allowed_misses(n, budget) / n
-        higher = [c for c in fit["curve"] if c["threshold"] > gate.threshold]
-        assert all(c["answered"] < floor - 1e-9 for c in higher), "no higher cut keeps it"
+        assert fit["answered"] < 1 - budget / 3, "it refuses about as much as the budget allows"
     tight, _ = calibrate(features, answerable, max_false_refusals=0.05)
     loose, _ = calibrate(features, answerable, max_false_refusals=0.30)
     assert tight.threshold < loose.threshold
@@ -369,3 +366,37 @@ def test_the_budget_holds_on_users_questions_and_synthetic_ones_are_never_refuse
     gate, fit = calibrate(features, answerable, max_false_refusals=0.10, synthetic=few)
     assert fit["guarded_questions"] == "synthetic" and fit["guarded"] == 49
     assert all(gate.answers(f) for f, ok in zip(features, answerable, strict=True) if ok)
+
+
+def test_the_cut_holds_the_budget_on_new_questions_when_the_weights_learn_from_the_same_ones():
+    """The weights are fitted on the users' questions too, which lifts those questions' own
+    scores above what a new question of the same kind gets: a cut at the lowest of them, in
+    sample, refuses more new answerable questions than the budget. Cut on scores each got
+    from weights fitted without it (cross-fitting), the budget holds."""
+    rng = random.Random(5)
+
+    def question(ok: bool) -> GateFeatures:
+        # Dense similarity separates a little; the other signals are noise that a fit on
+        # 20 questions can mistake for signal.
+        return GateFeatures(
+            rng.gauss(0.55 if ok else 0.45, 0.08),
+            rng.random(),
+            0,
+            rng.random() * 0.3,
+            rng.random(),
+        )
+
+    new = [question(True) for _ in range(1500)]
+    refused = []
+    for _ in range(40):
+        synthetic = [GateFeatures(rng.gauss(0.75, 0.05), 0.8, 0, 0.0, 0.1) for _ in range(20)]
+        synthetic += [GateFeatures(rng.gauss(0.3, 0.05), 0.2, 1, 0.2, 0.6) for _ in range(20)]
+        users = [question(True) for _ in range(20)] + [question(False) for _ in range(15)]
+        features = synthetic + users
+        answerable = [True] * 20 + [False] * 20 + [True] * 20 + [False] * 15
+        marks = [True] * 40 + [False] * 35
+        gate, fit = calibrate(features, answerable, max_false_refusals=0.10, synthetic=marks)
+        assert fit["guarded_questions"] == "users'"
+        refused.append(sum(not gate.answers(f) for f in new) / len(new))
+    # In sample, the cut refused 0.109 of new answerable questions here; cross-fitted, 0.078.
+    assert sum(refused) / len(refused) <= 0.10, sum(refused) / len(refused)

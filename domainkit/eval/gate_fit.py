@@ -153,6 +153,15 @@ def calibrate(
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)
     guarded, users = _guarded(probabilities, answerable, right, synthetic)
+    if users and max_false_refusals is not None:
+        # Fitted on the users' questions too, the weights lift those questions' own scores
+        # above a new question's; so the cut is set on the scores each got from a fit without
+        # it, and the gate is the mean of those fits (the scale the scores are on).
+        gate, held_out = _cross_fitted(x, y, target, features, synthetic)
+        weights = gate.weights
+        probabilities = [gate.probability(f) for f in features]
+        curve = tradeoff(probabilities, answerable)
+        guarded, _ = _guarded(held_out, answerable, right, synthetic)
     if max_false_refusals is None:
         best = max(curve, key=lambda c: (c["answered"] + c["refused"], -abs(c["threshold"] - 0.5)))
         cut = min(best["threshold"], 1.0)
@@ -176,6 +185,38 @@ def calibrate(
         "curve": curve,
     }
     return gate, report
+
+
+# Folds of the users' questions for the cut's out-of-fold scores.
+FOLDS = 5
+
+
+def _cross_fitted(
+    x: np.ndarray,
+    y: np.ndarray,
+    target: dict[str, float],
+    features: list[GateFeatures],
+    synthetic: list[bool] | None,
+) -> tuple[Gate, list[float]]:
+    """The mean of ``FOLDS`` fits, each leaving out a fold of the users' questions, and every
+    question's score from the fit that left it out (a synthetic question: the mean fit's)."""
+    own = [i for i, s in enumerate(synthetic or [False] * len(y)) if not s]
+    folds = [own[k::FOLDS] for k in range(FOLDS) if own[k::FOLDS]]
+    fits, scores = [], {}
+    for held in folds:
+        keep = np.ones(len(y), dtype=bool)
+        keep[held] = False
+        weights, bias = fit_weights(x[keep], y[keep], target, PRIOR_STRENGTH)
+        fold = Gate(weights, bias, 0.5, True)
+        fits.append((weights, bias))
+        scores |= {i: fold.probability(features[i]) for i in held}
+    mean = Gate(
+        {name: float(np.mean([w[name] for w, _ in fits])) for name in FEATURES},
+        float(np.mean([b for _, b in fits])),
+        0.5,
+        True,
+    )
+    return mean, [scores[i] if i in scores else mean.probability(f) for i, f in enumerate(features)]
 
 
 def _guarded(
