@@ -190,9 +190,10 @@ def review(folder: Path, exchanges: list[tuple[dict, dict]], refusal: str) -> di
     return kinds
 
 
-def build(folder: Path, limit: int | None) -> float:
+def build(folder: Path, limit: int | None, start: str | None = None) -> float:
     started = time.perf_counter()
     args = ["build", str(folder)] + (["--limit", str(limit)] if limit else [])
+    args += ["--from", start] if start else []
     domainkit(*args)
     return round(time.perf_counter() - started, 1)
 
@@ -214,8 +215,32 @@ def simulate(corpus: str, limit: int | None, rewordings: list[dict]) -> dict:
         exchanges = [(q, server.ask(q["question"])) for q in reviewed]
         result["reviewed_before"] = score([a for _, a in exchanges], reviewed, refusal)
     result["verdicts"] = review(folder, exchanges, refusal)
+    return after(result, folder, limit, scored, reworded, refusal)
+
+
+def again(corpus: str, limit: int | None, rewordings: list[dict]) -> dict:
+    """A reviewed copy rebuilt with the code as it is now and scored after again; the build,
+    the before figures and the verdicts stay those of the first run."""
+    from domainkit.config import load_domain
+
+    folder = OUT / corpus
+    result = json.loads((OUT / f"{corpus}.json").read_text())
+    questions = yaml.safe_load((ROOT / "corpora" / corpus / "eval.yaml").read_text())["questions"]
+    reviewed = [q for q in questions if reviewed_half(q["question"])]
+    scored = [q for q in questions if not reviewed_half(q["question"])]
+    by_question = {q["question"]: q for q in reviewed}
+    reworded = [{**by_question[r["original"]], "question": r["rewording"]} for r in rewordings]
+    refusal = load_domain(folder).config.refusal
+    result["again"] = True
+    # From the reviews stage: the code that made the earlier stages may have changed since
+    # (their fingerprints with it), what they made has not.
+    return after(result, folder, limit, scored, reworded, refusal, start="reviews")
+
+
+def after(result: dict, folder: Path, limit, scored, reworded, refusal: str, start=None) -> dict:
+    """Rebuild a reviewed copy (only what the reviews affect re-runs) and score it again."""
     before = _stages(folder)
-    result["rebuild_seconds"] = build(folder, limit)
+    result["rebuild_seconds"] = build(folder, limit, start)
     with Server(folder) as server:
         scored_after = [server.ask(q["question"]) for q in scored]
         reworded_after = [server.ask(q["question"]) for q in reworded]
@@ -255,13 +280,19 @@ def main() -> int:
     parser.add_argument(
         "--table", action="store_true", help="only print the table of the results on disk"
     )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="rebuild the reviewed copies on disk with the current code and score them again",
+    )
     args = parser.parse_args()
     rewordings = yaml.safe_load(REWORDINGS.read_text())
     OUT.mkdir(parents=True, exist_ok=True)
     corpora = args.corpora.split(",")
     for corpus in [] if args.table else corpora:
         print(f"== {corpus}", flush=True)
-        result = simulate(corpus, args.limit or None, rewordings[corpus])
+        run = again if args.again else simulate
+        result = run(corpus, args.limit or None, rewordings[corpus])
         print(json.dumps(result, indent=1), flush=True)
         # One file per corpus, so corpora can run side by side.
         (OUT / f"{corpus}.json").write_text(json.dumps(result, indent=1))
