@@ -400,3 +400,26 @@ def test_the_cut_holds_the_budget_on_new_questions_when_the_weights_learn_from_t
         refused.append(sum(not gate.answers(f) for f in new) / len(new))
     # In sample, the cut refused 0.109 of new answerable questions here; cross-fitted, 0.078.
     assert sum(refused) / len(refused) <= 0.10, sum(refused) / len(refused)
+
+
+def test_too_few_users_questions_to_keep_the_budget_leave_the_cut_below_them_all():
+    """Refusing none of 6 answerable questions still refuses 1/7 of new ones: at a 10% budget
+    the users' questions cannot set the cut, which goes below every answerable question; 9
+    can (1/10)."""
+    rng = random.Random(2)
+
+    def calibrated(users: int):
+        scores = [rng.gauss(0.75, 0.03) for _ in range(30)]
+        scores += [rng.gauss(0.55, 0.04) for _ in range(users)]
+        scores += [rng.gauss(0.40, 0.05) for _ in range(20)]
+        features = [_features(d) for d in scores]
+        answerable = [True] * (30 + users) + [False] * 20
+        synthetic = [True] * 30 + [False] * (users + 20)
+        gate, fit = calibrate(features, answerable, max_false_refusals=0.10, synthetic=synthetic)
+        return gate, fit, features, answerable
+
+    gate, fit, features, answerable = calibrated(6)
+    assert fit["guarded_questions"] == "synthetic" and fit["guarded"] == 36
+    assert all(gate.answers(f) for f, ok in zip(features, answerable, strict=True) if ok)
+    _, fit, _, _ = calibrated(9)
+    assert fit["guarded_questions"] == "users'" and fit["guarded"] == 9

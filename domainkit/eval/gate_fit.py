@@ -129,7 +129,8 @@ def calibrate(
     users' questions about the same fact, and a cut set on them refuses many of the users'
     answerable questions (docs/decisions.md, "the gate's cut on synthetic validation
     questions"). So unless at least ``MIN_GUARDED`` answerable questions are users' own (a
-    domain's ``validation.yaml``), the cut goes below every answerable validation question,
+    domain's ``validation.yaml``), and enough that refusing none of them keeps the budget
+    (1/(n+1) <= budget: 9 at 10%), the cut goes below every answerable validation question,
     right or wrong, whatever the budget.
 
     Without a budget, the cut maximizes balanced accuracy (the mean of answerable questions
@@ -153,6 +154,10 @@ def calibrate(
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)
     guarded, users = _guarded(probabilities, answerable, right, synthetic)
+    if users and max_false_refusals is not None and 1 / (len(guarded) + 1) > max_false_refusals:
+        # Too few to keep the budget even refusing none of them (order statistics): the cut
+        # goes below every answerable question, as with synthetic questions only.
+        guarded, users = [p for p, ok in zip(probabilities, answerable, strict=True) if ok], False
     if users and max_false_refusals is not None:
         # Fitted on the users' questions too, the weights lift those questions' own scores
         # above a new question's; so the cut is set on the scores each got from a fit without

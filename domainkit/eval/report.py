@@ -156,8 +156,8 @@ def _learning_lines(learning: dict) -> list[str]:
         )
     else:
         lines.append(
-            "- gate: calibrated on synthetic questions only (fewer than 5 answerable users' "
-            "questions), its cut below every answerable one"
+            "- gate: calibrated, its cut below every answerable validation question: too few "
+            "users' questions answered right for the false-refusal budget to hold on them"
         )
     repeats = learning.get("repeats")
     if repeats and repeats["answers"] + repeats["refusals"]:
