@@ -207,7 +207,8 @@ def _cross_fitted(
     question's score from the fit that left it out (a synthetic question: the mean fit's)."""
     own = [i for i, s in enumerate(synthetic or [False] * len(y)) if not s]
     folds = [own[k::FOLDS] for k in range(FOLDS) if own[k::FOLDS]]
-    fits, scores = [], {}
+    fits: list[tuple[dict[str, float], float]] = []
+    scores: dict[int, float] = {}
     for held in folds:
         keep = np.ones(len(y), dtype=bool)
         keep[held] = False
