@@ -169,6 +169,41 @@ def test_a_handful_of_validation_questions_does_not_move_the_reader_weight():
     assert assistant.reader_weight == 0.0, "the assistant calibrated is not changed"
 
 
+def test_the_models_reading_must_beat_the_selector_by_more_than_chance():
+    """On medical's reviewed questions the model's reading won by one question of 21 (0.57
+    against 0.52), took over, and the scored half's accuracy fell from 0.68 to 0.48."""
+    from types import SimpleNamespace
+
+    from domainkit.eval.calibration import calibrate_assistant
+
+    class Assistant:
+        def __init__(self, reader_weight=0.0, wins=()):
+            self.reader_weight, self.wins = reader_weight, wins
+
+        def with_parts(self, reader_weight):
+            return Assistant(reader_weight, self.wins)
+
+        def recheck(self, answer, gated=True):
+            # Right at weight 0 on half the questions; the reader adds the ones in ``wins``.
+            i = answer.i
+            right = i % 2 == 0 or (self.reader_weight > 0 and i in self.wins)
+            return SimpleNamespace(correct=right, gate=None, i=i)
+
+    items = [SimpleNamespace(answerable=True, question=f"q{i}") for i in range(21)]
+    answers = [SimpleNamespace(i=i, gate=None) for i in range(21)]
+
+    def weight(wins):
+        calibration, out = calibrate_assistant(
+            Assistant(wins=wins), answers, items, [], [], lambda i, a: a.correct
+        )
+        return calibration.reader_weight, out.get("note", "")
+
+    one, note = weight({1})
+    assert one == 0.0 and "not enough to tell from chance" in note
+    five, _ = weight({1, 3, 5, 7, 9})
+    assert five == 0.25, "five questions won and none lost: p = 1/32"
+
+
 def test_a_gold_absent_twin_whose_evidence_still_answers_is_left_out_of_the_gate_fit():
     """Hiding a question's passage does not make it unanswerable when another passage states
     the same fact in other words; half of the support corpus's twins were answered right

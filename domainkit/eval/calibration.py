@@ -12,6 +12,7 @@ unanswerable at all and is left out of the fit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from domainkit.answer.assistant import Calibration
@@ -24,6 +25,9 @@ READER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Fewer answerable validation questions than this and the reader weight keeps its default:
 # on four questions one lucky pick decides it.
 MIN_READER_QUESTIONS = 10
+# The model's reading replaces the selector's line only when it wins on validation by more
+# than chance would (one-sided sign test over the questions the two disagree on).
+READER_SIGNIFICANCE = 0.05
 # How far down the results a restating passage is looked for.
 RESTATING_DEPTH = 20
 
@@ -89,12 +93,21 @@ def calibrate_assistant(
     accuracy, notes = {}, []
     weight = assistant.reader_weight
     if len(answerable) >= MIN_READER_QUESTIONS:
+        right_at: dict[float, list[bool]] = {}
         for w in READER_WEIGHTS:
             trial = assistant.with_parts(reader_weight=w)
-            correct = [is_correct(i, trial.recheck(a, gated=False)) for i, a in answerable]
-            accuracy[w] = round(sum(correct) / len(correct), 4)
+            right_at[w] = [is_correct(i, trial.recheck(a, gated=False)) for i, a in answerable]
+            accuracy[w] = round(sum(right_at[w]) / len(right_at[w]), 4)
         # The lowest of the best weights: the selector needs no model and is cheaper.
         weight = max(accuracy, key=lambda w: (accuracy[w], -w))
+        gained, lost = _discordant(right_at[weight], right_at[READER_WEIGHTS[0]])
+        if weight != READER_WEIGHTS[0] and _sign_test(gained, lost) > READER_SIGNIFICANCE:
+            notes.append(
+                f"the model's reading (weight {weight}) got {gained} questions right that the "
+                f"selector got wrong and {lost} the other way: not enough to tell from chance "
+                f"(sign test p > {READER_SIGNIFICANCE}), so the selector's line is used"
+            )
+            weight = READER_WEIGHTS[0]
     else:
         notes.append(
             f"the reader weight was not calibrated ({len(answerable)} answerable validation "
@@ -136,6 +149,19 @@ def calibrate_assistant(
         notes.append(f"the gate was not calibrated ({e}); the prior gate is used")
     out |= {"note": "; ".join(notes)} if notes else {}
     return Calibration(gate, weight), out
+
+
+def _discordant(trial: list[bool], base: list[bool]) -> tuple[int, int]:
+    """Questions ``trial`` gets right and ``base`` wrong, and the other way round."""
+    pairs = list(zip(trial, base, strict=True))
+    return sum(t and not b for t, b in pairs), sum(b and not t for t, b in pairs)
+
+
+def _sign_test(gained: int, lost: int) -> float:
+    """One-sided exact sign test: the chance of ``gained`` or more of the discordant
+    questions going the trial's way if it were no better."""
+    n = gained + lost
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2**n if n else 1.0
 
 
 def _features(answer) -> GateFeatures:
