@@ -15,6 +15,8 @@ this module plans a build from that table and runs it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
-from domainkit.stages import BY_NAME, STAGES, Limits, fingerprints, load_state
+from domainkit.stages import BY_NAME, SECONDS_PER, STAGES, Limits, fingerprints, load_state
 from domainkit.stages import counts as stage_counts
 from domainkit.utils.atomic import atomic_write_json
 
@@ -99,6 +101,8 @@ def plan(
 
 # A stage's last run corrects its default estimate by at most this factor either way.
 MAX_CORRECTION = 8.0
+# The default costs a recorded estimate was made with: other defaults, other estimates.
+RATES = hashlib.sha256(json.dumps(SECONDS_PER, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _from_last_run(estimate: float, previous: dict) -> tuple[float, str]:
@@ -106,7 +110,7 @@ def _from_last_run(estimate: float, previous: dict) -> tuple[float, str]:
     the machine's speed and the domain's quirks (e.g. a teacher whose output is mostly
     rejected) carry over from one build to the next; the size of the work does not."""
     seconds, estimated = previous.get("seconds", 0.0), previous.get("estimate_s", 0.0)
-    if seconds < 5 or estimated <= 0:
+    if seconds < 5 or estimated <= 0 or previous.get("estimate_rates") != RATES:
         return estimate, "defaults"
     factor = min(max(seconds / estimated, 1 / MAX_CORRECTION), MAX_CORRECTION)
     return round(estimate * factor, 1), "last run"
@@ -158,6 +162,7 @@ def run_build(
             "seconds": seconds,
             # The default estimate (before correction) the next plan compares this run with.
             "estimate_s": stage.default_s,
+            "estimate_rates": RATES,
             "summary": summary,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from domainkit import builder
 from domainkit.builder import plan, run_build
 from domainkit.cli import app
 from domainkit.config import load_domain
@@ -250,6 +251,13 @@ def test_the_estimate_learns_from_the_last_run_on_this_machine(buildable):
     )
     bigger = {p.name: p for p in plan(domain, limit=24)}
     assert bigger["synth"].estimate_s > again["synth"].estimate_s
+    state["stages"]["index"]["estimate_rates"] = "other-defaults"
+    domain.layout.build_record.write_text(json.dumps(state))
+    assert {p.name: p for p in plan(domain, limit=12)}["index"].basis == "defaults", (
+        "a run estimated with other default costs says nothing about these"
+    )
+    state["stages"]["index"]["estimate_rates"] = builder.RATES
+    domain.layout.build_record.write_text(json.dumps(state))
 
     shown = CliRunner().invoke(
         app, ["build", str(buildable), "--dry-run", "--limit", "12", "--from", "index"]
