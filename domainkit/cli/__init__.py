@@ -64,9 +64,11 @@ def _main(
     if verbose < 2:
         for noisy in ("httpx", "sentence_transformers", "transformers", "faiss"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-        # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is absent;
-        # transformers and peft emit FutureWarnings about their own internals.
+        # bitsandbytes (and the kernels package it asks) warn on import that an optional
+        # hub-downloaded CPU kernel is absent offline; transformers and peft emit
+        # FutureWarnings about their own internals.
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        logging.getLogger("kernels").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
 
