@@ -17,7 +17,7 @@ from domainkit.cli import app
 from domainkit.config import load_domain
 
 from .conftest import SUPPORT_DOCS, kill_after, sigkill_when, write_domain
-from .tiny_lm import save_tiny_chat_model
+from .tiny_lm import save_tiny_chat_model, tiny_training
 
 REFUSAL = "I'm sorry, the documents I have do not cover that."
 
@@ -83,16 +83,7 @@ def buildable(tmp_path):
         tmp_path / "support",
         SUPPORT_DOCS,
         synth={"teacher": {"backend": "scripted"}, "validation_fraction": 0.3},
-        train={
-            "student_model": str(model),
-            "method": "lora",
-            "max_steps": 2,
-            "batch_size": 2,
-            "grad_accum": 1,
-            "max_seq_len": 2048,
-            "lora_r": 4,
-            "precision": "fp32",
-        },
+        train=tiny_training(model),
         retrieval={"embedder": "hash-test", "top_k": 2},
         eval={"max_new_tokens": 8},
     )

@@ -20,7 +20,7 @@ from domainkit.config import load_domain
 
 from .conftest import SUPPORT_DOCS, write_domain
 from .runtime_support import CHROMIUM
-from .tiny_lm import save_tiny_chat_model
+from .tiny_lm import save_tiny_chat_model, tiny_training
 
 pytestmark = [
     pytest.mark.integration,
@@ -123,15 +123,7 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
         SUPPORT_DOCS,
         retrieval={"embedder": "sentence-transformers"},
         synth={"teacher": {"backend": "scripted"}},
-        train={
-            "student_model": str(model),
-            "method": "lora",
-            "max_steps": 2,
-            "batch_size": 2,
-            "grad_accum": 1,
-            "lora_r": 4,
-            "precision": "fp32",
-        },
+        train=tiny_training(model),
         eval={"max_new_tokens": 8},
         runtime={"max_new_tokens": 12},
     )

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from domainkit.cli import app
 
 from .conftest import SUPPORT_DOCS
-from .tiny_lm import save_tiny_chat_model
+from .tiny_lm import save_tiny_chat_model, tiny_training
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/getting-started.md"]
@@ -80,15 +80,7 @@ def _make_tiny(root: Path, student: Path) -> None:
         "retrieval": {"embedder": "hash-test", "top_k": 2},
         "chunking": {"chunk_size": 40, "chunk_overlap": 8},
         "synth": {"teacher": {"backend": "scripted"}, "validation_fraction": 0.3},
-        "train": {
-            "student_model": str(student),
-            "max_steps": 2,
-            "batch_size": 2,
-            "grad_accum": 1,
-            "max_seq_len": 2048,
-            "lora_r": 4,
-            "precision": "fp32",
-        },
+        "train": tiny_training(student),
         "eval": {"max_new_tokens": 8, "general_knowledge": False},
     }
     (root / "domain.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -50,6 +50,20 @@ def save_tiny_chat_model(folder: Path, seed: int = 0, max_positions: int = 512) 
     return save_tiny_model_with(tiny_tokenizer(), folder, seed, max_positions)
 
 
+def tiny_training(model: Path) -> dict:
+    """``train`` settings that fine-tune ``model`` for two small LoRA steps: a build in seconds."""
+    return {
+        "student_model": str(model),
+        "method": "lora",
+        "max_steps": 2,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "max_seq_len": 2048,
+        "lora_r": 4,
+        "precision": "fp32",
+    }
+
+
 def embedded_tokenizer():
     """SmolLM2's tokenizer, read from the embedded package's GGUF file (no weights loaded).
 
