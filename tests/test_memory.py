@@ -3,6 +3,8 @@ matches what autograd keeps, and a run that cannot fit stops before it starts.""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -247,3 +249,24 @@ def test_a_resumed_run_keeps_its_optimizer_and_checkpointing(tmp_path):
     assert (
         _memory_choices(Layout(tmp_path), roomier, settings, resume=False)["optimizer"] == "adamw"
     )
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/statm") or memory._malloc_trim() is None,
+    reason="needs glibc's malloc_trim and /proc",
+)
+def test_freed_blocks_between_passes_go_back_to_the_system():
+    # Blocks below the mmap threshold live on the heap; one kept at its end stops free()
+    # from shrinking it, as a pass's surviving tensors do.
+    blocks = [torch.ones(16 * 1024) for _ in range(4000)]  # 64 KiB each, 250 MiB
+    kept = blocks[-1]
+    del blocks
+    before = _resident_mb()
+    memory.release_freed_memory()
+    assert before - _resident_mb() > 100
+    assert float(kept[0]) == 1.0

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from domainkit.config.layout import CheckpointLayout, PhaseLayout
 from domainkit.config.schema import TrainConfig
 from domainkit.train.data import IGNORE, Row, collate, make_batches
-from domainkit.train.memory import pass_tokens
+from domainkit.train.memory import pass_tokens, release_freed_memory
 from domainkit.train.objective import AdaLoraSchedule, LabelledTokenLoss
 from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
@@ -228,6 +228,9 @@ class TrainingRun:
                     loss = loss + self.adalora.penalty()
                 self.accelerator.backward(loss)
             loss_sum += float(loss.detach())
+            del loss
+            if self.accelerator.device.type == "cpu":
+                release_freed_memory()
         self.accelerator.clip_grad_norm_(self.params, self.settings.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
