@@ -17,6 +17,7 @@ as its eval.yaml, then served by ``domainkit serve``:
 
     python bench/feedback.py                       # all four corpora, --limit 120
     python bench/feedback.py --corpora legal --limit 120
+    python bench/feedback.py --again --rewordings bench/feedback_rewordings_heldout.yaml
 """
 
 from __future__ import annotations
@@ -218,9 +219,11 @@ def simulate(corpus: str, limit: int | None, rewordings: list[dict]) -> dict:
     return after(result, folder, limit, scored, reworded, refusal)
 
 
-def again(corpus: str, limit: int | None, rewordings: list[dict]) -> dict:
+def again(corpus: str, limit: int | None, rewordings: list[dict], other_set: bool = False) -> dict:
     """A reviewed copy rebuilt with the code as it is now and scored after again; the build,
-    the before figures and the verdicts stay those of the first run."""
+    the before figures and the verdicts stay those of the first run. With ``other_set``
+    (rewordings other than those the copy was first scored with) there is no before figure
+    for the rewordings."""
     from domainkit.config import load_domain
 
     folder = OUT / corpus
@@ -232,6 +235,8 @@ def again(corpus: str, limit: int | None, rewordings: list[dict]) -> dict:
     reworded = [{**by_question[r["original"]], "question": r["rewording"]} for r in rewordings]
     refusal = load_domain(folder).config.refusal
     result["again"] = True
+    if other_set:
+        result["before"]["rewordings"] = None
     # From the reviews stage: the code that made the earlier stages may have changed since
     # (their fingerprints with it), what they made has not.
     return after(result, folder, limit, scored, reworded, refusal, start="reviews")
@@ -281,22 +286,34 @@ def main() -> int:
         "--table", action="store_true", help="only print the table of the results on disk"
     )
     parser.add_argument(
+        "--rewordings",
+        type=Path,
+        default=REWORDINGS,
+        help="another rewordings file (with --again; results go to CORPUS.STEM.json)",
+    )
+    parser.add_argument(
         "--again",
         action="store_true",
         help="rebuild the reviewed copies on disk with the current code and score them again",
     )
     args = parser.parse_args()
-    rewordings = yaml.safe_load(REWORDINGS.read_text())
+    other = args.rewordings.resolve() != REWORDINGS
+    if other and not (args.again or args.table):
+        parser.error("--rewordings needs --again (or --table): a first run uses the default set")
+    rewordings = yaml.safe_load(args.rewordings.read_text())
+    suffix = f".{args.rewordings.stem}.json" if other else ".json"
     OUT.mkdir(parents=True, exist_ok=True)
     corpora = args.corpora.split(",")
     for corpus in [] if args.table else corpora:
         print(f"== {corpus}", flush=True)
-        run = again if args.again else simulate
-        result = run(corpus, args.limit or None, rewordings[corpus])
+        if args.again:
+            result = again(corpus, args.limit or None, rewordings[corpus], other)
+        else:
+            result = simulate(corpus, args.limit or None, rewordings[corpus])
         print(json.dumps(result, indent=1), flush=True)
         # One file per corpus, so corpora can run side by side.
-        (OUT / f"{corpus}.json").write_text(json.dumps(result, indent=1))
-    saved = [OUT / f"{c}.json" for c in corpora if (OUT / f"{c}.json").exists()]
+        (OUT / f"{corpus}{suffix}").write_text(json.dumps(result, indent=1))
+    saved = [OUT / f"{c}{suffix}" for c in corpora if (OUT / f"{c}{suffix}").exists()]
     print_table([json.loads(p.read_text()) for p in saved])
     return 0
 
@@ -310,8 +327,9 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         b, a = r["before"], r["after"]
         gains.append(a["scored"]["refused_unanswerable"] - b["scored"]["refused_unanswerable"])
+        first = b["rewordings"]["right_or_rightly_refused"] if b["rewordings"] else None
         print(
-            f"{r['corpus']:<18} | {b['rewordings']['right_or_rightly_refused']:.2f} -> "
+            f"{r['corpus']:<18} | {'  - ' if first is None else f'{first:.2f}'} -> "
             f"{a['rewordings']['right_or_rightly_refused']:.2f}              | "
             f"{b['scored']['accuracy']:.2f} -> {a['scored']['accuracy']:.2f}     | "
             f"{b['scored']['refused_unanswerable']:.2f} -> "

@@ -76,6 +76,9 @@ class FakeGenerator:
     def count_tokens(self, messages):
         return sum(len(m["content"].split()) + 4 for m in messages)
 
+    def count_text(self, text):
+        return len(text.split())
+
     def generate(self, requests):
         assert self.gate.wait(30)
         if self.fail:

@@ -285,3 +285,81 @@ def test_a_plural_names_the_same_thing_but_a_figure_must_match_as_written():
     assert not same_things("How many Talons can I link?", "How many Perch speakers can I link?")
     assert not same_things("Is the KR-500 loud?", "Is the KR-500s loud?")
     assert same_things("Do you ship to Swiss addresses?", "Do you ship to Swiss homes?")
+
+
+def test_a_rewording_is_answered_from_the_review_but_a_short_follow_up_is_not(domain):
+    """A reviewed question asked again on its own gets the reviewed line; asked as a short
+    follow-up it leans on the conversation, so it is answered as if never reviewed."""
+    from domainkit.answer.memory import ReviewedAnswers
+    from domainkit.backends.scheduler import Scheduler
+    from domainkit.feedback.repeats import build_repeats
+    from domainkit.runtime import Assistant
+
+    from .runtime_support import FakeGenerator
+
+    retriever = open_retriever(domain)
+    line = _line_of(domain, WARRANTY_LINE)
+    domain.validation_path.write_text(
+        yaml.safe_dump(
+            {
+                "questions": [
+                    {
+                        "question": "How long is the warranty?",
+                        "answer": WARRANTY_LINE,
+                        "line": line.id,
+                        "verdict": "line",
+                        "exchange": "e1",
+                    }
+                ]
+            }
+        )
+    )
+    build_repeats(domain, retriever)
+    assistant = Assistant(
+        domain.config,
+        Scheduler(FakeGenerator(), max_batch=1, max_queue=4),
+        retriever=retriever,
+        tuned=True,
+        memory=ReviewedAnswers.load(domain.layout.reviewed),
+    )
+    question = {"role": "user", "content": "How long is the warranty?"}
+    alone = assistant.answer([question])
+    assert alone.route == "reviewed" and alone.text.startswith(WARRANTY_LINE)
+    history = [
+        {"role": "user", "content": "Tell me about the Talon speaker."},
+        {"role": "assistant", "content": "The Talon is a portable speaker."},
+    ]
+    assert assistant.answer([*history, question]).route != "reviewed"
+
+
+def test_below_the_sure_similarity_a_repeat_needs_its_own_retrieval_to_agree(domain):
+    """Between the calibrated cut and ``SURE``, a line answers a repeat only if its search
+    found the line's passage, and a refusal repeats only if its evidence is no better; at
+    ``SURE`` or above, similarity alone decides."""
+    import numpy as np
+
+    from domainkit.answer.memory import SURE, Reviewed, ReviewedAnswers
+
+    line = _line_of(domain, WARRANTY_LINE)
+    passage = next(c for c in open_retriever(domain).index.chunks if line.text in c.text)
+    entries = [
+        Reviewed("How long is the warranty?", "line", line.id, [line.id], [passage.to_dict()]),
+        Reviewed("Can I pay with Bitcoin?", "not_in_docs", dense=0.30),
+    ]
+    memory = ReviewedAnswers(entries, np.eye(2, 4, dtype=np.float32), threshold=0.70)
+    vocabulary = open_retriever(domain).vocabulary
+
+    def recalled(row: int, similarity: float, **found) -> str | None:
+        vector = np.zeros(4, dtype=np.float32)
+        vector[row], vector[3] = similarity, np.sqrt(1 - similarity**2)
+        question = entries[row].question
+        hit = memory.recall(question, vector, vocabulary, **found)
+        return hit.reviewed.verdict if hit else None
+
+    middle, sure = (0.70 + SURE) / 2, min(1.0, SURE + 0.02)
+    assert recalled(0, middle, retrieved={"another"}) is None
+    assert recalled(0, middle, retrieved={passage.id}) == "line"
+    assert recalled(0, sure, retrieved={"another"}) == "line"
+    assert recalled(1, middle, dense=0.60) is None, "its evidence is much better"
+    assert recalled(1, middle, dense=0.32) == "not_in_docs"
+    assert recalled(1, sure, dense=0.60) == "not_in_docs"

@@ -251,7 +251,10 @@ class Assistant:
             return self._naive(question, history, max_tokens, sampling, on_text, started)
         hits = self._retrieve(question, history)
         evidence = self.selector.select(question, [h.chunk for h in hits])
-        if policy == "auto" and (recalled := self.recall(question, evidence, hits)) is not None:
+        # A short follow-up means what the conversation says it means, not what it says alone.
+        alone = search_query(question, history) == question
+        recalled = self.recall(question, evidence, hits) if policy == "auto" and alone else None
+        if recalled is not None:
             return self._ready(recalled, on_text, started)
         if policy == "evidence" or not evidence.sentences:
             return self._from_evidence(evidence, on_text, started)

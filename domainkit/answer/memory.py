@@ -5,9 +5,10 @@ or the documents do not. A new question is a repeat of one of them when its embe
 at least ``threshold`` similar (calibrated at build time on questions that must not match:
 about other facts of the same passage, or reviewed with other verdicts) *and* it names the
 same things: the same names, model numbers and figures, and none the corpus never mentions.
-A reviewed line answers a repeat only when the repeat's own search finds that line's
-passage; a reviewed refusal refuses one only when the repeat's evidence is no better than
-the reviewed question's was. "How long is the
+Below ``SURE`` similarity (or the calibrated cut, if higher), two more checks: a reviewed line
+answers a repeat only when the repeat's own search finds that line's passage, and a reviewed
+refusal refuses one only when the repeat's evidence is no better than the reviewed
+question's was. "How long is the
 Talon's warranty?" then repeats "For how many years is my Talon covered?", while "How long
 is the Perch's warranty?", as similar to the eye, is not one.
 """
@@ -31,8 +32,10 @@ from domainkit.retrieval.terms import (
     surface_words,
 )
 
-# Without paraphrase pairs to calibrate on, a repeat must be about this similar.
+# Without paraphrase pairs to calibrate on, a repeat must be about this similar; as similar,
+# it is one whatever its own retrieval finds.
 DEFAULT_THRESHOLD = 0.86
+SURE = DEFAULT_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,10 @@ class ReviewedAnswers:
             # question about something it never mentions.
             if not same_things(entry.question, question):
                 continue
-            if entry.verdict == "line" and not unknown and _found(entry, retrieved):
+            sure = similarity >= max(self.threshold, SURE)
+            if entry.verdict == "line" and not unknown and (sure or _found(entry, retrieved)):
                 return Recall(entry, similarity)
-            if entry.verdict != "line" and _no_better(dense, entry.dense):
+            if entry.verdict != "line" and (sure or _no_better(dense, entry.dense)):
                 return Recall(entry, similarity)
         return None
 
