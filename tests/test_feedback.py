@@ -47,6 +47,21 @@ def _line_of(domain, text: str) -> EvidenceLine:
     return EvidenceLine(1, text, ref.source, ref.start, ref.end, 0.9, found["id"])
 
 
+def _line_review(question: str, line: EvidenceLine) -> dict:
+    """A reviewed question whose answer is ``line``, as validation.yaml holds it."""
+    return {
+        "question": question,
+        "answer": line.text,
+        "line": line.id,
+        "verdict": "line",
+        "exchange": "e1",
+    }
+
+
+def _write_reviews(domain, *questions: dict) -> None:
+    domain.validation_path.write_text(yaml.safe_dump({"questions": list(questions)}))
+
+
 def _answer(text: str, route: str = "evidence", line: EvidenceLine | None = None, p=0.9):
     source = Source(1, "warranty.md", "Warranty", "Warranty", "c1", 0.8)
     return Answer(
@@ -230,26 +245,15 @@ def test_repeats_of_reviewed_questions_get_the_reviewed_line_or_refusal(domain):
 
     retriever = open_retriever(domain)
     line = _line_of(domain, WARRANTY_LINE)
-    domain.validation_path.write_text(
-        yaml.safe_dump(
-            {
-                "questions": [
-                    {
-                        "question": "How long is the warranty on a Perch speaker?",
-                        "answer": WARRANTY_LINE,
-                        "line": line.id,
-                        "verdict": "line",
-                        "exchange": "e1",
-                    },
-                    {
-                        "question": "Can I pay for my order with Bitcoin?",
-                        "answerable": False,
-                        "verdict": "not_in_docs",
-                        "exchange": "e2",
-                    },
-                ]
-            }
-        )
+    _write_reviews(
+        domain,
+        _line_review("How long is the warranty on a Perch speaker?", line),
+        {
+            "question": "Can I pay for my order with Bitcoin?",
+            "answerable": False,
+            "verdict": "not_in_docs",
+            "exchange": "e2",
+        },
     )
     report = build_repeats(domain, retriever)
     assert (report.entries, report.answers, report.refusals) == (2, 1, 1)
@@ -299,21 +303,7 @@ def test_a_rewording_is_answered_from_the_review_but_a_short_follow_up_is_not(do
 
     retriever = open_retriever(domain)
     line = _line_of(domain, WARRANTY_LINE)
-    domain.validation_path.write_text(
-        yaml.safe_dump(
-            {
-                "questions": [
-                    {
-                        "question": "How long is the warranty?",
-                        "answer": WARRANTY_LINE,
-                        "line": line.id,
-                        "verdict": "line",
-                        "exchange": "e1",
-                    }
-                ]
-            }
-        )
-    )
+    _write_reviews(domain, _line_review("How long is the warranty?", line))
     build_repeats(domain, retriever)
     assistant = Assistant(
         domain.config,
