@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 
 from domainkit.config import load_domain
 from domainkit.errors import IndexStoreError
-from domainkit.retrieval import Retriever, build_index, load_index, open_retriever
+from domainkit.retrieval import MemoEmbedder, Retriever, build_index, load_index, open_retriever
 from domainkit.retrieval.fusion import reciprocal_rank_fusion
 
 from .conftest import HashEmbedder
@@ -69,3 +70,19 @@ def test_retriever_refuses_an_index_built_by_another_embedder(support_domain):
     other.id = "test:other"
     with pytest.raises(IndexStoreError, match="run `domainkit index` again"):
         Retriever(load_index(domain.index_dir), other, domain.config.retrieval)
+
+
+def test_a_memo_embedder_embeds_each_text_once_and_warms_in_one_batch(embedder):
+    memo = MemoEmbedder(embedder, size=3)
+    memo.warm(["a warranty", "the returns window", "a warranty"])
+    assert embedder.embedded_texts == ["a warranty", "the returns window"]  # one batch
+    again = memo.embed(["the returns window", "a warranty"])
+    assert embedder.embedded_texts == ["a warranty", "the returns window"]
+    assert np.allclose(again, embedder.embed(["the returns window", "a warranty"]))
+    # Full: a new batch evicts the oldest texts, never one of its own.
+    embedder.embedded_texts.clear()
+    out = memo.embed(["a warranty", "shipping", "repairs"])
+    assert embedder.embedded_texts == ["shipping", "repairs"]
+    assert out.shape == (3, embedder.dim)
+    memo.embed(["the returns window"])
+    assert embedder.embedded_texts[-1] == "the returns window"  # it had been evicted

@@ -1,6 +1,6 @@
 """Retrieval: embeddings in FAISS plus BM25, fused with reciprocal rank fusion."""
 
-from domainkit.retrieval.embedders import EMBEDDERS, Embedder, make_embedder
+from domainkit.retrieval.embedders import EMBEDDERS, Embedder, MemoEmbedder, make_embedder
 from domainkit.retrieval.retriever import Hit, Retriever, open_retriever
 from domainkit.retrieval.store import IndexReport, LoadedIndex, build_index, load_index
 
@@ -10,6 +10,7 @@ __all__ = [
     "Hit",
     "IndexReport",
     "LoadedIndex",
+    "MemoEmbedder",
     "Retriever",
     "build_index",
     "load_index",

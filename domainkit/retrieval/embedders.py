@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import cached_property
 from typing import Protocol
@@ -39,6 +40,47 @@ EMBEDDERS: Registry[Callable[[RetrievalConfig], Embedder]] = Registry(
 def make_embedder(settings: RetrievalConfig) -> Embedder:
     """Build the embedder a domain's retrieval settings name."""
     return EMBEDDERS.get(settings.embedder)(settings)
+
+
+class MemoEmbedder:
+    """An embedder that keeps the vectors of the last ``size`` texts it embedded.
+
+    Synth checks, retrieves for and reads each question it writes, and each step embeds the
+    question again; ``warm`` embeds many in one batch, which on a CPU costs little more than
+    one at a time.
+    """
+
+    def __init__(self, embedder: Embedder, size: int = 8192):
+        self.inner, self.size = embedder, size
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def id(self) -> str:
+        return self.inner.id
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def warm(self, texts: list[str]) -> None:
+        """Embed, in one batch, those of ``texts`` not already kept."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            for text, vector in zip(missing, self.inner.embed(missing), strict=True):
+                self._keep(text, vector)
+
+    def embed(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        if len(texts) > self.size:
+            return self.inner.embed(texts, progress=progress)
+        for text in texts:  # kept ones first to the young end, so warming cannot evict them
+            if text in self._vectors:
+                self._vectors.move_to_end(text)
+        self.warm(texts)
+        return np.stack([self._vectors[t] for t in texts]) if texts else self.inner.embed([])
+
+    def _keep(self, text: str, vector: np.ndarray) -> None:
+        self._vectors[text] = vector
+        if len(self._vectors) > self.size:
+            self._vectors.popitem(last=False)
 
 
 @EMBEDDERS.register("sentence-transformers")

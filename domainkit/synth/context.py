@@ -41,6 +41,11 @@ class SynthContext:
     def embedder(self):
         return self.retriever.embedder
 
+    def warm(self, texts: list[str | None]) -> None:
+        """Embed in one batch the questions about to be checked and read one by one."""
+        if warm := getattr(self.embedder, "warm", None):
+            warm([t for t in texts if t])
+
     @property
     def chunks(self) -> list[Chunk]:
         return self.retriever.index.chunks

@@ -15,7 +15,7 @@ from domainkit.config.evalset import load_eval_set
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
 from domainkit.ingest import Chunk
-from domainkit.retrieval import Retriever, load_index, make_embedder
+from domainkit.retrieval import MemoEmbedder, Retriever, load_index, make_embedder
 from domainkit.synth import dataset
 from domainkit.synth.context import SynthContext
 from domainkit.synth.facts import facts_of
@@ -125,7 +125,8 @@ def run_synth(
     started = time.perf_counter()
     settings = domain.config.synth
     index = load_index(domain.index_dir)
-    retriever = Retriever(index, make_embedder(domain.config.retrieval), domain.config.retrieval)
+    embedder = MemoEmbedder(make_embedder(domain.config.retrieval))
+    retriever = Retriever(index, embedder, domain.config.retrieval)
     cache = CallCache(domain.layout.synth_calls)
     cached = CachedTeacher(teacher or make_teacher(settings.teacher), cache)
     ctx = SynthContext(domain.config, cached, retriever, Prompts(settings.prompts))

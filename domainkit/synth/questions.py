@@ -34,9 +34,10 @@ def questions_for(
         [_question_prompt(ctx, f) for f in facts], ctx.sampling("question")
     )
     copies = ctx.prompts.example_replies("question")
+    parsed = [parse_question(reply) for reply in replies]
+    ctx.warm(parsed + [template_question(f, ctx.vocabulary) for f in facts])
     out: list[FactQuestion] = []
-    for fact, reply in zip(facts, replies, strict=True):
-        question = parse_question(reply)
+    for fact, reply, question in zip(facts, replies, parsed, strict=True):
         problem = _problem(ctx, question, fact) if question not in copies else "copied an example"
         if problem is None and question is not None:
             out.append(FactQuestion(fact, question, "teacher"))
@@ -91,8 +92,9 @@ def _paraphrases(
             ctx.prompts.with_examples("paraphrase", system, q.question) for q in questions
         ]
         replies = ctx.teacher.generate(conversations, ctx.sampling("paraphrase", variant))
-        for original, reply in zip(questions, replies, strict=True):
-            question = parse_question(reply)
+        parsed = [parse_question(reply) for reply in replies]
+        ctx.warm(parsed)
+        for original, reply, question in zip(questions, replies, parsed, strict=True):
             seen = {
                 original.question.lower(),
                 *(q.question.lower() for q in out if q.fact == original.fact),
