@@ -203,6 +203,28 @@ def test_an_epoch_trains_each_sample_once_and_steps_stay_inside_it(tiny_model, t
     assert run.tokens_seen == sum(len(r.input_ids) for r in rows)
 
 
+def test_validation_loss_is_taken_on_the_same_few_rows_a_few_times_a_run(tiny_model, tmp_path):
+    """eval_every auto: about six evaluations, at least 10 steps apart; eval_rows: each on
+    the same subset of the validation rows."""
+    settings = _settings(
+        tiny_model, batch_size=1, grad_accum=1, eval_every="auto", eval_rows=3, max_steps=24
+    )
+    student = load_student(settings)
+    rows = _rows(student, n=12, packed=False)
+    val = _rows(student, n=10, packed=False)
+    phase = Phase("sft", rows, val, settings.learning_rate, 1.0, PhaseLayout(tmp_path), packed=False)
+    seen: list[int] = []
+    hook = student.model.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: None if module.training else seen.append(args[0].shape[0])
+    )
+    run = TrainingRun(student.model, student.tokenizer, settings, phase, _Accel())
+    state = run.run()
+    hook.remove()
+    assert [r["step"] for r in state.history if "val_loss" in r] == [10, 20, 24]
+    assert sum(seen) == 3 * 3, "three evaluations of three rows each"
+    assert len({id(r) for r in run.val_rows}) == 3 and all(r in val for r in run.val_rows)
+
+
 def test_a_micro_batch_split_into_passes_trains_the_same(tiny_model, tmp_path):
     """forward_tokens changes how many tokens one forward and backward pass holds, not the
     step: one pass per micro-batch and one row per pass end at the same adapter."""

@@ -120,7 +120,17 @@ class TrainConfig(Section):
         "trainable weight instead of 8; paged: spills to CPU memory under pressure, CUDA "
         "only). auto: paged_adamw_8bit on CUDA, else adamw unless only 8-bit fits.",
     )
-    eval_every: int = Field(25, ge=1, description="Validation loss every N optimizer steps.")
+    eval_every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Validation loss every N optimizer steps. auto: six times a run, at "
+        "least 10 steps apart.",
+    )
+    eval_rows: int = Field(
+        64,
+        ge=1,
+        description="Validation loss on at most this many validation rows (the same ones each "
+        "time): enough to compare evaluations, at a fraction of the cost of all of them.",
+    )
     save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
     early_stopping_patience: int = Field(
         3, ge=0, description="Stop after this many evaluations without improvement (0: never)."

@@ -29,6 +29,8 @@ from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
 log = logging.getLogger(__name__)
 CPU_PAD_MULTIPLE = 32
+# eval_every: auto evaluates about this often, never closer than the gap (a short run: once).
+EVALS_PER_RUN, EVAL_MIN_GAP = 6, 10
 
 
 @dataclass
@@ -117,6 +119,13 @@ class TrainingRun:
         )
         self.state = TrainState()
         self.tokens_seen = 0
+        self.eval_every = settings.eval_every
+        if self.eval_every == "auto":
+            self.eval_every = max(EVAL_MIN_GAP, math.ceil(self.total_steps / EVALS_PER_RUN))
+        self.val_rows = phase.val_rows
+        if len(self.val_rows) > settings.eval_rows:
+            keep = random.Random(settings.seed).sample(range(len(self.val_rows)), settings.eval_rows)
+            self.val_rows = [self.val_rows[i] for i in sorted(keep)]
 
     # -- data ---------------------------------------------------------------------------
 
@@ -243,12 +252,12 @@ class TrainingRun:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Token-weighted mean loss on the validation rows."""
-        if not self.phase.val_rows:
+        if not self.val_rows:
             return None
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
         for batch in make_batches(
-            self.phase.val_rows, self.settings.batch_size, 0, self._token_budget
+            self.val_rows, self.settings.batch_size, 0, self._token_budget
         ):
             tensors = self._tensors(batch)
             count = int((tensors["labels"][:, 1:] != IGNORE).sum())
@@ -260,7 +269,7 @@ class TrainingRun:
     def _maybe_evaluate_and_save(self) -> None:
         state, settings = self.state, self.settings
         at_end = state.step >= self.total_steps
-        if state.step % settings.eval_every == 0 or at_end:
+        if state.step % self.eval_every == 0 or at_end:
             val = self.evaluate()
             if val is not None:
                 self._record({"step": state.step, "val_loss": val})
