@@ -124,6 +124,36 @@ def test_a_request_joins_a_running_batch_and_answers_as_it_would_alone(assistant
     assert max(n for n, _ in trace) == 2 and trace[-1][0] == 0
 
 
+def test_prompts_joining_together_run_their_common_start_once_and_answer_as_alone(assistant):
+    """A teacher's calls share a system prompt and worked examples: that start is run once
+    for all the rows joining together, and each reply is still the one it gets alone."""
+    from domainkit.backends import decoding
+
+    generator = assistant.scheduler.generator
+    system = {"role": "system", "content": "You answer questions about Kestrel speakers. " * 4}
+    requests = [
+        [system, {"role": "user", "content": text}]
+        for text in ("Tell me about the Perch.", "And the Talon warranty?", "Returns?")
+    ]
+    alone = [generator.generate([GenRequest(m, 24, stop=())])[0] for m in requests]
+    prompts = [generator.row(GenRequest(m, 1), print).prompt for m in requests]
+    run_tokens: list[int] = []
+    hook = generator.lm.model.get_input_embeddings().register_forward_pre_hook(
+        lambda module, args: run_tokens.append(args[0].numel())
+    )
+    try:
+        together, _ = _decoded(generator, [GenRequest(m, 24, stop=()) for m in requests], 10**6)
+    finally:
+        hook.remove()
+    shared = decoding._common_length(prompts)
+    assert shared >= decoding.MIN_SHARED
+    assert [r.text for r in together] == [r.text for r in alone]
+    for mine, theirs in zip(together, alone, strict=True):
+        assert abs(mine.mean_logprob - theirs.mean_logprob) < 1e-3
+    width = max(len(p) for p in prompts) - shared
+    assert run_tokens[:2] == [shared, len(prompts) * width], "the start once, then the rest"
+
+
 def test_a_sliding_window_cache_falls_back_to_static_batching(tmp_path):
     """A model whose cache is not plain ``DynamicLayer``s (Mistral's sliding window) cannot
     take a newcomer's rows into its running cache: the newcomer waits until the batch is

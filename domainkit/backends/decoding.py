@@ -29,6 +29,8 @@ from domainkit.backends.base import GenRequest, GenResult
 log = logging.getLogger(__name__)
 
 TOP_K = 50  # sampled rows draw from the 50 most likely tokens (transformers' default)
+# Rows joining together run the tokens they all begin with once, when there are this many.
+MIN_SHARED = 16
 
 
 @dataclass
@@ -322,33 +324,43 @@ class DecodeBatch:
 
 
 class _Prefill:
-    """The prompts of rows joining together, left-padded into one batch and run through
-    the model a chunk at a time."""
+    """The prompts of rows joining together, run through the model a chunk at a time.
+
+    The tokens all of them begin with (a system prompt, worked examples) are run once and
+    their cache shared; the rest of each prompt follows, left-padded to the longest, so a
+    row's cache holds its shared start, then padding, then its own tokens.
+    """
 
     def __init__(self, batch: DecodeBatch, rows: list[Row]):
         from transformers import DynamicCache
 
         self.batch, self.rows = batch, rows
-        width = max(len(r.prompt) for r in rows)
         device = batch.device
-        self.ids = torch.tensor([[0] * (width - len(r.prompt)) + r.prompt for r in rows]).to(device)
-        self.mask = torch.tensor(
-            [[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows]
-        ).to(device)
-        self.positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=batch.model.config)
+        shared = _common_length([r.prompt for r in rows]) if len(rows) > 1 else 0
+        # Every row keeps a token of its own (its logits start its reply).
+        shared = min(shared, min(len(r.prompt) for r in rows) - 1)
+        self.shared = shared if shared >= MIN_SHARED and _joinable(self.cache) else 0
+        own = [r.prompt[self.shared :] for r in rows]
+        width = max(map(len, own))
+        self.ids = torch.tensor([[0] * (width - len(o)) + o for o in own]).to(device)
+        own_mask = torch.tensor([[0] * (width - len(o)) + [1] * len(o) for o in own]).to(device)
+        self.positions = self.shared + (own_mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.mask = torch.cat([own_mask.new_ones(len(rows), self.shared), own_mask], dim=1)
         self.done = 0
 
     def advance(self) -> torch.Tensor | None:
         """Run the next chunk; the last position's logits once the prompts are done. With
         no rows running there is nothing to interleave with: the whole prompt at once."""
         batch = self.batch
+        if self.shared and self.cache.get_seq_length() == 0:
+            self._run_shared()
         size = max(1, batch.prefill_chunk // len(self.rows))  # columns: tokens over rows
         size = size if batch.running else self.ids.shape[1]
         end = min(self.ids.shape[1], self.done + size)
         out = batch.model(
             input_ids=self.ids[:, self.done : end],
-            attention_mask=self.mask[:, :end],
+            attention_mask=self.mask[:, : self.shared + end],
             position_ids=self.positions[:, self.done : end],
             use_cache=True,
             logits_to_keep=1,
@@ -356,6 +368,30 @@ class _Prefill:
         )
         self.done = end
         return out.logits[:, -1] if end == self.ids.shape[1] else None
+
+    def _run_shared(self) -> None:
+        """The shared start, once, its cache then stretched (not copied) over every row."""
+        batch, ids = self.batch, self.rows[0].prompt[: self.shared]
+        batch.model(
+            input_ids=torch.tensor([ids], device=batch.device),
+            attention_mask=torch.ones(1, self.shared, dtype=torch.long, device=batch.device),
+            position_ids=torch.arange(self.shared, device=batch.device)[None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{batch.cache_argument: self.cache},
+        )
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.expand(len(self.rows), -1, -1, -1)
+            layer.values = layer.values.expand(len(self.rows), -1, -1, -1)
+
+
+def _common_length(prompts: list[list[int]]) -> int:
+    """How many tokens every prompt begins with."""
+    first, n = prompts[0], min(map(len, prompts))
+    for i in range(n):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return n
 
 
 def _joinable(cache) -> bool:
