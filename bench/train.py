@@ -71,7 +71,7 @@ def describe_cpu(cpuinfo: str, native_bf16: bool, forced: str | None) -> str:
         fields.setdefault(key.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
     name = fields.get("model name") or platform.processor() or platform.machine()
-    from domainkit.train.model import CPU_BF16_ENV
+    from domainkit.utils.device import CPU_BF16_ENV
 
     has = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in CPU_FLAGS)
     bf16 = "yes" if native_bf16 else "no"
@@ -81,7 +81,7 @@ def describe_cpu(cpuinfo: str, native_bf16: bool, forced: str | None) -> str:
 
 
 def cpu_line() -> str:
-    from domainkit.train.model import CPU_BF16_ENV, native_bf16
+    from domainkit.utils.device import CPU_BF16_ENV, native_bf16
 
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()

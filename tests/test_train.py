@@ -212,7 +212,9 @@ def test_validation_loss_is_taken_on_the_same_few_rows_a_few_times_a_run(tiny_mo
     student = load_student(settings)
     rows = _rows(student, n=12, packed=False)
     val = _rows(student, n=10, packed=False)
-    phase = Phase("sft", rows, val, settings.learning_rate, 1.0, PhaseLayout(tmp_path), packed=False)
+    phase = Phase(
+        "sft", rows, val, settings.learning_rate, 1.0, PhaseLayout(tmp_path), packed=False
+    )
     seen: list[int] = []
     hook = student.model.get_input_embeddings().register_forward_pre_hook(
         lambda module, args: None if module.training else seen.append(args[0].shape[0])

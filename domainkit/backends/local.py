@@ -31,16 +31,23 @@ class LocalBackend:
 
     @classmethod
     def load(cls, model: str, adapter: Path | None = None, device: str = "auto") -> LocalBackend:
-        """``model`` (embedded name, hub id or path) on ``device``; the adapter, when given,
-        merged into a full-precision copy of the base, so answering costs no LoRA overhead."""
-        from domainkit.models import load_causal_lm
+        """``model`` (embedded name, hub id or path) on ``device``, in bf16 where the device
+        computes it natively, else fp32; the adapter, when given, merged into a
+        full-precision copy of the base, so answering costs no LoRA overhead."""
+        import torch
 
-        lm = load_causal_lm(model, device)
+        from domainkit.models import load_causal_lm
+        from domainkit.utils.device import best_device, native_bf16
+
+        device = best_device(device)
+        dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+        lm = load_causal_lm(model, device, dtype=torch.float32 if adapter else dtype)
         lm.model.eval()
         if adapter is not None:
             from peft import PeftModel
 
-            lm.model = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload().eval()
+            merged = PeftModel.from_pretrained(lm.model, str(adapter)).merge_and_unload()
+            lm.model = merged.to(dtype).eval()
         return cls(lm)
 
     @classmethod

@@ -122,10 +122,10 @@ class TrainingRun:
         self.eval_every = settings.eval_every
         if self.eval_every == "auto":
             self.eval_every = max(EVAL_MIN_GAP, math.ceil(self.total_steps / EVALS_PER_RUN))
-        self.val_rows = phase.val_rows
-        if len(self.val_rows) > settings.eval_rows:
-            keep = random.Random(settings.seed).sample(range(len(self.val_rows)), settings.eval_rows)
-            self.val_rows = [self.val_rows[i] for i in sorted(keep)]
+        self.val_rows, size = phase.val_rows, settings.eval_rows
+        if len(self.val_rows) > size:
+            keep = sorted(random.Random(settings.seed).sample(range(len(self.val_rows)), size))
+            self.val_rows = [self.val_rows[i] for i in keep]
 
     # -- data ---------------------------------------------------------------------------
 
@@ -256,9 +256,7 @@ class TrainingRun:
             return None
         self.model.eval()
         total_loss, total_tokens = 0.0, 0
-        for batch in make_batches(
-            self.val_rows, self.settings.batch_size, 0, self._token_budget
-        ):
+        for batch in make_batches(self.val_rows, self.settings.batch_size, 0, self._token_budget):
             tensors = self._tensors(batch)
             count = int((tensors["labels"][:, 1:] != IGNORE).sum())
             if count:

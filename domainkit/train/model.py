@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,12 +11,9 @@ import torch
 from domainkit.config.schema import TrainConfig
 from domainkit.errors import ConfigError
 from domainkit.models import LoadedLM, load_causal_lm
-from domainkit.utils.device import best_device
+from domainkit.utils.device import best_device, native_bf16
 
 log = logging.getLogger(__name__)
-# 0: treat the CPU as one without native bf16 (fp32 compute, as on CPUs without AVX512-BF16
-# or AMX), 1: as one with it; unset: as torch finds it.
-CPU_BF16_ENV = "DOMAINKIT_CPU_BF16"
 
 
 @dataclass
@@ -27,25 +23,6 @@ class Student:
     device: str
     path: str  # resolved base model folder or hub id
     dtype: torch.dtype  # compute precision
-
-
-def native_bf16(device: str) -> bool:
-    """Whether ``device`` runs bf16 matrix products in hardware; for a CPU,
-    ``$DOMAINKIT_CPU_BF16`` (0 or 1) overrides what torch finds.
-
-    Raises:
-        ConfigError: ``$DOMAINKIT_CPU_BF16`` is set to something other than 0 or 1.
-    """
-    if device == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device != "cpu":
-        return False
-    forced = os.environ.get(CPU_BF16_ENV, "").strip()
-    if forced:
-        if forced not in ("0", "1"):
-            raise ConfigError(f"${CPU_BF16_ENV}: got {forced!r}; expected 0 or 1 (or unset)")
-        return forced == "1"
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def compute_dtype(device: str, precision: str = "auto") -> torch.dtype:
