@@ -204,7 +204,7 @@ def test_an_epoch_trains_each_sample_once_and_steps_stay_inside_it(tiny_model, t
 
 
 def test_validation_loss_is_taken_on_the_same_few_rows_a_few_times_a_run(tiny_model, tmp_path):
-    """eval_every auto: about six evaluations, at least 10 steps apart; eval_rows: each on
+    """eval_every auto: about four evaluations, at least 10 steps apart; eval_rows: each on
     the same subset of the validation rows."""
     settings = _settings(
         tiny_model, batch_size=1, grad_accum=1, eval_every="auto", eval_rows=3, max_steps=24

@@ -122,7 +122,7 @@ class TrainConfig(Section):
     )
     eval_every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
-        description="Validation loss every N optimizer steps. auto: six times a run, at "
+        description="Validation loss every N optimizer steps. auto: four times a run, at "
         "least 10 steps apart.",
     )
     eval_rows: int = Field(

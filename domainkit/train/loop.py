@@ -29,8 +29,8 @@ from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
 log = logging.getLogger(__name__)
 CPU_PAD_MULTIPLE = 32
-# eval_every: auto evaluates about this often, never closer than the gap (a short run: once).
-EVALS_PER_RUN, EVAL_MIN_GAP = 6, 10
+# eval_every: auto evaluates about this many times a run, never closer than the gap (a short run: once).
+EVALS_PER_RUN, EVAL_MIN_GAP = 4, 10
 
 
 @dataclass
