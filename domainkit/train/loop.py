@@ -29,7 +29,7 @@ from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
 log = logging.getLogger(__name__)
 CPU_PAD_MULTIPLE = 32
-# eval_every: auto evaluates about this many times a run, never closer than the gap (a short run: once).
+# eval_every: auto evaluates this many times a run, never closer than the gap (a short run: once).
 EVALS_PER_RUN, EVAL_MIN_GAP = 4, 10
 
 
