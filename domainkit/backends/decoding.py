@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -336,7 +337,7 @@ class _Prefill:
 
         self.batch, self.rows = batch, rows
         device = batch.device
-        self.cache = DynamicCache(config=batch.model.config)
+        self.cache: Any = DynamicCache(config=batch.model.config)
         shared = _common_length([r.prompt for r in rows]) if len(rows) > 1 else 0
         # Every row keeps a token of its own (its logits start its reply).
         shared = min(shared, min(len(r.prompt) for r in rows) - 1)

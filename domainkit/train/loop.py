@@ -119,9 +119,8 @@ class TrainingRun:
         )
         self.state = TrainState()
         self.tokens_seen = 0
-        self.eval_every = settings.eval_every
-        if self.eval_every == "auto":
-            self.eval_every = max(EVAL_MIN_GAP, math.ceil(self.total_steps / EVALS_PER_RUN))
+        auto = max(EVAL_MIN_GAP, math.ceil(self.total_steps / EVALS_PER_RUN))
+        self.eval_every = auto if settings.eval_every == "auto" else settings.eval_every
         self.val_rows, size = phase.val_rows, settings.eval_rows
         if len(self.val_rows) > size:
             keep = sorted(random.Random(settings.seed).sample(range(len(self.val_rows)), size))
