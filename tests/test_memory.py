@@ -33,7 +33,8 @@ def _settings(tiny_model, **overrides) -> TrainConfig:
 def _batch(student, n=4, words=120):
     conversations = [
         [
-            {"role": "user", "content": " ".join(["warranty"] * words) + f" question {i}?"},
+            # Rows that differ from their first word: no common start run once (objective.py).
+            {"role": "user", "content": f"{i} " + " ".join(["warranty"] * words) + "?"},
             {"role": "assistant", "content": f"The warranty lasts {i + 1} years."},
         ]
         for i in range(n)

@@ -134,6 +134,42 @@ def test_labelled_token_loss_equals_the_models_own_loss_and_gradients(tiny_model
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
 
 
+def test_a_batchs_common_start_runs_once_with_the_same_loss_and_gradients(tiny_model):
+    student = load_student(_settings(tiny_model, lora_dropout=0.0))
+    model = student.model
+    system = {"role": "system", "content": "You answer from the manual only. " * 6}
+    conversations = [
+        [system, *CONVERSATION[1:3]],
+        [system, *CONVERSATION[3:]],
+        [system, *CONVERSATION[1:]],
+    ]
+    rows = single_rows([tokenize_chat(student.tokenizer, c) for c in conversations])
+    batch = collate(rows, student.tokenizer.pad_token_id, False, pad_to_multiple_of=32)
+    count = int((batch["labels"][:, 1:] != IGNORE).sum())
+    adapters = [p for p in model.parameters() if p.requires_grad]
+    embedded = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: embedded.append(args[0].numel())
+    )
+
+    expected = model(**batch).loss
+    expected_grads = torch.autograd.grad(expected, adapters)
+    embedded.clear()
+    ours = LabelledTokenLoss(model)(**batch) / count
+    grads = torch.autograd.grad(ours, adapters)
+    hook.remove()
+
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+    width, common = batch["input_ids"].shape[1], 0
+    while (batch["input_ids"][:, common] == batch["input_ids"][0, common]).all():
+        common += 1
+    assert common >= 40
+    assert len(embedded) == 2 and embedded[0] <= common  # the start once, then each row's rest
+    assert sum(embedded) == embedded[0] + 3 * (width - embedded[0])
+
+
 def test_padding_to_a_multiple_changes_the_shape_not_the_loss(tiny_model):
     student = load_student(_settings(tiny_model, lora_dropout=0.0))
     rows, pad = _rows(student, n=3, packed=False), student.tokenizer.pad_token_id

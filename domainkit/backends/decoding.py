@@ -201,7 +201,7 @@ class DecodeBatch:
     def _may_join(self) -> bool:
         """Rows join a running batch only where the cache can take them (a plain dynamic
         cache); otherwise they wait until it is empty (static batching)."""
-        return not self.running or _joinable(self._cache)
+        return not self.running or joinable(self._cache)
 
     def _next_group(self) -> list[Row]:
         """The waiting rows that join next, first come first: all of them, or as many as
@@ -314,7 +314,7 @@ class DecodeBatch:
         self._cache.batch_select_indices(index)
         self._mask, self._next = self._mask[index], self._next[index]
         unused = int((self._mask.sum(dim=0) == 0).long().cumprod(0).sum())
-        if unused and _joinable(self._cache):  # columns only the rows that left used
+        if unused and joinable(self._cache):  # columns only the rows that left used
             for layer in self._cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
             self._mask = self._mask[:, unused:]
@@ -341,7 +341,7 @@ class _Prefill:
         shared = _common_length([r.prompt for r in rows]) if len(rows) > 1 else 0
         # Every row keeps a token of its own (its logits start its reply).
         shared = min(shared, min(len(r.prompt) for r in rows) - 1)
-        self.shared = shared if shared >= MIN_SHARED and _joinable(self.cache) else 0
+        self.shared = shared if shared >= MIN_SHARED and joinable(self.cache) else 0
         own = [r.prompt[self.shared :] for r in rows]
         width = max(map(len, own))
         self.ids = torch.tensor([[0] * (width - len(o)) + o for o in own]).to(device)
@@ -381,9 +381,7 @@ class _Prefill:
             logits_to_keep=1,
             **{batch.cache_argument: self.cache},
         )
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.expand(len(self.rows), -1, -1, -1)
-            layer.values = layer.values.expand(len(self.rows), -1, -1, -1)
+        stretch(self.cache, len(self.rows))
 
 
 def _common_length(prompts: list[list[int]]) -> int:
@@ -395,7 +393,17 @@ def _common_length(prompts: list[list[int]]) -> int:
     return n
 
 
-def _joinable(cache) -> bool:
+def stretch(cache, rows: int) -> None:
+    """A one-row cache's keys and values as views over ``rows`` rows (not copies; gradients
+    flowing back through them add up)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(rows, -1, -1, -1)
+        layer.values = layer.values.expand(rows, -1, -1, -1)
+
+
+def joinable(cache) -> bool:
+    """Whether every layer of ``cache`` is a plain one (its keys and values can be
+    stretched over rows and padded)."""
     from transformers.cache_utils import DynamicLayer
 
     return cache is None or all(type(layer) is DynamicLayer for layer in cache.layers)
