@@ -1,10 +1,11 @@
-"""Chat backends: the ``openai`` backend against a domainkit server and its errors, and a
-backend plug-in chosen by name."""
+"""Chat backends: the ``openai`` backend against a domainkit server and its errors, a
+backend plug-in chosen by name, and the local backend's precision."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
+import torch
 
 from domainkit.backends import GenRequest, GenResult
 from domainkit.backends.scheduler import Scheduler
@@ -162,3 +163,21 @@ def test_an_installed_backend_plug_in_answers_by_its_name(runtime_domain, monkey
         UnknownNameError, match="teacher .vllm-typo.; available: hf, local, openai, quoting"
     ):
         make_teacher(TeacherConfig(backend="vllm-typo"))
+
+
+@pytest.mark.parametrize(
+    ("precision", "bf16_env", "dtype"),
+    [("fp32", "1", torch.float32), ("bf16", "0", torch.bfloat16), ("auto", "0", torch.float32)],
+)
+def test_runtime_precision_sets_the_local_models_weights(
+    tmp_path, monkeypatch, precision, bf16_env, dtype
+):
+    from domainkit.backends.local import LocalBackend
+    from domainkit.utils.device import CPU_BF16_ENV
+
+    from .tiny_lm import save_tiny_model_with, tiny_tokenizer
+
+    monkeypatch.setenv(CPU_BF16_ENV, bf16_env)
+    save_tiny_model_with(tiny_tokenizer(), tmp_path)
+    backend = LocalBackend.load(str(tmp_path), device="cpu", precision=precision)
+    assert {p.dtype for p in backend.lm.model.parameters()} == {dtype}

@@ -256,12 +256,22 @@ def test_the_estimate_learns_from_the_last_run_on_this_machine(buildable):
     assert "index from this domain's last run" in " ".join(shown.output.split())
 
 
-def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
+def test_eval_report_holds_the_numbers_the_cli_printed(buildable, monkeypatch):
+    from domainkit.backends.local import LocalBackend
+
+    loads, load = [], LocalBackend.load.__func__
+
+    def spy(cls, model, adapter=None, device="auto", precision="auto"):
+        loads.append((adapter is not None, precision))
+        return load(cls, model, adapter, device, precision)
+
+    monkeypatch.setattr(LocalBackend, "load", classmethod(spy))
     runner = CliRunner()
     assert (
         runner.invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"]).exit_code
         == 0
     )
+    loads.clear()
     runtime = {"evidence only", "tuned + evidence", "tuned, runtime policy"}
     base = {"base closed-book", "naive RAG (base)"}
     first = runner.invoke(app, ["eval", str(buildable)], env={"COLUMNS": "250"})
@@ -278,6 +288,9 @@ def test_eval_report_holds_the_numbers_the_cli_printed(buildable):
         assert f"{metrics['false_refusals']:.2f}" in line and f"{metrics['accuracy']:.2f}" in line
         assert metrics["answerable"] == 2 and metrics["unanswerable"] == 1
     assert report["headline"] in printed.output
+    # The base model as a user would otherwise run it (fp32); the tuned one as served.
+    assert (False, "fp32") in loads and (True, "auto") in loads
+    assert (False, "auto") not in loads
     again = runner.invoke(app, ["eval", str(buildable), "--last"], env={"COLUMNS": "250"})
     assert again.exit_code == 0 and again.output.split("report:")[0] in printed.output
     markdown = (buildable / ".domainkit" / "eval" / "report.md").read_text()

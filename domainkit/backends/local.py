@@ -30,17 +30,24 @@ class LocalBackend:
     """A transformers chat model in this process (``lm``: model, tokenizer, device)."""
 
     @classmethod
-    def load(cls, model: str, adapter: Path | None = None, device: str = "auto") -> LocalBackend:
-        """``model`` (embedded name, hub id or path) on ``device``, in bf16 where the device
-        computes it natively, else fp32; the adapter, when given, merged into a
-        full-precision copy of the base, so answering costs no LoRA overhead."""
+    def load(
+        cls,
+        model: str,
+        adapter: Path | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> LocalBackend:
+        """``model`` (embedded name, hub id or path) on ``device``, in ``precision`` (auto:
+        bf16 where the device computes it natively, else fp32); the adapter, when given,
+        merged into a full-precision copy of the base, so answering costs no LoRA overhead."""
         import torch
 
         from domainkit.models import load_causal_lm
         from domainkit.utils.device import best_device, native_bf16
 
         device = best_device(device)
-        dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+        bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
+        dtype = torch.bfloat16 if bf16 else torch.float32
         lm = load_causal_lm(model, device, dtype=torch.float32 if adapter else dtype)
         lm.model.eval()
         if adapter is not None:
@@ -52,7 +59,7 @@ class LocalBackend:
 
     @classmethod
     def from_runtime(cls, settings, *, student, adapter, device, name) -> LocalBackend:
-        return cls.load(student, adapter, device)
+        return cls.load(student, adapter, device, settings.precision)
 
     @classmethod
     def from_teacher(cls, settings) -> LocalBackend:

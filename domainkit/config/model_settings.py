@@ -203,6 +203,12 @@ class RuntimeConfig(Section):
     max_batch: int = Field(
         8, ge=1, le=256, description="Requests generated together (local) or in flight (openai)."
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The local backend's weights: auto is bf16 where the device computes it "
+        "natively (twice as fast on such CPUs; the evidence-first answers are the same), else "
+        "fp32. DOMAINKIT_CPU_BF16=0 makes auto fp32 on a CPU.",
+    )
     log: bool = Field(
         True,
         description="Keep a conversation log of what serve, chat and ask answer (personal "

@@ -273,10 +273,15 @@ class _Run:
     def _assistant(self, tuned: bool) -> Assistant:
         """The base or tuned assistant, its model behind the store of this evaluation's
         replies (a killed run resumes)."""
-        backend, has_adapter = load_backend(self.domain, self.settings, tuned)
+        # The base model stands for what a user would otherwise run: transformers' default
+        # fp32 (bf16 costs its free answers a few points; docs/decisions.md).
+        settings = (
+            self.settings if tuned else self.settings.model_copy(update={"precision": "fp32"})
+        )
+        backend, has_adapter = load_backend(self.domain, settings, tuned)
         adapter = self.domain.layout.adapter if has_adapter else None
         student = self.domain.config.train.student_model
-        identity = model_id(student, adapter, code_hash("answer"))
+        identity = model_id(student, adapter, code_hash("answer") + settings.precision)
         kept = resuming(backend, self.replies, identity)
         self.backends.append(kept)
         return Assistant.from_domain(
