@@ -61,11 +61,19 @@ def plan(
     until: str | None = None,
     limit: int | None = None,
     eval_limit: int | None = None,
+    retrain: bool = False,
 ) -> list[StagePlan]:
-    """What a build would do: each stage to run, reuse or skip, and why."""
+    """What a build would do: each stage to run, reuse or skip, and why. ``retrain`` runs
+    train and what follows it, as ``--from train`` does."""
     for name, value in (("--from", start), ("--until", until)):
         if value is not None and value not in STAGES:
             raise DomainkitError(f"{name} {value!r}: stages are {', '.join(STAGES)}")
+    if retrain:
+        if start is not None and STAGES.index(start) > STAGES.index("train"):
+            raise DomainkitError(f"--retrain with --from {start}: train comes before {start}")
+        forced, start = ("--retrain", "train") if start is None else (f"--from {start}", start)
+    else:
+        forced = f"--from {start}"
     first = STAGES.index(start) if start else 0
     last = STAGES.index(until) if until else len(STAGES) - 1
     if first > last:
@@ -82,7 +90,7 @@ def plan(
         elif i < first:
             action, reason = "cached", f"before --from {start}"
         elif start:
-            action, reason = "run", f"--from {start}"
+            action, reason = "run", forced
         elif not previous:
             action, reason = "run", "never built"
         elif previous.get("fingerprint") != prints[stage]:
@@ -128,15 +136,20 @@ def run_build(
     eval_limit: int | None = None,
     progress: bool = True,
     on_stage: Callable[[StagePlan], None] | None = None,
+    retrain: bool = False,
 ) -> BuildReport:
     """Run the stages the plan says to run, recording each as it finishes.
 
     ``limit`` makes a small first run (about that many synth samples, and as many eval
-    questions per set unless ``eval_limit`` says otherwise).
+    questions per set unless ``eval_limit`` says otherwise). ``retrain`` (or ``--from`` at
+    or before train) trains even where the last adapter still fits the data.
     """
     started = time.perf_counter()
-    limits = Limits.of(limit, eval_limit)
-    plans = plan(domain, start=start, until=until, limit=limit, eval_limit=eval_limit)
+    plans = plan(
+        domain, start=start, until=until, limit=limit, eval_limit=eval_limit, retrain=retrain
+    )
+    forced = start is not None and STAGES.index(start) <= STAGES.index("train")
+    limits = Limits.of(limit, eval_limit, retrain or forced)
     state = load_state(domain)
     report = BuildReport(build_dir=domain.build_dir)
     for stage in plans:

@@ -35,14 +35,16 @@ SECONDS_PER = {"chunk": 0.015, "sample": 0.27, "train_sample": 1.0, "answer": 0.
 
 @dataclass(frozen=True)
 class Limits:
-    """A small run: about ``samples`` synth samples, at most ``questions`` per eval set."""
+    """A small run: about ``samples`` synth samples, at most ``questions`` per eval set;
+    ``retrain``: train even where the last adapter still fits the data."""
 
     samples: int | None = None
     questions: int | None = None
+    retrain: bool = False
 
     @classmethod
-    def of(cls, limit: int | None, eval_limit: int | None = None) -> Limits:
-        return cls(limit, eval_limit if eval_limit is not None else limit)
+    def of(cls, limit: int | None, eval_limit: int | None = None, retrain: bool = False) -> Limits:
+        return cls(limit, eval_limit if eval_limit is not None else limit, retrain)
 
 
 def _hash(*parts) -> str:
@@ -162,14 +164,27 @@ def _synth(domain: Domain, limits: Limits, progress) -> dict:
 
 
 def _train(domain: Domain, limits: Limits, progress) -> dict:
-    """Train, or continue a killed training of the same inputs from its last checkpoint."""
+    """Train, or continue a killed training of the same inputs from its last checkpoint, or
+    keep the last adapter when the training data barely changed (``_kept_adapter``)."""
+    from domainkit.synth.dataset import load_samples
     from domainkit.train import run_train
 
-    run = {"fingerprint": fingerprints(domain, limits)["train"]}
-    marker = domain.layout.train_run
-    finished = domain.layout.phase_done("sft").is_file()
-    same = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == run
-    resume = same and not finished  # a finished run is re-run from scratch (--from train)
+    layout = domain.layout
+    trained_on = sorted(s.id for s in load_samples(layout.synth)["train"])
+    run = {
+        "fingerprint": fingerprints(domain, limits)["train"],
+        "basis": _train_basis(domain),
+        "trained_on": trained_on,
+    }
+    marker = layout.train_run
+    last = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+    finished = layout.phase_done("sft").is_file()
+    # A finished run is re-run from scratch (--from train).
+    resume = last.get("fingerprint") == run["fingerprint"] and not finished
+    if not resume and not limits.retrain and finished:
+        kept = _kept_adapter(domain, last, run)
+        if kept is not None:
+            return kept
     if not resume:  # before training: a kill from here on leaves checkpoints of this run
         atomic_write_json(marker, run)
     r = run_train(domain, resume=resume)
@@ -179,6 +194,40 @@ def _train(domain: Domain, limits: Limits, progress) -> dict:
         "best_val_loss": r.best_val_loss,
         "tokens_per_s": round(r.tokens_per_s, 1),
         "adapter": str(r.adapter),
+    }
+
+
+def _train_basis(domain: Domain) -> str:
+    """What an adapter depends on besides its data: the student, the training settings and
+    the training code."""
+    settings = domain.config.train.model_dump(mode="json", exclude={"retrain_when_changed"})
+    return _hash(settings, code_hash("train"))
+
+
+def _kept_adapter(domain: Domain, last: dict, run: dict) -> dict | None:
+    """The last adapter's summary when it was trained with the same settings and code on
+    nearly the same samples (at most ``train.retrain_when_changed`` of them new or gone,
+    counted against what it was trained on, so small edits add up to a retrain); else
+    None."""
+    layout = domain.layout
+    if last.get("basis") != run["basis"] or not adapter_config(layout.adapter).is_file():
+        return None
+    before, now = set(last.get("trained_on", [])), set(run["trained_on"])
+    if not before or not now:
+        return None
+    changed, limit = len(before ^ now) / len(before | now), domain.config.train.retrain_when_changed
+    if limit == 0 or changed > limit:
+        return None
+    log.info("keeping the adapter: %.1f%% of the training samples changed", 100 * changed)
+    return {
+        "method": domain.config.train.method,
+        "steps": 0,
+        "adapter": str(layout.adapter),
+        "kept": (
+            f"{len(now - before)} new and {len(before - now)} gone of {len(now)} samples "
+            f"({changed:.1%}, retrains above {limit:.0%}; "
+            "--retrain to train now)"
+        ),
     }
 
 
@@ -198,7 +247,7 @@ def _reviews_inputs(domain: Domain, limits: Limits) -> tuple:
 def _eval(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.eval import run_eval
 
-    r = run_eval(domain, limit=limits.questions, progress=progress)
+    r = run_eval(domain, limit=limits.questions, progress=progress, keep_replies=True)
     return {
         "headline": r.headline,
         "report": str(domain.layout.eval_report),

@@ -441,7 +441,7 @@ def test_an_eval_killed_with_sigkill_keeps_the_last_report_and_reruns_to_the_sam
     assert runner.invoke(app, ["eval", str(buildable)]).exit_code == 0
     again = json.loads((folder / "report.json").read_text())
     assert numbers(again) == numbers(first) and again["headline"] == first["headline"]
-    assert any("resumed an interrupted run" in note for note in again["notes"]), again["notes"]
+    assert any("came from an earlier run" in note for note in again["notes"]), again["notes"]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".eval")], "no leftovers"
     assert not list(replies.parent.glob("eval-replies*")), "a finished run leaves no store"
 
@@ -566,9 +566,64 @@ def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies
     kill_at = None
     resumed = run_eval(load_domain(buildable), progress=False)
     assert before_kill > 0 and sum(asked) == unbroken - before_kill
+    # A reply asked for twice within one run is not one "from an earlier run".
+    assert not any("earlier run" in note for note in whole.notes), whole.notes
+    assert any("came from an earlier run" in note for note in resumed.notes), resumed.notes
     assert resumed.conditions["eval.yaml"].keys() == whole.conditions["eval.yaml"].keys()
     for name, metrics in whole.conditions["eval.yaml"].items():
         again = resumed.conditions["eval.yaml"][name]
         assert {k: v for k, v in again.items() if k != "seconds_per_answer"} == {
             k: v for k, v in metrics.items() if k != "seconds_per_answer"
         }
+
+
+def test_an_edited_document_keeps_the_adapter_and_the_eval_asks_only_what_changed(
+    buildable, monkeypatch
+):
+    from domainkit.backends.local import LocalBackend
+
+    config = yaml.safe_load((buildable / "domain.yaml").read_text())
+    config["train"]["retrain_when_changed"] = 1.0  # a tiny corpus: one edit is a large share
+    (buildable / "domain.yaml").write_text(yaml.safe_dump(config))
+    real, real_score = LocalBackend.generate, LocalBackend.score_choices
+    asked: list[int] = []
+    monkeypatch.setattr(
+        LocalBackend, "generate", lambda self, rs: asked.append(len(rs)) or real(self, rs)
+    )
+    monkeypatch.setattr(
+        LocalBackend, "score_choices", lambda self, r: asked.append(1) or real_score(self, r)
+    )
+    domain = load_domain(buildable)
+    run_build(domain, limit=12, progress=False)
+    first_eval = sum(asked)
+    adapter = {p.name: p.read_bytes() for p in domain.layout.adapter.iterdir()}
+    trained_on = json.loads(domain.layout.train_run.read_text())["trained_on"]
+
+    docs = buildable / "docs" / "returns.md"
+    docs.write_text(docs.read_text() + "\nGift cards cannot be returned.\n")
+    asked.clear()
+    report = run_build(load_domain(buildable), limit=12, progress=False)
+    stages = {s["stage"]: s for s in report.stages}
+    assert stages["synth"]["action"] == "run" and stages["train"]["action"] == "run"
+    assert (
+        stages["train"]["summary"]["steps"] == 0 and "new and" in stages["train"]["summary"]["kept"]
+    )
+    assert {p.name: p.read_bytes() for p in domain.layout.adapter.iterdir()} == adapter
+    # What the adapter was trained on stays the yardstick: small edits add up to a retrain.
+    assert json.loads(domain.layout.train_run.read_text())["trained_on"] == trained_on
+    assert 0 < sum(asked) < first_eval, "only the requests the edit changed"
+    evaluation = json.loads(domain.layout.eval_report_json.read_text())
+    assert any("came from an earlier run" in note for note in evaluation["notes"])
+    assert _actions(load_domain(buildable), limit=12)["train"] == "cached"
+
+    retrained = run_build(
+        load_domain(buildable), limit=12, until="train", progress=False, retrain=True
+    )
+    summary = retrained.stages[3]["summary"]
+    assert summary["steps"] > 0 and "kept" not in summary
+    assert {p.name: p.read_bytes() for p in domain.layout.adapter.iterdir()} != adapter
+
+    config["train"]["learning_rate"] = 1e-3  # other settings: the adapter no longer fits
+    (buildable / "domain.yaml").write_text(yaml.safe_dump(config))
+    again = run_build(load_domain(buildable), limit=12, until="train", progress=False)
+    assert again.stages[3]["summary"]["steps"] > 0

@@ -27,9 +27,9 @@ def model(tmp_path_factory):
 
 
 def _forward(model, ids, cache=None, **extra):
-    from domainkit.backends.local import _cache_argument
+    from domainkit.backends.local import cache_argument
 
-    argument = _cache_argument(model)
+    argument = cache_argument(model)
     with torch.inference_mode():
         return model(input_ids=ids, use_cache=True, **extra, **{argument: cache})
 

@@ -120,7 +120,7 @@ class LocalBackend:
 
         text = RowText(self.tokenizer, self.eos_ids)
         model = self.lm.model
-        return DecodeBatch(model, text, _cache_argument(model), max_rows, join_tokens=join_tokens)
+        return DecodeBatch(model, text, cache_argument(model), max_rows, join_tokens=join_tokens)
 
     def row(self, request: GenRequest, done) -> Row:
         """``request`` as a row of a ``decoder`` batch; ``done`` receives its result."""
@@ -158,7 +158,7 @@ class LocalBackend:
                 input_ids=ids,
                 attention_mask=torch.ones(len(replies), len(prompt) + width, device=device),
                 position_ids=positions.expand(len(replies), -1),
-                **{_cache_argument(model): cache},
+                **{cache_argument(model): cache},
             )
             first = out.logits[0, -1].float().log_softmax(-1)
             rest = more.logits[:, :-1].float().log_softmax(-1)
@@ -172,7 +172,7 @@ class LocalBackend:
         return GenResult("", len(prompt), 0, "stop", None, choice_logprobs=scores)
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """The forward argument that takes a KV cache (transformers 5 renamed
     ``past_key_values`` to ``cache``)."""
     import inspect

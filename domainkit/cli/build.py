@@ -42,6 +42,14 @@ def build(
         bool,
         typer.Option("--dry-run", help="Show the plan, sizes and a time estimate; run nothing."),
     ] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain",
+            help="Train even if the last adapter still fits the data (by default a build keeps "
+            "it while under train.retrain_when_changed of the training samples changed).",
+        ),
+    ] = False,
     build_dir: BuildDirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -56,7 +64,9 @@ def build(
 
     loaded = load_domain(domain, build_dir)
     if dry_run:
-        plans = plan(loaded, start=start, until=until, limit=limit, eval_limit=eval_limit)
+        plans = plan(
+            loaded, start=start, until=until, limit=limit, eval_limit=eval_limit, retrain=retrain
+        )
         trains = any(p.name == "train" and p.action == "run" for p in plans)
         _show_plan(loaded, plans, plan_for(loaded.config.train) if trains else None, json_output)
         return
@@ -74,6 +84,7 @@ def build(
             eval_limit=eval_limit,
             progress=not json_output,
             on_stage=announce,
+            retrain=retrain,
         )
     _show_report(loaded, report, json_output)
 

@@ -132,6 +132,15 @@ class TrainConfig(Section):
         "time): enough to compare evaluations, at a fraction of the cost of all of them.",
     )
     save_every: int = Field(25, ge=1, description="Checkpoint every N optimizer steps.")
+    retrain_when_changed: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="A build keeps the trained adapter while at most this share of the "
+        "training samples are new or gone since it was trained (one edited document changes "
+        "a few); the runtime answers from the updated index either way. 0 always retrains, 1 "
+        "never does by itself; `build --retrain` retrains once.",
+    )
     early_stopping_patience: int = Field(
         3, ge=0, description="Stop after this many evaluations without improvement (0: never)."
     )

@@ -5,8 +5,10 @@ tuned models): on a CPU that is a quarter of a build. Every model reply it gener
 as soon as its batch returns, keyed by the model and the exact request, so a rerun after a
 kill asks the model only for what is missing. The replies are the model's raw readings;
 the gate and the reader weight are applied afresh, so a resumed run scores exactly what an
-unbroken one does. The store is deleted once the report is published: a finished
-evaluation measures its timings anew next time.
+unbroken one does. ``domainkit eval`` deletes the store once the report is published (a
+finished evaluation measures its timings anew next time); a build keeps it, pruned to the
+replies of its run, so a rebuild whose model did not change (an edited document, the
+adapter kept) asks the model only for the requests that changed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class ResumingBackend:
     def __init__(self, backend: ChatBackend, cache: CallCache, model_id: str):
         self.backend, self.cache, self.model_id = backend, cache, model_id
         self.context_limit = backend.context_limit
-        self.reused = 0
+        self.reused = 0  # replies from an earlier run (not those this run asked twice)
+        self.used: set[str] = set()  # every key this run asked for
+        self._written: set[str] = set()
 
     def count_tokens(self, messages) -> int:
         return self.backend.count_tokens(messages)
@@ -61,12 +65,16 @@ class ResumingBackend:
         found = self.cache.get_many([key]) if key is not None else {}
         if key not in found:
             return None
-        self.reused += 1
+        self.reused += key not in self._written
         return GenResult(**json.loads(found[key]))
 
     def _keep(self, key: str | None, result) -> None:
         if key is not None and isinstance(result, GenResult):
-            self.cache.put_many({key: json.dumps(asdict(result))})
+            self._put({key: json.dumps(asdict(result))})
+
+    def _put(self, replies: dict[str, str]) -> None:
+        self.cache.put_many(replies)
+        self._written.update(replies)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult | Exception]:
         keys = [self._key(r) for r in requests]
@@ -76,13 +84,13 @@ class ResumingBackend:
             if key is not None and key in kept:
                 result = GenResult(**json.loads(kept[key]))
                 results[i] = result
+                self.reused += key not in self._written
                 if request.on_text is not None:
                     request.on_text(result.text)
-        self.reused += len(results)
         missing = [i for i in range(len(requests)) if i not in results]
         if missing:
             fresh = self.backend.generate([requests[i] for i in missing])
-            self.cache.put_many(
+            self._put(
                 {
                     key: json.dumps(asdict(result))
                     for key, result in zip([keys[i] for i in missing], fresh, strict=True)
@@ -95,13 +103,17 @@ class ResumingBackend:
     def _key(self, request: GenRequest) -> str | None:
         if request.temperature > 0:
             return None
-        payload = [
+        key = text_hash(json.dumps(self._payload(request), sort_keys=True), length=32)
+        self.used.add(key)
+        return key
+
+    def _payload(self, request: GenRequest) -> list:
+        return [
             self.model_id,
             request.messages,
             request.choices,
             request.max_new_tokens,
         ]
-        return text_hash(json.dumps(payload, sort_keys=True), length=32)
 
 
 def model_id(student: str, adapter: Path | None, code: str) -> str:

@@ -159,10 +159,16 @@ def _prompt_chars(assistant: Assistant, item: Item, policy: str) -> int:
 
 
 def run_eval(
-    domain: Domain, *, limit: int | None = None, progress: bool = True, compare: bool = False
+    domain: Domain,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    compare: bool = False,
+    keep_replies: bool = False,
 ) -> EvalReport:
     """Evaluate the runtime (and, with ``compare`` or ``eval.compare: on``, the comparison
-    conditions) and write the report."""
+    conditions) and write the report. ``keep_replies`` keeps the model's replies for the next
+    run (a build's), which then asks only for the requests that changed."""
     from domainkit.eval import comparison
     from domainkit.eval.report import write_report
     from domainkit.retrieval import open_retriever
@@ -209,7 +215,7 @@ def run_eval(
         learning=_learning(domain, sets.get("validation", []), run.calibration),
     )
     write_report(domain, report, run.rows)
-    run.forget_replies()
+    run.finish_replies(keep_replies)
     return report
 
 
@@ -308,8 +314,9 @@ class _Run:
             )
         if reused := sum(b.reused for b in self.backends):
             notes.append(
-                f"resumed an interrupted run: {reused} model replies were kept from it, so "
-                "s/answer counts only the rest"
+                f"{reused} model replies came from an earlier run of the same model on the "
+                "same requests (an interrupted one, or the last build's), so s/answer counts "
+                "only the rest"
             )
         calibration = self.calibration
         if "note" in calibration or not calibration.get("gate"):
@@ -321,8 +328,13 @@ class _Run:
             )
         return notes
 
-    def forget_replies(self) -> None:
-        """Delete the store of replies once the report is written."""
+    def finish_replies(self, keep: bool) -> None:
+        """Once the report is written: keep only this run's replies for the next, or delete
+        the store."""
+        if keep:
+            self.replies.retain(set().union(*(b.used for b in self.backends)))
+            self.replies.close()
+            return
         self.replies.close()
         store = self.domain.layout.eval_resume
         for path in store.parent.glob(f"{store.name}*"):

@@ -94,17 +94,18 @@ class LabelledTokenLoss(torch.nn.Module):
         from transformers import DynamicCache
 
         from domainkit.backends.decoding import stretch
+        from domainkit.backends.local import cache_argument
 
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         position_ids = position_ids.expand(len(input_ids), -1)
         decoder, cache = self.base.get_decoder(), DynamicCache(config=self.base.config)
+        cached = {cache_argument(decoder): cache, "use_cache": True}
         decoder(
             input_ids=input_ids[:1, :shared],
             attention_mask=attention_mask[:1, :shared],
             position_ids=position_ids[:1, :shared],
-            past_key_values=cache,
-            use_cache=True,
+            **cached,
             **rest,
         )
         stretch(cache, len(input_ids))
@@ -112,8 +113,7 @@ class LabelledTokenLoss(torch.nn.Module):
             input_ids=input_ids[:, shared:],
             attention_mask=attention_mask,
             position_ids=position_ids[:, shared:],
-            past_key_values=cache,
-            use_cache=True,
+            **cached,
             **rest,
         ).last_hidden_state
 

@@ -152,6 +152,15 @@ class CallCache:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
+    def retain(self, keys: set[str]) -> int:
+        """Delete every call but ``keys``; how many went."""
+        with self._lock, self._db:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (key TEXT PRIMARY KEY)")
+            self._db.execute("DELETE FROM kept")
+            self._db.executemany("INSERT INTO kept VALUES (?)", ((k,) for k in keys))
+            sql = "DELETE FROM calls WHERE key NOT IN (SELECT key FROM kept)"
+            return self._db.execute(sql).rowcount
+
     def close(self) -> None:
         self._db.close()
 
