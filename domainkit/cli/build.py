@@ -47,7 +47,7 @@ def build(
         typer.Option(
             "--retrain",
             help="Train even if the last adapter still fits the data (by default a build keeps "
-            "it while under train.retrain_when_changed of the training samples changed).",
+            "it while at most train.retrain_when_changed of the training samples changed).",
         ),
     ] = False,
     build_dir: BuildDirOpt = None,
