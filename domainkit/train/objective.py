@@ -16,6 +16,7 @@ autocast runs the adapter's matrix product in bf16 anyway; the copies are switch
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -80,27 +81,34 @@ class LabelledTokenLoss(torch.nn.Module):
         common = int((input_ids == input_ids[:1]).all(dim=0).long().cumprod(dim=0).sum())
         first_label = int((labels != IGNORE).long().argmax(dim=1).min())
         shared = min(common, first_label - 1)
-        return shared if shared >= MIN_SHARED and self._plain_cache() else 0
+        return shared if shared >= MIN_SHARED and self._cache_argument else 0
 
-    def _plain_cache(self) -> bool:
+    @functools.cached_property
+    def _cache_argument(self) -> str | None:
+        """The decoder's cache argument; None when its cache is not the plain one (a
+        sliding window) that can be stretched over rows. Looked up once, not every pass."""
         from transformers import DynamicCache
 
         from domainkit.backends.decoding import joinable
+        from domainkit.backends.local import cache_argument
 
-        return joinable(DynamicCache(config=self.base.config))
+        if not joinable(DynamicCache(config=self.base.config)):
+            return None
+        return cache_argument(self.base.get_decoder())
 
     def _decode_after(self, shared: int, input_ids, attention_mask, position_ids=None, **rest):
         """Hidden states from position ``shared`` on; the first ``shared`` tokens run once."""
         from transformers import DynamicCache
 
         from domainkit.backends.decoding import stretch
-        from domainkit.backends.local import cache_argument
 
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         position_ids = position_ids.expand(len(input_ids), -1)
         decoder, cache = self.base.get_decoder(), DynamicCache(config=self.base.config)
-        cached = {cache_argument(decoder): cache, "use_cache": True}
+        argument = self._cache_argument
+        assert argument is not None  # _shared_length shares nothing otherwise
+        cached = {argument: cache, "use_cache": True}
         decoder(
             input_ids=input_ids[:1, :shared],
             attention_mask=attention_mask[:1, :shared],
