@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 
 import pytest
 
@@ -11,7 +13,7 @@ from domainkit.answer.evidence import EvidenceSelector
 from domainkit.answer.gate import Gate, GateFeatures
 from domainkit.answer.verify import match_quote
 from domainkit.config.schema import EvidenceConfig
-from domainkit.eval.gate_fit import allowed_misses, calibrate, fit_logistic, tradeoff
+from domainkit.eval.gate_fit import allowed_misses, calibrate, fit_logistic, low_end, tradeoff
 from domainkit.prompting import parse_quote, quote_reply
 from domainkit.retrieval.terms import CorpusVocabulary
 from tests.conftest import HashEmbedder
@@ -329,11 +331,41 @@ def test_the_cut_is_the_exact_score_not_a_rounded_one():
     assert fit["refused"] == 1.0 and everything.threshold == 1.0
 
 
+def test_the_low_end_of_synthetic_scores_refuses_what_the_lowest_would_and_moves_less():
+    """On synthetic validation questions the cut goes where the lowest of n scores falls on
+    average, the 1/(n+1) quantile, estimated from all n rather than set by the lowest one.
+    Over many validation sets of 14 answerable questions, both cuts refuse about 1/15 of new
+    ones on average, and the fitted one moves less from set to set. A garbled question far
+    below the rest (education's "How many square feet does this item occupy?", P 0.036, the
+    next 0.257) widens the fit, so the cut goes lower, but it does not set it."""
+    rng = random.Random(3)
+
+    def score() -> float:
+        return 1 / (1 + math.exp(-rng.gauss(0.5, 1.0)))
+
+    new = [score() for _ in range(4000)]
+
+    def refused(cut: float) -> float:
+        return sum(p < cut for p in new) / len(new)
+
+    sets = [[score() for _ in range(14)] for _ in range(300)]
+    lowest = [refused(min(s)) for s in sets]
+    fitted = [refused(low_end(s, 1 / 15)) for s in sets]
+    assert abs(statistics.mean(fitted) - 1 / 15) < 0.015
+    assert abs(statistics.mean(lowest) - 1 / 15) < 0.015
+    assert statistics.pstdev(fitted) < statistics.pstdev(lowest)
+
+    with_garbage = [0.036, *sorted(sets[0])[1:]]
+    assert 0.036 < low_end(with_garbage, 1 / 15) < low_end(sets[0], 1 / 15)
+    assert low_end([0.4, 0.4, 0.4], 0.1) == pytest.approx(0.4)  # no spread: the score itself
+
+
 def test_eval_calibration_counts_only_users_right_answers_towards_the_budget():
     """On a validation.yaml of users' questions the budget protects the right answers (a
     question answered wrong anyway does not pull the cut down); on synthetic questions the
-    cut goes below every answerable one, right or wrong: they are easier than users' own, and
-    the budget's cut on them refused 43% of the support corpus's answerable eval questions."""
+    cut goes to the low end of every answerable one's scores, right or wrong: they are easier
+    than users' own, and the budget's cut on them refused 43% of the support corpus's
+    answerable eval questions. One garbled question there does not set the cut."""
     from dataclasses import replace
     from types import SimpleNamespace
 
@@ -372,9 +404,9 @@ def test_eval_calibration_counts_only_users_right_answers_towards_the_budget():
         assistant, answers, synthetic, [], [], lambda i, a: a.text == i.reference, 0.10
     )
     assert out["guarded"] == 13 and out["guarded_questions"] == "synthetic"
-    assert out["answered"] == 1.0, "every synthetic answerable question is answered"
-    assert calibration.gate.answers(GateFeatures(0.06, 0.3, 0, 0.6, None))
-    assert "below all 13 answerable validation questions" in "\n".join(_calibration_lines(out))
+    assert out["answered"] == round(12 / 13, 4), "the 12 sensible ones are answered"
+    assert not calibration.gate.answers(GateFeatures(0.05, 0.3, 0, 0.6, None)), "not the cut"
+    assert "low end of the 13 answerable validation" in "\n".join(_calibration_lines(out))
 
 
 def test_the_budget_holds_on_users_questions_and_synthetic_ones_are_never_refused():

@@ -9,7 +9,15 @@ import numpy as np
 
 from domainkit.answer.gate import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS, Gate, GateFeatures
 
-__all__ = ["PRIOR_BIAS", "allowed_misses", "calibrate", "fit_logistic", "fit_weights", "tradeoff"]
+__all__ = [
+    "PRIOR_BIAS",
+    "allowed_misses",
+    "calibrate",
+    "fit_logistic",
+    "fit_weights",
+    "low_end",
+    "tradeoff",
+]
 
 
 def fit_logistic(
@@ -71,7 +79,7 @@ def allowed_misses(n: int, budget: float) -> int:
 # Fewer validation questions of either kind than this and the prior gate stays.
 MIN_PER_KIND = 10
 # Fewer answerable validation questions answered right than this and the budget counts all;
-# fewer answerable questions of the users' own and the cut goes below every answerable one.
+# fewer answerable questions of the users' own and the cut goes to the low end of them all.
 MIN_GUARDED = 5
 # Shrinkage towards the prior (per standardized feature; the data term sums over questions).
 PRIOR_STRENGTH = 4.0
@@ -130,8 +138,9 @@ def calibrate(
     answerable questions (docs/decisions.md, "the gate's cut on synthetic validation
     questions"). So unless at least ``MIN_GUARDED`` answerable questions are users' own (a
     domain's ``validation.yaml``), and enough that refusing none of them keeps the budget
-    (1/(n+1) <= budget: 9 at 10%), the cut goes below every answerable validation question,
-    right or wrong, whatever the budget.
+    (1/(n+1) <= budget: 9 at 10%), the cut goes to the low end of every answerable
+    validation question's scores, right or wrong: where the lowest of n falls on average
+    (``low_end``), estimated from them all rather than set by the lowest one.
 
     Without a budget, the cut maximizes balanced accuracy (the mean of answerable questions
     answered and unanswerable ones refused), so neither kind dominates because it is more
@@ -154,9 +163,12 @@ def calibrate(
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)
     guarded, users = _guarded(probabilities, answerable, right, synthetic)
+    below: list[float] = []  # scores the cut must answer whatever the low end says
     if users and max_false_refusals is not None and 1 / (len(guarded) + 1) > max_false_refusals:
         # Too few to keep the budget even refusing none of them (order statistics): the cut
-        # goes below every answerable question, as with synthetic questions only.
+        # goes to the low end of every answerable question, as with synthetic questions
+        # only, and below the users' own, which are what new questions look like.
+        below = guarded
         guarded, users = [p for p, ok in zip(probabilities, answerable, strict=True) if ok], False
     if users and max_false_refusals is not None:
         # Fitted on the users' questions too, the weights lift those questions' own scores
@@ -173,8 +185,14 @@ def calibrate(
     else:
         # The exact score of the (m+1)-th lowest guarded question: it and all above are
         # answered (the curve's cuts are rounded for the report).
-        misses = allowed_misses(len(guarded), max_false_refusals) if users else 0
-        cut = sorted(guarded)[misses] if misses < len(guarded) else 1.0  # a budget of 100%
+        misses = allowed_misses(len(guarded), max_false_refusals)
+        if not users:
+            share = min(max_false_refusals, 1 / (len(guarded) + 1))
+            cut = min([low_end(guarded, share), *below])
+        elif misses < len(guarded):
+            cut = sorted(guarded)[misses]
+        else:
+            cut = 1.0  # a budget of 100%
     gate.threshold = cut
     best = _at(cut, probabilities, answerable)
     report = {
@@ -190,6 +208,22 @@ def calibrate(
         "curve": curve,
     }
     return gate, report
+
+
+def low_end(scores: list[float], share: float) -> float:
+    """The score a new question like these falls below with probability ``share``: the
+    normal prediction bound on the scores' logits (mean + t * sd * sqrt(1 + 1/n)), exact
+    for normal logits. The lowest of n scores is such a bound for 1/(n+1) too, but it is one
+    question, often a garbled synthetic one, so a cut there moves from build to build; the
+    bound rests on all n (a question far below the rest widens it, and it goes lower)."""
+    from scipy.stats import t
+
+    p = np.clip(np.array(scores, dtype=float), 1e-6, 1 - 1e-6)
+    logits, n = np.log(p / (1 - p)), len(scores)
+    if n < 3 or logits.std() < 1e-9:
+        return float(p.min())
+    bound = logits.mean() + t.ppf(share, n - 1) * logits.std(ddof=1) * math.sqrt(1 + 1 / n)
+    return float(1 / (1 + math.exp(-bound)))
 
 
 # Folds of the users' questions for the cut's out-of-fold scores.
@@ -232,7 +266,7 @@ def _guarded(
     synthetic: list[bool] | None,
 ) -> tuple[list[float], bool]:
     """The scores the false-refusal budget protects, and whether they are users' questions
-    (the budget applies) rather than synthetic ones (the cut goes below them all)."""
+    (the budget applies) rather than synthetic ones (the cut goes to their low end)."""
     marks = zip(
         answerable, right or answerable, synthetic or [False] * len(answerable), strict=True
     )

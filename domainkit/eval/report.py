@@ -106,7 +106,8 @@ def _calibration_lines(calibration: dict) -> list[str]:
         f"answer when >= {gate['threshold']:.3f}"
         + (
             (
-                f" (below all {calibration['guarded']} answerable validation questions: they "
+                f" (the low end of the {calibration['guarded']} answerable validation "
+                "questions' scores, where the lowest of that many falls on average: they "
                 "are synthetic, worded like their passage and easier than users' own, so the "
                 f"{budget:.0%} false-refusal budget applies only to a validation.yaml of real "
                 "questions)"
@@ -156,8 +157,9 @@ def _learning_lines(learning: dict) -> list[str]:
         )
     else:
         lines.append(
-            "- gate: calibrated, its cut below every answerable validation question: too few "
-            "users' questions answered right for the false-refusal budget to hold on them"
+            "- gate: calibrated, its cut at the low end of the answerable validation "
+            "questions' scores: too few users' questions answered right for the "
+            "false-refusal budget to hold on them"
         )
     repeats = learning.get("repeats")
     if repeats and repeats["answers"] + repeats["refusals"]:
