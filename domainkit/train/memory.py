@@ -14,6 +14,8 @@ counted with ``torch.autograd.graph.saved_tensors_hooks`` (the tests hold the es
 that count on a tiny model; on SmolLM2 it is within 10%).
 With checkpointing a layer keeps only its input, and one layer's activations are rebuilt at a
 time in the backward pass. The loss head projects only labelled positions (see objective.py).
+Computing in fp32 on a CPU, the C allocator also keeps, within a pass, about as much again
+in freed temporaries (measured; docs/decisions.md, "the memory plan in fp32").
 """
 
 from __future__ import annotations
@@ -272,6 +274,10 @@ def estimate(
         "loss head (labelled tokens only)": head,
         "runtime (Python, torch)": RUNTIME_BYTES.get(device, RUNTIME_BYTES["cpu"]),
     }
+    if device == "cpu" and compute_bytes == 4:
+        # Measured: within a pass, glibc keeps about a pass's activations of freed fp32
+        # temporaries besides the live ones, with checkpointing or without (none in bf16).
+        parts["freed blocks the allocator keeps (fp32)"] = off
     return MemoryPlan(device, parts, off, on, checkpointing, optimizer, available, tokens)
 
 
