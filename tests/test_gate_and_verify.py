@@ -358,6 +358,8 @@ def test_the_low_end_of_synthetic_scores_refuses_what_the_lowest_would_and_moves
     with_garbage = [0.036, *sorted(sets[0])[1:]]
     assert 0.036 < low_end(with_garbage, 1 / 15) < low_end(sets[0], 1 / 15)
     assert low_end([0.4, 0.4, 0.4], 0.1) == pytest.approx(0.4)  # no spread: the score itself
+    assert low_end(sets[0], 0.0) == min(sets[0])  # no budget: below them all
+    assert 0 <= low_end([1e-9, 0.5, 1 - 1e-9], 1e-12) < 1e-6  # far out, no overflow
 
 
 def test_eval_calibration_counts_only_users_right_answers_towards_the_budget():

@@ -185,7 +185,7 @@ def calibrate(
     else:
         # The exact score of the (m+1)-th lowest guarded question: it and all above are
         # answered (the curve's cuts are rounded for the report).
-        misses = allowed_misses(len(guarded), max_false_refusals)
+        misses = allowed_misses(len(guarded), max_false_refusals) if users else 0
         if not users:
             share = min(max_false_refusals, 1 / (len(guarded) + 1))
             cut = min([low_end(guarded, share), *below])
@@ -220,10 +220,10 @@ def low_end(scores: list[float], share: float) -> float:
 
     p = np.clip(np.array(scores, dtype=float), 1e-6, 1 - 1e-6)
     logits, n = np.log(p / (1 - p)), len(scores)
-    if n < 3 or logits.std() < 1e-9:
-        return float(p.min())
+    if n < 3 or share <= 0 or logits.std() < 1e-9:
+        return float(p.min())  # a budget of nothing: below them all, as before any fit
     bound = logits.mean() + t.ppf(share, n - 1) * logits.std(ddof=1) * math.sqrt(1 + 1 / n)
-    return float(1 / (1 + math.exp(-bound)))
+    return float(1 / (1 + math.exp(-max(-60.0, min(60.0, bound)))))
 
 
 # Folds of the users' questions for the cut's out-of-fold scores.
