@@ -99,7 +99,7 @@ class Gate:
 
     def probability(self, features: GateFeatures) -> float:
         w = np.array([self.weights.get(name, 0.0) for name in FEATURES])
-        return _sigmoid(float(features.vector() @ w) + self.bias)
+        return sigmoid(float(features.vector() @ w) + self.bias)
 
     def answers(self, features: GateFeatures) -> bool:
         return self.probability(features) >= self.threshold
@@ -123,7 +123,7 @@ def reading_counts(reader_weight: float, weights: dict[str, float]) -> bool:
     return reader_weight > 0 or weights.get("model_refusal", 0.0) != 0.0
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-max(-60.0, min(60.0, x))))
 
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from domainkit.answer.gate import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS, Gate, GateFeatures
+from domainkit.answer.gate import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS, Gate, GateFeatures, sigmoid
 
 __all__ = [
     "PRIOR_BIAS",
@@ -223,7 +223,7 @@ def low_end(scores: list[float], share: float) -> float:
     if n < 3 or share <= 0 or logits.std() < 1e-9:
         return float(p.min())  # a budget of nothing: below them all, as before any fit
     bound = logits.mean() + t.ppf(share, n - 1) * logits.std(ddof=1) * math.sqrt(1 + 1 / n)
-    return float(1 / (1 + math.exp(-max(-60.0, min(60.0, bound)))))
+    return sigmoid(float(bound))
 
 
 # Folds of the users' questions for the cut's out-of-fold scores.
