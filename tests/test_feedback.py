@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 import yaml
 
@@ -353,3 +354,18 @@ def test_below_the_sure_similarity_a_repeat_needs_its_own_retrieval_to_agree(dom
     assert recalled(1, middle, dense=0.60) is None, "its evidence is much better"
     assert recalled(1, middle, dense=0.32) == "not_in_docs"
     assert recalled(1, sure, dense=0.60) == "not_in_docs"
+
+
+def test_the_repeat_cut_rests_on_all_must_not_match_pairs_not_the_top_two():
+    from domainkit.feedback.repeats import BOUNDS, DEFAULT_THRESHOLD, MIN_PAIRS, repeat_cut
+
+    rng = np.random.default_rng(0)
+    typical = list(rng.normal(0.35, 0.12, 67))
+    # Two near-paraphrases among 69 decide the empirical 98th percentile on their own.
+    cut, how = repeat_cut(typical + [0.874, 0.937])
+    assert np.quantile(typical + [0.874, 0.937], 0.98) > 0.75
+    assert BOUNDS[0] <= cut < 0.72 and "69 pairs" in how
+    # Pairs that are often close give a cut above them; too few pairs keep the default.
+    assert repeat_cut(list(rng.normal(0.75, 0.05, 60)))[0] > 0.83
+    assert repeat_cut([0.9] * (MIN_PAIRS - 1))[0] == DEFAULT_THRESHOLD
+    assert repeat_cut([0.5] * MIN_PAIRS)[0] == BOUNDS[0]

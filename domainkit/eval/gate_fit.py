@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from domainkit.answer.gate import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS, Gate, GateFeatures, sigmoid
+from domainkit.utils.stats import prediction_bound
 
 __all__ = [
     "PRIOR_BIAS",
@@ -216,14 +217,10 @@ def low_end(scores: list[float], share: float) -> float:
     for normal logits. The lowest of n scores is such a bound for 1/(n+1) too, but it is one
     question, often a garbled synthetic one, so a cut there moves from build to build; the
     bound rests on all n (a question far below the rest widens it, and it goes lower)."""
-    from scipy.stats import t
-
     p = np.clip(np.array(scores, dtype=float), 1e-6, 1 - 1e-6)
-    logits, n = np.log(p / (1 - p)), len(scores)
-    if n < 3 or share <= 0 or logits.std() < 1e-9:
-        return float(p.min())  # a budget of nothing: below them all, as before any fit
-    bound = logits.mean() + t.ppf(share, n - 1) * logits.std(ddof=1) * math.sqrt(1 + 1 / n)
-    return sigmoid(float(bound))
+    bound = prediction_bound(np.log(p / (1 - p)), share) if share > 0 else None
+    # No budget or nothing to fit: below them all, as before any fit.
+    return float(p.min()) if bound is None else sigmoid(bound)
 
 
 # Folds of the users' questions for the cut's out-of-fold scores.

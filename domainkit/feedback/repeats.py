@@ -6,7 +6,9 @@ index; a line the documents no longer hold as it was makes the review stale, and
 out (``domainkit review`` lists it). The similarity a repeat needs is calibrated on
 questions that must *not* match: questions about different facts of the same passage
 (synth's), and reviewed questions with different verdicts (users'), which name the same
-things. The cut is the one that lets through at most ``FALSE_MATCH`` of them.
+things. The cut is the one that lets through at most ``FALSE_MATCH`` of pairs like them (a
+normal prediction bound on their similarities: with a few dozen pairs, the empirical tail
+quantile is one or two of them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from domainkit.answer.memory import DEFAULT_THRESHOLD, Reviewed, ReviewedAnswers
 from domainkit.config.loading import Domain
 from domainkit.feedback.review import reviewed_questions
 from domainkit.ingest.lines import LineRef
+from domainkit.utils.stats import prediction_bound
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +101,25 @@ def _best_dense(domain: Domain, retriever, question: str) -> float | None:
 
 
 def _threshold(domain: Domain, retriever, entries, vectors) -> tuple[float, str]:
-    """The cut that lets through at most ``FALSE_MATCH`` of the must-not-match pairs."""
+    """The cut that lets through at most ``FALSE_MATCH`` of must-not-match pairs like these."""
     similarities = _different_facts(domain, retriever)
     for i, j in itertools.combinations(range(len(entries)), 2):
         a, b = entries[i], entries[j]
         if (a.verdict, a.line) != (b.verdict, b.line) and same_things(a.question, b.question):
             similarities.append(float(vectors[i] @ vectors[j]))
+    return repeat_cut(similarities)
+
+
+def repeat_cut(similarities: list[float]) -> tuple[float, str]:
+    """The cut for must-not-match pairs of these similarities, and how it was found."""
     if len(similarities) < MIN_PAIRS:
         return DEFAULT_THRESHOLD, f"{len(similarities)} pairs to calibrate on: the default cut"
-    cut = float(np.quantile(similarities, 1 - FALSE_MATCH))
+    bound = prediction_bound(similarities, 1 - FALSE_MATCH)
+    cut = max(similarities) if bound is None else bound
     bounded = min(max(cut, BOUNDS[0]), BOUNDS[1])
     return round(bounded, 4), (
         f"{len(similarities)} pairs of questions that must not match; "
-        f"{1 - FALSE_MATCH:.0%} are below {cut:.3f}"
+        f"{1 - FALSE_MATCH:.0%} of pairs like them fall below {cut:.3f}"
         + (f", kept within {BOUNDS}" if bounded != cut else "")
     )
 
