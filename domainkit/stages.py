@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 # full customer-support build on 2026-12-06: 732 samples planned, synth 194 s, training
 # 762 s, 724 answers planned, eval 162 s); later estimates learn from the domain's own last
 # run (builder._from_last_run).
-SECONDS_PER = {"chunk": 0.015, "sample": 0.27, "train_sample": 1.0, "answer": 0.22}
+SECONDS_PER = {"chunk": 0.015, "sample": 0.27, "train_sample": 1.45, "answer": 0.22}
+TRAIN_SHARE = 0.6  # of the samples synth is asked for, those kept in the training split
 MEASURED_CHUNK_TOKENS = 200  # customer-support's chunk size, the train_sample cost's
+BACKWARD = 1.9  # a training step's backward pass through every layer, in forward passes
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,11 @@ def counts(domain: Domain, limits: Limits) -> Counts:
     chunks = max(1, chars // max(1, chunk_chars - domain.config.chunking.chunk_overlap * 4))
     samples = limits.samples or round(chunks * domain.config.synth.samples_per_chunk)
     train = domain.config.train
+    trained = samples * TRAIN_SHARE
     epochs = (
-        train.max_steps * train.batch_size * train.grad_accum / max(1, samples)
+        train.max_steps * train.batch_size * train.grad_accum / max(1, trained)
         if (train.max_steps)
-        else train.epochs
+        else train.epochs_for(round(trained))
     )
     questions = len(load_eval_set(domain.eval_path).questions)
     if limits.questions:
@@ -363,8 +366,33 @@ def _index_ready(layout: Layout) -> bool:
 def _train_estimate(domain: Domain, counts: Counts) -> tuple[str, float]:
     # A sample's length grows with its passages', so its cost with the chunk size.
     length = domain.config.chunking.chunk_size / MEASURED_CHUNK_TOKENS
-    seconds = counts.samples * counts.epochs * SECONDS_PER["train_sample"] * length + 20
-    return (f"{domain.config.train.method}, {counts.epochs:g} epochs", seconds)
+    train = domain.config.train
+    # A step is a forward pass through every layer and a backward pass down to the lowest
+    # adapted one, which costs BACKWARD times a forward pass over all of them (measured).
+    share = _adapted_share(train)
+    cost = (1 + BACKWARD * share) / (1 + BACKWARD)
+    trained = counts.samples * TRAIN_SHARE * counts.epochs
+    seconds = trained * SECONDS_PER["train_sample"] * length * cost + 20
+    return (f"{train.method}, {counts.epochs:.2g} epochs", seconds)
+
+
+def _adapted_share(train) -> float:
+    """The share of the student's layers that get adapters."""
+    if train.lora_layers is None or train.method == "full":
+        return 1.0
+    if isinstance(train.lora_layers, float):
+        return train.lora_layers
+    try:
+        from transformers import AutoConfig
+
+        from domainkit.models import resolve_causal_lm
+
+        config = AutoConfig.from_pretrained(resolve_causal_lm(train.student_model))
+        return train.adapted_layers(config.get_text_config().num_hidden_layers) / max(
+            1, config.get_text_config().num_hidden_layers
+        )
+    except (OSError, ValueError, AttributeError):
+        return 1.0
 
 
 PIPELINE = (

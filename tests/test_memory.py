@@ -98,10 +98,19 @@ def _saved_bytes(student, batch) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize(("method", "dropout"), [("lora", 0.05), ("lora", 0.0), ("qlora", 0.0)])
-def test_plan_matches_what_autograd_keeps(tiny_model, method, dropout):
+@pytest.mark.parametrize(
+    ("method", "dropout", "layers"),
+    [("lora", 0.05, None), ("lora", 0.0, None), ("qlora", 0.0, None), ("lora", 0.0, 1)],
+)
+def test_plan_matches_what_autograd_keeps(tiny_model, method, dropout, layers):
+    """Also with adapters on the top layer only: the layers below keep nothing."""
     settings = _settings(
-        tiny_model, method=method, lora_dropout=dropout, precision="bf16", batch_size=4
+        tiny_model,
+        method=method,
+        lora_dropout=dropout,
+        precision="bf16",
+        batch_size=4,
+        lora_layers=layers,
     )
     student = load_student(settings)
     student.model.train()
@@ -140,8 +149,9 @@ def test_qlora_keeps_the_activations_in_the_compute_precision_as_lora_does(tiny_
     assert saved["qlora"] <= 1.05 * saved["lora"], saved
 
 
-def test_adapter_weights_and_optimizer_state_are_counted_exactly(tiny_model):
-    settings = _settings(tiny_model)
+@pytest.mark.parametrize("layers", [None, 1])
+def test_adapter_weights_and_optimizer_state_are_counted_exactly(tiny_model, layers):
+    settings = _settings(tiny_model, lora_layers=layers)
     student = load_student(settings)
     trainable = sum(p.numel() for p in student.model.parameters() if p.requires_grad)
     shapes = memory.model_shapes(str(tiny_model), settings.target_modules)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -239,9 +240,9 @@ def test_an_epoch_trains_each_sample_once_and_steps_stay_inside_it(tiny_model, t
     assert run.tokens_seen == sum(len(r.input_ids) for r in rows)
 
 
-def test_validation_loss_is_taken_on_the_same_few_rows_a_few_times_a_run(tiny_model, tmp_path):
-    """eval_every auto: about four evaluations, at least 10 steps apart; eval_rows: each on
-    the same subset of the validation rows."""
+def test_validation_loss_is_taken_on_the_same_few_rows_twice_a_run(tiny_model, tmp_path):
+    """eval_every auto: two evaluations (halfway and at the end), at least 10 steps apart;
+    eval_rows: each on the same subset of the validation rows."""
     settings = _settings(
         tiny_model, batch_size=1, grad_accum=1, eval_every="auto", eval_rows=3, max_steps=24
     )
@@ -258,8 +259,8 @@ def test_validation_loss_is_taken_on_the_same_few_rows_a_few_times_a_run(tiny_mo
     run = TrainingRun(student.model, student.tokenizer, settings, phase, _Accel())
     state = run.run()
     hook.remove()
-    assert [r["step"] for r in state.history if "val_loss" in r] == [10, 20, 24]
-    assert sum(seen) == 3 * 3, "three evaluations of three rows each"
+    assert [r["step"] for r in state.history if "val_loss" in r] == [12, 24]
+    assert sum(seen) == 2 * 3, "two evaluations of three rows each"
     assert len({id(r) for r in run.val_rows}) == 3 and all(r in val for r in run.val_rows)
 
 
@@ -312,6 +313,35 @@ def test_lora_moves_the_adapter_and_leaves_the_base_alone(tiny_model, tmp_path):
     assert all(torch.equal(after[n], p) for n, p in base.items())
     assert all(not torch.equal(after[n], p) for n, p in adapter.items())
     assert (tmp_path / "best" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("top", [1, 0.5])  # one of the tiny model's two layers, by count or share
+def test_lora_on_the_top_layers_trains_them_and_the_backward_pass_stops_there(
+    tiny_model, tmp_path, top
+):
+    settings = _settings(tiny_model, max_steps=3, lora_layers=top)
+    student = load_student(settings)
+    layers = student.model.get_base_model().model.layers
+    adapted = [
+        i
+        for i, layer in enumerate(layers)
+        if any("lora_" in n for n, _ in layer.named_parameters())
+    ]
+    assert adapted == [len(layers) - 1]
+    adapter = {n: p.clone() for n, p in student.model.named_parameters() if "lora_B" in n}
+    backward_below: list[int] = []
+    hooks = [
+        layer.register_full_backward_hook(lambda *_, i=i: backward_below.append(i))
+        for i, layer in enumerate(layers[:-1])
+    ]
+    _run(student, settings, tmp_path)
+    for hook in hooks:
+        hook.remove()
+    after = dict(student.model.named_parameters())
+    assert all(not torch.equal(after[n], p) for n, p in adapter.items())
+    assert backward_below == [], "no gradient flows through the layers below"
+    with pytest.raises(ValueError, match="lora_layers applies to the LoRA"):
+        _settings(tiny_model, method="full", lora_layers=1)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw_8bit"])
@@ -443,6 +473,22 @@ def test_cli_train_then_export(trained_domain):
     )
     result = runner.invoke(app, ["export", str(trained_domain), "--format", "onnx"])
     assert result.exit_code == 2 and "unknown format onnx" in result.output
+
+
+def test_max_samples_trains_that_share_of_an_epoch_and_says_so(trained_domain):
+    from domainkit.train import run_train
+
+    config = yaml.safe_load((trained_domain / "domain.yaml").read_text())
+    del config["train"]["max_steps"]
+    config["train"] |= {"epochs": 1, "grad_accum": 1, "eval_every": 100}
+    (trained_domain / "domain.yaml").write_text(yaml.safe_dump(config))
+    full = run_train(load_domain(trained_domain))
+    samples = full.data["samples"]
+    config["train"]["max_samples"] = samples // 3
+    (trained_domain / "domain.yaml").write_text(yaml.safe_dump(config))
+    capped = run_train(load_domain(trained_domain))
+    assert capped.steps == math.ceil(full.steps * (samples // 3) / samples) < full.steps
+    assert any("train.max_samples" in note for note in capped.data["notes"])
 
 
 def test_cli_train_resume_after_kill(trained_domain):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -35,6 +36,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _peft_names_its_method(self) -> TrainConfig:
+        if self.lora_layers is not None and (self.method == "full" or self.peft is not None):
+            raise ValueError(
+                "train.lora_layers applies to the LoRA of the lora_* settings: method full "
+                "trains every layer, and a train.peft adapter names its own layers "
+                "(layers_to_transform)"
+            )
         if self.peft is None:
             return self
         if self.method == "full":
@@ -42,6 +49,20 @@ class TrainConfig(Section):
         if not isinstance(self.peft.get("peft_type"), str):
             raise ValueError("train.peft needs a peft_type, e.g. {peft_type: IA3}")
         return self
+
+    def epochs_for(self, samples: int) -> float:
+        """The epochs a run trains on a split of ``samples`` (``max_samples`` caps them)."""
+        if self.max_samples is None or samples <= 0:
+            return self.epochs
+        return min(self.epochs, self.max_samples / samples)
+
+    def adapted_layers(self, total: int) -> int:
+        """How many of a model's ``total`` decoder layers get adapters (the top ones)."""
+        if self.lora_layers is None:
+            return total
+        if isinstance(self.lora_layers, float):
+            return max(1, math.ceil(self.lora_layers * total))
+        return min(self.lora_layers, total)
 
     student_model: str = Field(
         "SmolLM2-135M-Instruct", description="Student model name, hub id or path."
@@ -60,6 +81,12 @@ class TrainConfig(Section):
     )
     target_modules: str | list[str] = Field(
         "all-linear", description="Layers that get adapters: all-linear or a list of names."
+    )
+    lora_layers: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None,
+        description="Adapt only the top N decoder layers, or a share of them (0.5: the top "
+        "half); None: all. The backward pass stops at the lowest adapted layer and the layers "
+        "below keep no activations: faster and smaller.",
     )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(False, description="Rank-stabilized scaling alpha/sqrt(r).")
@@ -88,6 +115,13 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Train on at most this many samples a run: a larger training split is "
+        "trained for this share of an epoch, its schedule spanning them (None: every epoch "
+        "in full).",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
     batch_size: int = Field(4, ge=1, description="Sequences (packed rows) per micro-batch.")
     grad_accum: int = Field(2, ge=1, description="Micro-batches per optimizer step.")
@@ -122,8 +156,8 @@ class TrainConfig(Section):
     )
     eval_every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
-        description="Validation loss every N optimizer steps. auto: four times a run, at "
-        "least 10 steps apart.",
+        description="Validation loss every N optimizer steps. auto: twice a run (halfway "
+        "and at the end), at least 10 steps apart.",
     )
     eval_rows: int = Field(
         64,

@@ -29,8 +29,9 @@ from domainkit.utils.atomic import atomic_write_json, fsync_file, replace_dir
 
 log = logging.getLogger(__name__)
 CPU_PAD_MULTIPLE = 32
-# eval_every: auto evaluates this many times a run, never closer than the gap (a short run: once).
-EVALS_PER_RUN, EVAL_MIN_GAP = 4, 10
+# eval_every: auto evaluates this many times a run (each costs ~3 steps), never closer than
+# the gap (a short run: once).
+EVALS_PER_RUN, EVAL_MIN_GAP = 2, 10
 
 
 @dataclass

@@ -248,12 +248,14 @@ def estimate(
     see the module docstring for what each part counts."""
     tokens = tokens or pass_tokens(settings, device)
     full = settings.method == "full"
+    # Layers below the lowest adapted one run without autograd: they keep nothing.
+    adapted = shapes.layers if full else settings.adapted_layers(shapes.layers)
     if full:
         trainable = shapes.parameters
     elif shapes.adapter_parameters is not None:
         trainable = shapes.adapter_parameters
     else:
-        trainable = settings.lora_r * shapes.adapter_sides
+        trainable = settings.lora_r * shapes.adapter_sides * adapted // shapes.layers
     if full:
         weights = 4 * shapes.parameters
     else:
@@ -261,8 +263,8 @@ def estimate(
         rest = shapes.parameters - shapes.layer_linear
         weights = int(shapes.layer_linear * linear_bytes + rest * compute_bytes)
     per_token = layer_activation_bytes(shapes, settings, compute_bytes)
-    off = tokens * shapes.layers * per_token
-    on = tokens * (shapes.layers * shapes.hidden * compute_bytes + per_token)
+    off = tokens * adapted * per_token
+    on = tokens * (adapted * shapes.hidden * compute_bytes + per_token)
     head = int(tokens * label_share * shapes.vocab * (8 + compute_bytes))
     parts = {"weights (4-bit)" if settings.method == "qlora" else "weights": weights}
     if not full:

@@ -56,11 +56,12 @@ def load_base(settings: TrainConfig, device: str, quantize: bool) -> LoadedLM:
     )
 
 
-def adapter_config(settings: TrainConfig):
+def adapter_config(settings: TrainConfig, model: Any = None):
     """The peft config of the adapter to train: ``train.peft`` when set (any weight-adapter
-    method peft offers, by name), else LoRA from the lora_* settings."""
+    method peft offers, by name), else LoRA from the lora_* settings (``model`` tells the
+    top layers of ``train.lora_layers``)."""
     if settings.peft is None:
-        return lora_config(settings)
+        return lora_config(settings, model)
     from peft import get_peft_config
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
@@ -91,8 +92,14 @@ def _peft_version() -> str:
     return peft.__version__
 
 
-def lora_config(settings: TrainConfig):
+def lora_config(settings: TrainConfig, model: Any = None):
     from peft import LoraConfig
+
+    targets: str | list[str] = settings.target_modules
+    layers = None
+    if settings.lora_layers is not None:
+        targets, count = _linear_names(settings, model)
+        layers = list(range(count - settings.adapted_layers(count), count))
 
     init: dict[str, Any] = {
         "default": True,
@@ -104,12 +111,30 @@ def lora_config(settings: TrainConfig):
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
-        target_modules=settings.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         use_dora=settings.use_dora,
         use_rslora=settings.use_rslora,
         init_lora_weights=init[settings.init_lora_weights],
         task_type="CAUSAL_LM",
     )
+
+
+def _linear_names(settings: TrainConfig, model: Any) -> tuple[list[str], int]:
+    """The adapted linear layers' names (peft takes a layer range only with a list of
+    them) and the model's decoder layer count."""
+    if model is None:
+        raise ValueError("train.lora_layers needs the model to count its layers")
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+    if not isinstance(settings.target_modules, str):
+        names &= set(settings.target_modules)
+    config = model.config.get_text_config()
+    return sorted(names), int(config.num_hidden_layers)
 
 
 def load_student(settings: TrainConfig) -> Student:
@@ -132,7 +157,7 @@ def load_student(settings: TrainConfig) -> Student:
         # compute precision").
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        model = get_peft_model(model, adapter_config(settings))
+        model = get_peft_model(model, adapter_config(settings, model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("%s on %s: %d of %d parameters trainable", settings.method, device, trainable, total)

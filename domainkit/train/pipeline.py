@@ -211,7 +211,12 @@ def _phases(domain: Domain, student: Student, splits, stats: DataStats) -> list[
     val_rows = rows_for(
         student, _conversations(splits["validation"], system), max_len, packed, DataStats()
     )
-    rate, epochs = settings.learning_rate, settings.epochs
+    rate, epochs = settings.learning_rate, settings.epochs_for(stats.samples)
+    if epochs < settings.epochs:
+        stats.notes.append(
+            f"trained {epochs:.2g} epochs: at most {settings.max_samples} of the "
+            f"{stats.samples} samples (train.max_samples)"
+        )
     sft = domain.layout.phase("sft")
     phases.append(Phase("sft", train_rows, val_rows, rate, epochs, sft, packed))
     stats.tokens = sum(len(r.input_ids) for r in train_rows)
