@@ -50,6 +50,7 @@ def settings_for(domain, method: str, checkpointing: str = "off"):
             "gradient_checkpointing": checkpointing,
             "epochs": 1.0,
             "max_steps": None,
+            "max_samples": None,
             "eval_every": 10**6,
             "save_every": 10**6,
             "early_stopping_patience": 0,
@@ -181,7 +182,7 @@ def run_baseline(domain, conversations, method: str, bf16: bool = False) -> dict
     tokenizer = load_tokenizer(path)
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, lora_config(settings))
+    model = get_peft_model(model, lora_config(settings, model))
     items = fit_length(
         [tokenize_chat(tokenizer, c) for c in conversations], settings.max_seq_len, DataStats()
     )
