@@ -174,7 +174,7 @@ def _train(domain: Domain, limits: Limits, progress) -> dict:
     from domainkit.train import run_train
 
     layout = domain.layout
-    trained_on = sorted(s.id for s in load_samples(layout.synth)["train"])
+    trained_on = sorted({_taught(s) for s in load_samples(layout.synth)["train"]})
     run = {
         "fingerprint": fingerprints(domain, limits)["train"],
         "basis": _train_basis(domain),
@@ -201,6 +201,12 @@ def _train(domain: Domain, limits: Limits, progress) -> dict:
     }
 
 
+def _taught(sample) -> str:
+    """What a training sample teaches: its kind, passage and question. A sample whose
+    distractor passages changed with an edit elsewhere teaches the same thing."""
+    return _hash(sample.generator, sample.chunk_id, sample.question)
+
+
 def _train_basis(domain: Domain) -> str:
     """What an adapter depends on besides its data: the student, the training settings and
     the training code."""
@@ -210,9 +216,9 @@ def _train_basis(domain: Domain) -> str:
 
 def _kept_adapter(domain: Domain, last: dict, run: dict) -> dict | None:
     """The last adapter's summary when it was trained with the same settings and code on
-    nearly the same samples (at most ``train.retrain_when_changed`` of them new or gone,
-    counted against what it was trained on, so small edits add up to a retrain); else
-    None."""
+    nearly the same samples (at most ``train.retrain_when_changed`` of what they teach new
+    or gone, counted against what it was trained on, so small edits add up to a retrain);
+    else None."""
     layout = domain.layout
     if last.get("basis") != run["basis"] or not adapter_config(layout.adapter).is_file():
         return None
@@ -228,7 +234,8 @@ def _kept_adapter(domain: Domain, last: dict, run: dict) -> dict | None:
         "steps": 0,
         "adapter": str(layout.adapter),
         "kept": (
-            f"{len(now - before)} new and {len(before - now)} gone of {len(now)} samples "
+            f"{len(now - before)} new and {len(before - now)} gone of {len(now)} samples' "
+            "questions "
             f"({changed:.1%}, retrains above {limit:.0%}; "
             "--retrain to train now)"
         ),

@@ -627,3 +627,18 @@ def test_an_edited_document_keeps_the_adapter_and_the_eval_asks_only_what_change
     (buildable / "domain.yaml").write_text(yaml.safe_dump(config))
     again = run_build(load_domain(buildable), limit=12, until="train", progress=False)
     assert again.stages[3]["summary"]["steps"] > 0
+
+
+def test_what_a_sample_teaches_ignores_its_distractors_but_not_its_question():
+    from domainkit.stages import _taught
+    from domainkit.synth.sample import Sample
+
+    def raft(passages: str, question: str) -> Sample:
+        user = f"{passages}\n\nQuestion: {question}"
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": "2 years."}]
+        return Sample(messages, "raft", "c1", "faq.md", "t", meta={"question": question})
+
+    a = raft("[1] Warranty: 2 years. [2] Returns: 30 days.", "How long is the warranty?")
+    b = raft("[1] Warranty: 2 years. [2] Returns: 21 days.", "How long is the warranty?")
+    c = raft("[1] Warranty: 2 years. [2] Returns: 30 days.", "Is the battery covered?")
+    assert a.id != b.id and _taught(a) == _taught(b) and _taught(a) != _taught(c)

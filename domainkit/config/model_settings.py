@@ -171,8 +171,9 @@ class TrainConfig(Section):
         ge=0,
         le=1,
         description="A build keeps the trained adapter while at most this share of the "
-        "training samples are new or gone since it was trained (one edited document changes "
-        "a few); the runtime answers from the updated index either way. 0 always retrains, 1 "
+        "training samples' questions (kind, passage and question) are new or gone since it "
+        "was trained (one edited document changes a few); the runtime answers from the "
+        "updated index either way. 0 always retrains, 1 "
         "never does by itself; `build --retrain` retrains once.",
     )
     early_stopping_patience: int = Field(
