@@ -26,10 +26,10 @@ from domainkit.utils.hashing import code_hash
 
 log = logging.getLogger(__name__)
 
-# Costs on a quiet 2-core CPU with the embedded models, for --dry-run's first estimate (a
-# full customer-support build on 2026-12-06: 732 samples planned, synth 194 s, training
-# 762 s, 724 answers planned, eval 162 s); later estimates learn from the domain's own last
-# run (builder._from_last_run).
+# Costs on a quiet 2-core CPU with the embedded models, for --dry-run's first estimate (full
+# customer-support builds: 2026-12-06, 732 samples planned, synth 194 s, 724 answers planned,
+# eval 162 s; training per sample from the four shipped corpora's builds of 2026-12-07);
+# later estimates learn from the domain's own last run (builder._from_last_run).
 SECONDS_PER = {"chunk": 0.015, "sample": 0.27, "train_sample": 1.45, "answer": 0.22}
 TRAIN_SHARE = 0.6  # of the samples synth is asked for, those kept in the training split
 MEASURED_CHUNK_TOKENS = 200  # customer-support's chunk size, the train_sample cost's
