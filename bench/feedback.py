@@ -11,7 +11,8 @@ as its eval.yaml, then served by ``domainkit serve``:
    reference answer marks every exchange with ``domainkit review --mark``, as a person
    would: ``--right`` when the answer holds the reference, ``--not-in-docs`` for a question
    the documents do not answer, else ``--line`` with the evidence line (or a line found with
-   ``--search``) that holds it, else ``--answer-text``;
+   ``--search``) that holds it, else the few lines seen that hold it together (``--line A
+   --line B``), else ``--answer-text``;
 3. ``domainkit build`` again (only what the reviews affect re-runs), then after: the same
    questions as before.
 
@@ -162,33 +163,61 @@ def review(folder: Path, exchanges: list[tuple[dict, dict]], refusal: str) -> di
     kinds: dict[str, int] = {}
     for question, answer in exchanges:
         shown = by_id[answer["id"]]
+        spans = {"spans": question.get("spans")}
         if not question.get("answerable", True):
             flags = ["--not-in-docs"]
         elif right(answer, question, refusal):
             flags = ["--right"]
         else:
-            holds = [
-                e["id"]
-                for e in shown["evidence"]
-                if is_correct(e["text"], question["answer"], spans=question.get("spans"))
-            ]
+            seen = list(shown["evidence"])
+            holds = [e["id"] for e in seen if is_correct(e["text"], question["answer"], **spans)]
             if not holds:
                 for words in (question["answer"], question["question"]):
                     found = json.loads(
                         domainkit("review", str(folder), "--search", words, "--json").stdout
                     )["lines"]
+                    seen += found
                     holds = [
-                        x["id"]
-                        for x in found
-                        if is_correct(x["text"], question["answer"], spans=question.get("spans"))
+                        x["id"] for x in found if is_correct(x["text"], question["answer"], **spans)
                     ]
                     if holds:
                         break
-            flags = ["--line", holds[0]] if holds else ["--answer-text", question["answer"]]
+            # No one line holds it: the few lines seen that hold it together, ticked.
+            holds = holds[:1] or lines_holding(seen, question)
+            flags = [f for x in holds for f in ("--line", x)] or [
+                "--answer-text",
+                question["answer"],
+            ]
         domainkit("review", str(folder), "--mark", answer["id"], *flags)
-        kind = flags[0].lstrip("-")
+        kind = "lines" if flags.count("--line") > 1 else flags[0].lstrip("-")
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
+
+
+def lines_holding(lines: list[dict], question: dict, most: int = 3) -> list[str]:
+    """The ids of the fewest of ``lines`` (at most ``most``) whose text together holds the
+    reference's key facts, the most telling first; none when no such few do."""
+    from domainkit.eval.metrics import is_correct, key_fact_recall
+
+    texts = {x["id"]: x["text"] for x in lines}
+    chosen: list[str] = []
+    held = 0.0
+    for _ in range(most):
+        best, recall = max(
+            (
+                (i, key_fact_recall(" ".join(texts[c] for c in [*chosen, i]), question["answer"]))
+                for i in texts
+                if i not in chosen
+            ),
+            key=lambda pair: pair[1],
+            default=(None, 0.0),
+        )
+        if best is None or recall <= held:
+            return []
+        chosen, held = [*chosen, best], recall
+        if is_correct(" ".join(texts[c] for c in chosen), question["answer"]):
+            return chosen
+    return []
 
 
 def build(folder: Path, limit: int | None, start: str | None = None) -> float:

@@ -323,6 +323,53 @@ def test_a_rewording_is_answered_from_the_review_but_a_short_follow_up_is_not(do
     assert assistant.answer([*history, question]).route != "reviewed"
 
 
+def test_a_verdict_of_several_lines_is_one_answer_and_a_repeat_gets_them_all(domain):
+    """An answer no single line holds (a rule here, its exception there) is marked with each
+    of its lines; a repeat is answered with all of them, in the order given, each cited."""
+    from domainkit.answer.memory import ReviewedAnswers
+    from domainkit.backends.scheduler import Scheduler
+    from domainkit.feedback.repeats import build_repeats
+    from domainkit.runtime import Assistant
+
+    from .runtime_support import FakeGenerator
+
+    log = SqliteLog(domain.log_path)
+    rule = _line_of(domain, "You can return any product within 30 days for a full refund.")
+    fee = _line_of(domain, "Opened soundbars carry a 15 percent restocking fee.")
+    question = "Do I get all my money back if I return an opened soundbar?"
+    _logged(log, "e1", question, _answer("Something else"))
+    chunks = open_retriever(domain).index.chunks
+    entry = record_verdict(
+        domain, log, Verdict("e1", "line", rule.id, also=(fee.id, rule.id)), chunks
+    )
+    assert entry["line"] == rule.id and entry["lines"] == [rule.id, fee.id]
+    assert entry["answer"] == f"{rule.text} {fee.text}" and "spans" not in entry
+    [item] = validation_items(domain)
+    assert item.reference == entry["answer"] and not item.spans
+    too_many = Verdict("e1", "line", rule.id, also=("a", "b", "c", "d"))
+    with pytest.raises(ReviewError, match="at most 4 lines"):
+        record_verdict(domain, log, too_many, chunks)
+    with pytest.raises(ReviewError, match="not a line id"):
+        record_verdict(domain, log, Verdict("e1", "line", rule.id, also=("nope",)), chunks)
+    assert len(validation_items(domain)) == 1, "a refused verdict writes nothing"
+
+    retriever = open_retriever(domain)
+    report = build_repeats(domain, retriever)
+    assert (report.answers, report.text_only) == (1, 0)
+    assistant = Assistant(
+        domain.config,
+        Scheduler(FakeGenerator(), max_batch=1, max_queue=4),
+        retriever=retriever,
+        tuned=True,
+        memory=ReviewedAnswers.load(domain.layout.reviewed),
+    )
+    answer = assistant.answer([{"role": "user", "content": question}])
+    assert answer.route == "reviewed" and answer.lines == [rule.id, fee.id]
+    assert rule.text in answer.text and fee.text in answer.text
+    assert answer.text.index(rule.text) < answer.text.index(fee.text)
+    assert {s.document for s in answer.sources} == {"returns.md"}
+
+
 def test_below_the_sure_similarity_a_repeat_needs_its_own_retrieval_to_agree(domain):
     """Between the calibrated cut and ``SURE``, a line answers a repeat only if its search
     found the line's passage, and a refusal repeats only if its evidence is no better; at

@@ -165,6 +165,11 @@ def test_the_review_page_is_behind_admin_keys_and_records_verdicts(served):
     error_of(
         client.post("/review/api/verdicts", json=verdict | {"line": "bad"}, headers=ADMIN), 422
     )
+    many = verdict | {"also": [line] * 9}
+    error_of(client.post("/review/api/verdicts", json=many, headers=ADMIN), 422)
+    error_of(
+        client.post("/review/api/verdicts", json=verdict | {"also": ["bad"]}, headers=ADMIN), 422
+    )
     done = client.post("/review/api/verdicts", json=verdict, headers=ADMIN)
     assert done.status_code == 200 and done.json()["question"]["line"] == line
     questions = yaml.safe_load(domain.validation_path.read_text())["questions"]
@@ -196,8 +201,14 @@ def test_review_from_the_command_line(served, tmp_path):
         cli, ["review", str(domain.root), "--mark", ident, "--right", "--not-in-docs"]
     )
     assert both.exit_code == 1 and "exactly one" in both.output
-    marked = runner.invoke(cli, ["review", str(domain.root), "--mark", ident, "--line", line])
+    searched = runner.invoke(cli, ["review", str(domain.root), "--search", "claim", "--json"])
+    claim = next(x["id"] for x in json.loads(searched.stdout)["lines"] if "claim" in x["text"])
+    marked = runner.invoke(
+        cli, ["review", str(domain.root), "--mark", ident, "--line", line, "--line", claim]
+    )
     assert marked.exit_code == 0, marked.output
+    [written] = yaml.safe_load(load_domain(domain.root).validation_path.read_text())["questions"]
+    assert written["line"] == line and written["lines"] == [line, claim]
     assert load_domain(domain.root).validation_path.is_file()
     out = tmp_path / "export.yaml"
     exported = runner.invoke(cli, ["review", str(domain.root), "--export", str(out)])

@@ -1,5 +1,6 @@
-"""The learning loop in a real browser: ask in the web page, thumbs down, mark the line on the
-review page, rebuild, and the same and a reworded question get the reviewed line, cited."""
+"""The learning loop in a real browser: ask in the web page, thumbs down, mark the line (or
+the lines) on the review page, rebuild, and the same and a reworded question get the
+reviewed line, cited."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ ASKED = "How long is the warranty on a Perch speaker?"
 REWORDED = "What warranty period does the Perch speaker come with?"
 NOT_IN_DOCS = "Can I pay for a Perch speaker with Bitcoin?"
 LINE_TEXT = "two-year limited warranty"
+# An answer no single line holds: the reviewer ticks a rule and its exception.
+TWO_LINES = "Can I return an opened soundbar for a full refund?"
+RULE, EXCEPTION = "return any product within 30 days", "15 percent restocking fee"
 
 
 def _port() -> int:
@@ -153,6 +157,8 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 _thumbs_down(first["bubble"], "should_answer")
                 second = _ask(page, NOT_IN_DOCS)
                 _thumbs_down(second["bubble"], "wrong_answer")
+                third = _ask(page, TWO_LINES)
+                _thumbs_down(third["bubble"], "wrong_answer")
 
             # The reviewer: the thumbs-down exchanges come first; one gets its line from a
             # search of the documents, the other is marked "the documents do not answer it".
@@ -163,9 +169,8 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 page.wait_for_function(
                     "document.getElementById('count').textContent !== ''", timeout=30_000
                 )
-                assert cards.count() == 2, page.inner_text("body")
-                assert cards.count() == 2
-                assert "👎" in cards.nth(0).inner_text() and "👎" in cards.nth(1).inner_text()
+                assert cards.count() == 3, page.inner_text("body")
+                assert all("👎" in cards.nth(i).inner_text() for i in range(3))
                 asked = cards.filter(has_text=ASKED)
                 asked.locator("form.search input").fill("Perch warranty")
                 asked.locator("form.search button").click()
@@ -175,9 +180,19 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 other = cards.filter(has_text=NOT_IN_DOCS)
                 other.locator("button[data-verdict=not_in_docs]").click()
                 other.locator(".status").filter(has_text="Recorded: not_in_docs").wait_for()
+                both = cards.filter(has_text=TWO_LINES)
+                both.locator("form.search input").fill("return an opened soundbar restocking fee")
+                both.locator("form.search button").click()
+                several = both.locator("button[data-verdict=lines]")
+                for text in (RULE, EXCEPTION):
+                    assert several.is_disabled(), "one ticked line is not several"
+                    both.locator("li", has_text=text).locator("input[data-part]").first.check()
+                several.click()
+                both.locator(".status").filter(has_text="Recorded: line").wait_for()
 
             reviewed = yaml.safe_load((root / "validation.yaml").read_text())["questions"]
-            assert {q["question"] for q in reviewed} == {ASKED, NOT_IN_DOCS}
+            assert {q["question"] for q in reviewed} == {ASKED, NOT_IN_DOCS, TWO_LINES}
+            assert len(next(q for q in reviewed if q["question"] == TWO_LINES)["lines"]) == 2
             _build(root)
 
             # After the build: the reviewed line, cited, for the question and a rewording;
@@ -194,5 +209,8 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 assert refused["route"] == "from a reviewed answer"
                 assert LINE_TEXT not in refused["text"]
                 assert refused["text"].strip() == load_domain(root).config.refusal
+                answer = _ask(page, TWO_LINES)
+                assert answer["route"] == "from a reviewed answer"
+                assert answer["text"].index(RULE) < answer["text"].index(EXCEPTION), answer
         finally:
             browser.close()

@@ -35,11 +35,12 @@ def review(
         bool, typer.Option("--right", help="The answer was right (or rightly refused).")
     ] = False,
     line: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--line",
             metavar="LINE_ID",
-            help="This line of the documents answers it (an id from --json or --search).",
+            help="This line of the documents answers it (an id from --json or --search); "
+            "repeat it for an answer no single line holds (--line A --line B, in order).",
             show_default=False,
         ),
     ] = None,
@@ -94,8 +95,8 @@ def review(
 
     Without options it serves the review page on this machine (thumbs down first, then the
     answers the gate was least sure of). For scripts: `--json` lists the exchanges waiting
-    (with their evidence line ids), `--mark ID --right | --line LINE_ID | --answer-text TEXT
-    | --not-in-docs | --off-topic` records a verdict.
+    (with their evidence line ids), `--mark ID --right | --line LINE_ID [--line LINE_ID ...] |
+    --answer-text TEXT | --not-in-docs | --off-topic` records a verdict.
     """
     from domainkit.feedback.desk import ReviewDesk
     from domainkit.feedback.log import open_log
@@ -132,7 +133,7 @@ def _mark(desk, ident, right, line, answer_text, not_in_docs, off_topic, json_ou
         kind
         for kind, given in (
             ("right", right),
-            ("line", line is not None),
+            ("line", bool(line)),
             ("answer_text", answer_text is not None),
             ("not_in_docs", not_in_docs),
             ("off_topic", off_topic),
@@ -141,7 +142,8 @@ def _mark(desk, ident, right, line, answer_text, not_in_docs, off_topic, json_ou
     ]
     if len(chosen) != 1:
         raise DomainkitError(f"--mark needs exactly one of {', '.join(_VERDICT_FLAGS)}")
-    entry = desk.mark(Verdict(ident, chosen[0], line, answer_text))
+    first, *also = line or [None]
+    entry = desk.mark(Verdict(ident, chosen[0], first, answer_text, tuple(also)))
     if json_output:
         print_json(entry)
         return

@@ -35,8 +35,9 @@ class EvalQuestion(BaseModel):
     )
     lines: list[str] = Field(
         default_factory=list,
-        description="With a verdict of right: the ids of all the lines of the answer judged "
-        "right, in order (a repeat is answered with them).",
+        description="The ids of all the lines of the answer, in order, when there are several "
+        "(a verdict of right on an answer of several lines, or of line naming several): a "
+        "repeat is answered with them.",
     )
     exchange: str | None = Field(
         None, description="The conversation log's exchange a reviewed question came from."

@@ -33,6 +33,8 @@ from domainkit.prompting import readable
 from domainkit.retrieval.units import text_units
 
 VERDICTS = ("right", "line", "answer_text", "not_in_docs", "off_topic")
+# Most lines one verdict may name: an answer, not a passage.
+MAX_LINES = 4
 _CITATION = re.compile(r"\s*\[\d{1,3}\]")
 HEADER = (
     "# Validation questions: calibrate the answerability gate, answer repeats and train\n"
@@ -54,12 +56,20 @@ class Verdict:
         kind: One of ``VERDICTS``.
         line: The answering line's id (``line``).
         text: The answer in the reviewer's words (``answer_text``).
+        also: Further lines the answer needs, in order after ``line`` (``line``): an answer
+            no single line holds, such as a rule and its exception.
     """
 
     exchange: str
     kind: str
     line: str | None = None
     text: str | None = None
+    also: tuple[str, ...] = ()
+
+    @property
+    def lines(self) -> list[str]:
+        """Every line of a ``line`` verdict, each once, in order."""
+        return list(dict.fromkeys([self.line, *self.also])) if self.line else []
 
 
 def record_verdict(
@@ -113,10 +123,16 @@ def question_of(
     else:
         if not line:
             raise ReviewError("--line needs a line id (from `domainkit review --json` or --search)")
-        document, text = _line(exchange, line, chunks)
-        entry |= {"answer": readable(text), "spans": [readable(text)]}
-        entry["source"] = f"{docs_dir.rstrip('/')}/{document}"
+        if len(verdict.lines) > MAX_LINES:
+            raise ReviewError(f"at most {MAX_LINES} lines make one answer")
+        found = [_line(exchange, x, chunks) for x in verdict.lines]
+        texts = [readable(text) for _, text in found]
+        # One line is the answer's span; several are its key facts (any one alone is not).
+        entry |= {"answer": " ".join(texts)} | ({"spans": texts} if len(texts) == 1 else {})
+        entry["source"] = f"{docs_dir.rstrip('/')}/{found[0][0]}"
         entry["line"] = line
+        if len(verdict.lines) > 1:
+            entry["lines"] = verdict.lines
     entry |= {
         "verdict": kind,
         "exchange": exchange.id,

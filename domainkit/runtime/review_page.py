@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import resources
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domainkit.feedback.desk import ReviewDesk
-from domainkit.feedback.review import ReviewError, Verdict
+from domainkit.feedback.review import MAX_LINES, ReviewError, Verdict
 from domainkit.runtime.auth import authorize
 from domainkit.runtime.openai_api import APIError, invalid, read_json, too_large
 
@@ -29,6 +30,10 @@ class VerdictBody(BaseModel):
     verdict: str
     line: str | None = Field(None, max_length=2000)
     text: str | None = Field(None, max_length=4000)
+    # Further lines of an answer no single line holds, in order after ``line``.
+    also: list[Annotated[str, Field(max_length=2000)]] = Field(
+        default_factory=list, max_length=MAX_LINES - 1
+    )
 
 
 def add_review_routes(
@@ -84,7 +89,9 @@ def add_review_routes(
                 404, f"no exchange {body.exchange!r}", "invalid_request_error", "exchange"
             )
         try:
-            entry = desk.mark(Verdict(body.exchange, body.verdict, body.line, body.text))
+            entry = desk.mark(
+                Verdict(body.exchange, body.verdict, body.line, body.text, tuple(body.also))
+            )
         except ReviewError as e:
             raise APIError(422, str(e), "invalid_request_error", "verdict") from None
         return {"question": entry}
