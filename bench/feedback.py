@@ -282,6 +282,7 @@ def after(result: dict, folder: Path, limit, scored, reworded, refusal: str, sta
             "scored": score(scored_after, scored, refusal),
             "rewordings": score(reworded_after, reworded, refusal),
             "rewordings_by_route": _routes(reworded_after),
+            "rewordings_wrong": _wrong(reworded_after, reworded, refusal),
         }
     state = _stages(folder)
     result["rebuilt_stages"] = [
@@ -294,6 +295,15 @@ def after(result: dict, folder: Path, limit, scored, reworded, refusal: str, sta
     }
     result["reviews"] = state["reviews"]["summary"]
     return result
+
+
+def _wrong(answers: list[dict], questions: list[dict], refusal: str) -> list[dict]:
+    """The questions neither answered right nor rightly refused, with what was said."""
+    return [
+        {"question": q["question"], "route": a["route"], "said": a["text"][:200]}
+        for a, q in zip(answers, questions, strict=True)
+        if not (right(a, q, refusal) if q.get("answerable", True) else refused(a, refusal))
+    ]
 
 
 def _routes(answers: list[dict]) -> dict[str, int]:

@@ -395,9 +395,8 @@ def _adapted_share(train) -> float:
         from domainkit.models import resolve_causal_lm
 
         config = AutoConfig.from_pretrained(resolve_causal_lm(train.student_model))
-        return train.adapted_layers(config.get_text_config().num_hidden_layers) / max(
-            1, config.get_text_config().num_hidden_layers
-        )
+        layers = config.get_text_config().num_hidden_layers
+        return train.adapted_layers(layers) / max(1, layers)
     except (OSError, ValueError, AttributeError):
         return 1.0
 
