@@ -403,6 +403,36 @@ def test_below_the_sure_similarity_a_repeat_needs_its_own_retrieval_to_agree(dom
     assert recalled(1, sure, dense=0.60) == "not_in_docs"
 
 
+def test_a_refusal_repeats_for_a_name_the_documents_never_mention_but_a_line_does_not(domain):
+    """ "ATM" where the reviewed question said "cash machine": a name the corpus never mentions
+    cannot make a refused question answerable, so the refusal repeats; a name it does mention
+    can, and a reviewed line never answers a question about something it does not know."""
+    import numpy as np
+
+    from domainkit.answer.memory import Reviewed, ReviewedAnswers
+
+    line = _line_of(domain, WARRANTY_LINE)
+    passage = next(c for c in open_retriever(domain).index.chunks if line.text in c.text)
+    entries = [
+        Reviewed("Is there a cash machine in the shop?", "not_in_docs", dense=0.30),
+        Reviewed("How long is the warranty?", "line", line.id, [line.id], [passage.to_dict()]),
+    ]
+    memory = ReviewedAnswers(entries, np.eye(2, 4, dtype=np.float32), threshold=0.70)
+    vocabulary = open_retriever(domain).vocabulary
+
+    def recalled(row: int, question: str) -> str | None:
+        vector = np.zeros(4, dtype=np.float32)
+        vector[row], vector[3] = 0.9, np.sqrt(1 - 0.9**2)
+        hit = memory.recall(question, vector, vocabulary, retrieved={passage.id}, dense=0.3)
+        return hit.reviewed.verdict if hit else None
+
+    assert recalled(0, "Is there an ATM in the shop?") == "not_in_docs"
+    assert recalled(0, "Is there a cash machine in the Zephyr shop?") == "not_in_docs"
+    assert recalled(0, "Is there a Perch in the shop?") is None, "the corpus knows the Perch"
+    assert recalled(1, "How long is the warranty on a Zephyr?") is None
+    assert recalled(1, "How long is the warranty, please?") == "line"
+
+
 def test_the_repeat_cut_rests_on_all_must_not_match_pairs_not_the_top_two():
     from domainkit.feedback.repeats import BOUNDS, DEFAULT_THRESHOLD, MIN_PAIRS, repeat_cut
 

@@ -4,11 +4,12 @@ A reviewer has marked some users' questions (``domainkit review``): this line an
 or the documents do not. A new question is a repeat of one of them when its embedding is
 at least ``threshold`` similar (calibrated at build time on questions that must not match:
 about other facts of the same passage, or reviewed with other verdicts) *and* it names the
-same things: the same names, model numbers and figures, and none the corpus never mentions.
-Below ``SURE`` similarity (or the calibrated cut, if higher), two more checks: a reviewed line
-answers a repeat only when the repeat's own search finds that line's passage, and a reviewed
-refusal refuses one only when the repeat's evidence is no better than the reviewed
-question's was. "How long is the
+same things: the same names, model numbers and figures, and none the corpus never mentions
+(a refusal's repeat may name more, if the corpus never mentions them: "ATM" for "cash
+machine" cannot make a refused question answerable). Below ``SURE`` similarity (or the
+calibrated cut, if higher), two more checks: a reviewed line answers a repeat only when the
+repeat's own search finds that line's passage, and a reviewed refusal refuses one only when
+the repeat's evidence is no better than the reviewed question's was. "How long is the
 Talon's warranty?" then repeats "For how many years is my Talon covered?", while "How long
 is the Perch's warranty?", as similar to the eye, is not one.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -107,8 +108,10 @@ class ReviewedAnswers:
                 break
             entry = self.entries[int(i)]
             # A line answers only about what the corpus knows; a refusal may stand for a
-            # question about something it never mentions.
-            if not same_things(entry.question, question):
+            # question about something it never mentions, which cannot make it answerable.
+            if not same_things(
+                entry.question, question, () if entry.verdict == "line" else unknown
+            ):
                 continue
             sure = similarity >= max(self.threshold, SURE)
             if entry.verdict == "line" and not unknown and (sure or _found(entry, retrieved)):
@@ -169,12 +172,14 @@ def _no_better(dense: float | None, reviewed: float | None) -> bool:
     return dense is None or reviewed is None or dense <= reviewed + DENSE_MARGIN
 
 
-def same_things(a: str, b: str) -> bool:
+def same_things(a: str, b: str, unknown: Iterable[str] = ()) -> bool:
     """Whether two questions name the same things: each one's names, model numbers and
-    figures occur among the other's words, whatever their case ("perch" names the Perch)."""
+    figures occur among the other's words, whatever their case ("perch" names the Perch).
+    ``unknown`` are names of ``b`` that need not occur in ``a`` (the corpus never uses them)."""
     words_a, words_b = _words(a), _words(b)
     names_a = {_singular(t) for t in named_terms(a)}
-    names_b = {_singular(t) for t in named_terms(b)}
+    skipped = {_singular(normalize_word(t)) for t in unknown}
+    names_b = {_singular(t) for t in named_terms(b)} - skipped
     return names_a <= words_b and names_b <= words_a
 
 
