@@ -403,6 +403,60 @@ def test_below_the_sure_similarity_a_repeat_needs_its_own_retrieval_to_agree(dom
     assert recalled(1, sure, dense=0.60) == "not_in_docs"
 
 
+def test_a_refusal_repeats_when_the_closest_line_is_one_the_reviewer_saw(domain):
+    """A reworded question can find the same lines closer than the reviewed one did; those
+    lines were in front of the reviewer who said the documents do not answer it, so the
+    refusal repeats. A closer line the reviewer did not see may answer it: no repeat."""
+    import numpy as np
+
+    from domainkit.answer.memory import Reviewed, ReviewedAnswers
+    from domainkit.feedback.repeats import build_repeats
+
+    retriever = open_retriever(domain)
+    question = "Does the Perch speaker come with a carrying case?"
+    _write_reviews(
+        domain,
+        {"question": question, "answerable": False, "verdict": "not_in_docs", "exchange": "e"},
+    )
+    build_repeats(domain, retriever)
+    [entry] = ReviewedAnswers.load(domain.layout.reviewed).entries
+    assert WARRANTY_LINE in {x.text for x in _lines_of(domain, entry.seen)}, "what it was shown"
+
+    memory = ReviewedAnswers([entry], np.eye(1, 2, dtype=np.float32), threshold=0.70)
+    vector = np.array([0.8, 0.6], dtype=np.float32)  # between the cut and SURE
+    vocabulary = retriever.vocabulary
+    others = (
+        "You can return any product within 30 days for a full refund.",
+        "Opened soundbars carry a 15 percent restocking fee.",
+        "Hold the power button for ten seconds and retry the update.",
+    )
+    seen = entry.seen[0]
+    unseen = next(
+        x.id for x in map(lambda t: _line_of(domain, t), others) if x.id not in entry.seen
+    )
+    better = entry.dense + 0.2
+
+    def recalled(closest):
+        hit = memory.recall(question, vector, vocabulary, dense=better, closest=closest)
+        return hit.reviewed.verdict if hit else None
+
+    assert recalled(seen) == "not_in_docs"
+    assert recalled(unseen) is None
+    assert recalled(None) is None
+    old = Reviewed(question, "not_in_docs", dense=entry.dense)  # a build from before `seen`
+    assert (
+        ReviewedAnswers([old], memory.vectors, 0.70).recall(
+            question, vector, vocabulary, dense=better, closest=seen
+        )
+        is None
+    )
+
+
+def _lines_of(domain, ids):
+    chunks = open_retriever(domain).index.chunks
+    return [EvidenceLine(1, LineRef.parse(i).find(chunks)[1], "", 0, 0, 0.0, i) for i in ids]
+
+
 def test_a_refusal_repeats_for_a_name_the_documents_never_mention_but_a_line_does_not(domain):
     """ "ATM" where the reviewed question said "cash machine": a name the corpus never mentions
     cannot make a refused question answerable, so the refusal repeats; a name it does mention

@@ -300,6 +300,9 @@ class Assistant:
             self.retriever.vocabulary,
             retrieved={h.chunk.id for h in hits},
             dense=evidence.best_dense if evidence.sentences else None,
+            closest=max(evidence.sentences, key=lambda s: s.dense).id
+            if evidence.sentences
+            else None,
         )
         if found is None:
             return None

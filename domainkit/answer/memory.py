@@ -9,7 +9,8 @@ same things: the same names, model numbers and figures, and none the corpus neve
 machine" cannot make a refused question answerable). Below ``SURE`` similarity (or the
 calibrated cut, if higher), two more checks: a reviewed line answers a repeat only when the
 repeat's own search finds that line's passage, and a reviewed refusal refuses one only when
-the repeat's evidence is no better than the reviewed question's was. "How long is the
+the repeat's evidence is no better than the reviewed question's was, or its closest line is
+one the reviewer was shown. "How long is the
 Talon's warranty?" then repeats "For how many years is my Talon covered?", while "How long
 is the Perch's warranty?", as similar to the eye, is not one.
 """
@@ -50,6 +51,8 @@ class Reviewed:
         lines: The ids of all the answer's lines, in order (the opening one among them).
         chunks: The passages that hold them in the current index (``Chunk.to_dict``).
         dense: The reviewed question's best evidence similarity in the current index.
+        seen: For a refusal, the ids of its evidence lines in the current index: what the
+            reviewer who said the documents do not answer it was shown.
     """
 
     question: str
@@ -58,6 +61,7 @@ class Reviewed:
     lines: list[str] = field(default_factory=list)
     chunks: list[dict] = field(default_factory=list)
     dense: float | None = None
+    seen: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,12 +94,14 @@ class ReviewedAnswers:
         vocabulary: CorpusVocabulary,
         retrieved: set[str] | None = None,
         dense: float | None = None,
+        closest: str | None = None,
     ) -> Recall | None:
         """The reviewed question ``question`` repeats, if any (see the module docstring).
 
         Args:
             retrieved: The chunk ids the question's own search found.
             dense: The question's best evidence similarity.
+            closest: The id of the question's most similar evidence line.
         """
         if not self.entries:
             return None
@@ -116,7 +122,8 @@ class ReviewedAnswers:
             sure = similarity >= max(self.threshold, SURE)
             if entry.verdict == "line" and not unknown and (sure or _found(entry, retrieved)):
                 return Recall(entry, similarity)
-            if entry.verdict != "line" and (sure or _no_better(dense, entry.dense)):
+            seen = closest is not None and closest in entry.seen
+            if entry.verdict != "line" and (sure or seen or _no_better(dense, entry.dense)):
                 return Recall(entry, similarity)
         return None
 

@@ -60,7 +60,9 @@ def build_repeats(domain: Domain, retriever) -> RepeatsReport:
     for q in reviewed_questions(domain):
         entry = _entry(q, chunks, report)
         if entry is not None:
-            entries.append(replace(entry, dense=_best_dense(domain, retriever, entry.question)))
+            dense, lines = _evidence(domain, retriever, entry.question)
+            seen = lines if entry.verdict == "not_in_docs" else []
+            entries.append(replace(entry, dense=dense, seen=seen))
     vectors = (
         retriever.embedder.embed([e.question for e in entries])
         if entries
@@ -90,14 +92,17 @@ def _entry(question: dict, chunks, report: RepeatsReport) -> Reviewed | None:
     return Reviewed(question["question"], "line", line, lines, list(passages.values()))
 
 
-def _best_dense(domain: Domain, retriever, question: str) -> float | None:
-    """The question's best evidence similarity, as the runtime would find it."""
+def _evidence(domain: Domain, retriever, question: str) -> tuple[float | None, list[str]]:
+    """The question's best evidence similarity and its evidence lines' ids, as the runtime
+    would find them."""
     from domainkit.answer.evidence import EvidenceSelector
 
     hits = retriever.search(question, k=domain.config.evidence.passages)
     selector = EvidenceSelector(retriever.embedder, retriever.vocabulary, domain.config.evidence)
     evidence = selector.select(question, [h.chunk for h in hits])
-    return round(evidence.best_dense, 4) if evidence.sentences else None
+    if not evidence.sentences:
+        return None, []
+    return round(evidence.best_dense, 4), [s.id for s in evidence.sentences]
 
 
 def _threshold(domain: Domain, retriever, entries, vectors) -> tuple[float, str]:
