@@ -403,6 +403,33 @@ def test_below_the_sure_similarity_a_repeat_needs_its_own_retrieval_to_agree(dom
     assert recalled(1, sure, dense=0.60) == "not_in_docs"
 
 
+def test_below_the_sure_similarity_any_passage_of_a_reviewed_answer_confirms_a_repeat(domain):
+    """A reviewed answer of several lines is confirmed by the repeat's own search finding any
+    of their passages, not only the opening line's."""
+    import numpy as np
+
+    from domainkit.answer.memory import SURE, Reviewed, ReviewedAnswers
+
+    chunks = open_retriever(domain).index.chunks
+    rule = _line_of(domain, "You can return any product within 30 days for a full refund.")
+    fee = _line_of(domain, "Opened soundbars carry a 15 percent restocking fee.")
+    passages = [next(c for c in chunks if x.text in c.text) for x in (rule, fee)]
+    assert passages[0].id != passages[1].id
+    question = "Can I return an opened soundbar for a full refund?"
+    entry = Reviewed(question, "line", rule.id, [rule.id, fee.id], [c.to_dict() for c in passages])
+    memory = ReviewedAnswers([entry], np.eye(1, 2, dtype=np.float32), threshold=0.70)
+    middle = (0.70 + SURE) / 2
+    vector = np.array([middle, np.sqrt(1 - middle**2)], dtype=np.float32)
+    vocabulary = open_retriever(domain).vocabulary
+
+    def recalled(retrieved):
+        return memory.recall(question, vector, vocabulary, retrieved=retrieved) is not None
+
+    assert recalled({passages[1].id}), "the exception's passage was found"
+    assert recalled({passages[0].id})
+    assert not recalled({"another"})
+
+
 def test_a_refusal_repeats_when_the_closest_line_is_one_the_reviewer_saw(domain):
     """A reworded question can find the same lines closer than the reviewed one did; those
     lines were in front of the reviewer who said the documents do not answer it, so the

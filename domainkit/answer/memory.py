@@ -7,8 +7,8 @@ about other facts of the same passage, or reviewed with other verdicts) *and* it
 same things: the same names, model numbers and figures, and none the corpus never mentions
 (a refusal's repeat may name more, if the corpus never mentions them: "ATM" for "cash
 machine" cannot make a refused question answerable). Below ``SURE`` similarity (or the
-calibrated cut, if higher), two more checks: a reviewed line answers a repeat only when the
-repeat's own search finds that line's passage, and a reviewed refusal refuses one only when
+calibrated cut, if higher), two more checks: reviewed lines answer a repeat only when the
+repeat's own search finds one of their passages, and a reviewed refusal refuses one only when
 the repeat's evidence is no better than the reviewed question's was, or its closest line is
 one the reviewer was shown. "How long is the
 Talon's warranty?" then repeats "For how many years is my Talon covered?", while "How long
@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from domainkit.ingest import Chunk
-from domainkit.ingest.lines import LineRef
 from domainkit.retrieval.terms import (
     CorpusVocabulary,
     normalize_word,
@@ -166,13 +164,10 @@ DENSE_MARGIN = 0.05
 
 
 def _found(entry: Reviewed, retrieved: set[str] | None) -> bool:
-    """Whether the repeat's own search found the passage of the reviewed opening line."""
+    """Whether the repeat's own search found a passage of the reviewed answer's lines."""
     if retrieved is None or entry.line is None:
         return retrieved is None
-    return any(
-        LineRef.parse(entry.line).find([Chunk.from_dict(c)]) is not None and c["id"] in retrieved
-        for c in entry.chunks
-    )
+    return any(c["id"] in retrieved for c in entry.chunks)
 
 
 def _no_better(dense: float | None, reviewed: float | None) -> bool:
