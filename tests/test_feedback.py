@@ -75,6 +75,23 @@ def _answer(text: str, route: str = "evidence", line: EvidenceLine | None = None
     )
 
 
+def _with_memory(domain, retriever):
+    """An assistant (a fake model) that answers repeats from the build's reviewed answers."""
+    from domainkit.answer.memory import ReviewedAnswers
+    from domainkit.backends.scheduler import Scheduler
+    from domainkit.runtime import Assistant
+
+    from .runtime_support import FakeGenerator
+
+    return Assistant(
+        domain.config,
+        Scheduler(FakeGenerator(), max_batch=1, max_queue=4),
+        retriever=retriever,
+        tuned=True,
+        memory=ReviewedAnswers.load(domain.layout.reviewed),
+    )
+
+
 def _logged(log, ident, question, answer, history=()):
     messages = [*history, {"role": "user", "content": question}]
     log.record(exchange_of(ident, messages, answer, source="serve", build="b1", policy="auto"))
@@ -295,24 +312,13 @@ def test_a_plural_names_the_same_thing_but_a_figure_must_match_as_written():
 def test_a_rewording_is_answered_from_the_review_but_a_short_follow_up_is_not(domain):
     """A reviewed question asked again on its own gets the reviewed line; asked as a short
     follow-up it leans on the conversation, so it is answered as if never reviewed."""
-    from domainkit.answer.memory import ReviewedAnswers
-    from domainkit.backends.scheduler import Scheduler
     from domainkit.feedback.repeats import build_repeats
-    from domainkit.runtime import Assistant
-
-    from .runtime_support import FakeGenerator
 
     retriever = open_retriever(domain)
     line = _line_of(domain, WARRANTY_LINE)
     _write_reviews(domain, _line_review("How long is the warranty?", line))
     build_repeats(domain, retriever)
-    assistant = Assistant(
-        domain.config,
-        Scheduler(FakeGenerator(), max_batch=1, max_queue=4),
-        retriever=retriever,
-        tuned=True,
-        memory=ReviewedAnswers.load(domain.layout.reviewed),
-    )
+    assistant = _with_memory(domain, retriever)
     question = {"role": "user", "content": "How long is the warranty?"}
     alone = assistant.answer([question])
     assert alone.route == "reviewed" and alone.text.startswith(WARRANTY_LINE)
@@ -326,12 +332,7 @@ def test_a_rewording_is_answered_from_the_review_but_a_short_follow_up_is_not(do
 def test_a_verdict_of_several_lines_is_one_answer_and_a_repeat_gets_them_all(domain):
     """An answer no single line holds (a rule here, its exception there) is marked with each
     of its lines; a repeat is answered with all of them, in the order given, each cited."""
-    from domainkit.answer.memory import ReviewedAnswers
-    from domainkit.backends.scheduler import Scheduler
     from domainkit.feedback.repeats import build_repeats
-    from domainkit.runtime import Assistant
-
-    from .runtime_support import FakeGenerator
 
     log = SqliteLog(domain.log_path)
     rule = _line_of(domain, "You can return any product within 30 days for a full refund.")
@@ -356,13 +357,7 @@ def test_a_verdict_of_several_lines_is_one_answer_and_a_repeat_gets_them_all(dom
     retriever = open_retriever(domain)
     report = build_repeats(domain, retriever)
     assert (report.answers, report.text_only) == (1, 0)
-    assistant = Assistant(
-        domain.config,
-        Scheduler(FakeGenerator(), max_batch=1, max_queue=4),
-        retriever=retriever,
-        tuned=True,
-        memory=ReviewedAnswers.load(domain.layout.reviewed),
-    )
+    assistant = _with_memory(domain, retriever)
     answer = assistant.answer([{"role": "user", "content": question}])
     assert answer.route == "reviewed" and answer.lines == [rule.id, fee.id]
     assert rule.text in answer.text and fee.text in answer.text
