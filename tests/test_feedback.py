@@ -352,6 +352,8 @@ def test_a_verdict_of_several_lines_is_one_answer_and_a_repeat_gets_them_all(dom
         record_verdict(domain, log, too_many, chunks)
     with pytest.raises(ReviewError, match="not a line id"):
         record_verdict(domain, log, Verdict("e1", "line", rule.id, also=("nope",)), chunks)
+    with pytest.raises(ReviewError, match="further lines go with a verdict of line"):
+        record_verdict(domain, log, Verdict("e1", "not_in_docs", also=(fee.id,)), chunks)
     assert len(validation_items(domain)) == 1, "a refused verdict writes nothing"
 
     retriever = open_retriever(domain)

@@ -101,6 +101,8 @@ def question_of(
         raise ReviewError(f"unknown verdict {verdict.kind!r}: expected one of {VERDICTS}")
     entry: dict = {"question": exchange.question}
     kind, line = verdict.kind, verdict.line
+    if verdict.also and kind != "line":
+        raise ReviewError(f"further lines go with a verdict of line, not {kind}")
     if kind == "right" and exchange.route == "refusal":
         entry["answerable"] = False  # rightly refused
     elif kind in ("not_in_docs", "off_topic"):
