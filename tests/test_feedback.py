@@ -296,6 +296,44 @@ def test_repeats_of_reviewed_questions_get_the_reviewed_line_or_refusal(domain):
     assert report.stale == [line.id] and report.answers == 0
 
 
+def test_a_later_verdict_on_the_same_question_replaces_the_earlier_one(domain, tmp_path):
+    """The same question asked twice and reviewed twice (a reviewer correcting themselves):
+    the later verdict is the one repeats, the gate's validation and --export use, and the
+    two are not a pair of questions that must not match (that pair, at similarity 1, would
+    push the repeat cut to its ceiling)."""
+    from domainkit.answer.memory import ReviewedAnswers
+    from domainkit.feedback.repeats import _threshold, build_repeats
+
+    retriever = open_retriever(domain)
+    line = _line_of(domain, WARRANTY_LINE)
+    question = "How long is the warranty on a Perch speaker?"
+    refused = {"question": question, "answerable": False, "verdict": "not_in_docs"}
+    _write_reviews(
+        domain,
+        {**refused, "exchange": "e1"},
+        {**_line_review(f"  {question.lower()} ", line), "exchange": "e2"},
+        {**refused, "question": "Can I pay with Bitcoin?", "exchange": "e3"},
+    )
+    report = build_repeats(domain, retriever)
+    assert (report.entries, report.answers, report.refusals) == (2, 1, 1)
+    memory = ReviewedAnswers.load(domain.layout.reviewed)
+    vector = retriever.embedder.embed([question])[0]
+    found = memory.recall(question, vector, retriever.vocabulary)
+    assert found is not None and found.reviewed.verdict == "line"
+    assert _threshold(domain, retriever, memory.entries, memory.vectors)[1].startswith("0 pairs")
+    reviewed = [i for i in validation_items(domain) if "warranty" in i.question.lower()]
+    assert [i.answerable for i in reviewed] == [True]
+    assert export_reviews(domain, tmp_path / "out.yaml") == 2
+
+    # Hand-written questions (no exchange) are the user's own: never merged or dropped.
+    text = domain.validation_path.read_text()
+    hand = {"question": question, "answer": "Two years.", "answerable": True}
+    data = yaml.safe_load(text)
+    data["questions"].insert(0, hand)
+    domain.validation_path.write_text(yaml.safe_dump(data))
+    assert len([i for i in validation_items(domain) if "warranty" in i.question.lower()]) == 2
+
+
 def test_a_plural_names_the_same_thing_but_a_figure_must_match_as_written():
     from domainkit.answer.memory import same_things
 

@@ -56,6 +56,22 @@ class EvalSet(BaseModel):
 
     questions: list[EvalQuestion] = Field(default_factory=list)
 
+    def current(self) -> list[EvalQuestion]:
+        """The questions that count: every hand-written one, and of the reviewed ones
+        (those with an exchange) the latest verdict per exchange and per question, case and
+        spacing aside: a reviewer who marks the same question again changes their verdict."""
+        later: set[str] = set()
+        kept = []
+        for q in reversed(self.questions):
+            if q.exchange:
+                asked = " ".join(q.question.lower().split())
+                keys = {f"exchange:{q.exchange}", f"question:{asked}"}
+                if keys & later:
+                    continue
+                later |= keys
+            kept.append(q)
+        return kept[::-1]
+
 
 def load_eval_set(path: Path) -> EvalSet:
     """Read eval.yaml; a missing file is an empty set, an invalid one a ``ConfigError``."""

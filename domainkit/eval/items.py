@@ -27,11 +27,7 @@ def eval_items(domain: Domain, limit: int | None = None, path: Path | None = Non
     """The questions of eval.yaml (or another file in its format)."""
     docs_prefix = f"{domain.config.docs_dir.rstrip('/')}/"
     items = []
-    questions = load_eval_set(path or domain.eval_path).questions
-    latest = {q.exchange: i for i, q in enumerate(questions) if q.exchange}
-    for i, q in enumerate(questions):
-        if q.exchange and latest[q.exchange] != i:
-            continue  # marked again later: the latest verdict counts
+    for q in load_eval_set(path or domain.eval_path).current():
         source = (
             q.source[len(docs_prefix) :]
             if q.source and q.source.startswith(docs_prefix)

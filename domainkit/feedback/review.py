@@ -238,13 +238,10 @@ def _item_indent(text: str) -> str:
 
 
 def reviewed_questions(domain: Domain) -> list[dict]:
-    """The reviewed questions of ``validation.yaml``, the latest verdict per exchange."""
-    questions = load_eval_set(domain.validation_path).questions
-    latest: dict[str, dict] = {}
-    for q in questions:
-        if q.exchange:
-            latest[q.exchange] = q.model_dump(exclude_none=True)
-    return list(latest.values())
+    """The reviewed questions of ``validation.yaml``, the latest verdict per exchange and
+    per question (``EvalSet.current``)."""
+    questions = load_eval_set(domain.validation_path).current()
+    return [q.model_dump(exclude_none=True) for q in questions if q.exchange]
 
 
 def export_reviews(domain: Domain, target: Path) -> int:
