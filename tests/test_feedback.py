@@ -141,6 +141,35 @@ def test_review_order_is_thumbs_down_then_least_sure_then_the_rest(tmp_path):
     assert [e.id for e in log.pending()] == ["unsure", "sure", "closed"]
 
 
+def test_the_review_list_shows_a_question_asked_many_times_once_and_not_once_reviewed(domain):
+    """A support bot is asked the same thing all day: the reviewer sees it once, with how
+    often it was asked, and not again once it has a verdict, unless a user disliked an
+    answer to it since. A follow-up is grouped only with the same follow-up in the same
+    conversation, not with its words asked elsewhere."""
+    from domainkit.feedback.desk import ReviewDesk
+
+    log = SqliteLog(domain.log_path)
+    line = _line_of(domain, WARRANTY_LINE)
+    warranty = "How long is the Perch warranty?"
+    _logged(log, "w1", warranty, _answer("a", line=line, p=0.9))
+    _logged(log, "w2", "  how long is the PERCH warranty? ", _answer("a", line=line, p=0.6))
+    _logged(log, "w3", warranty, _answer("a", line=line, p=0.95))
+    _logged(log, "bitcoin", "Can I pay with Bitcoin?", _answer("a", p=0.99))
+    earlier = [{"role": "user", "content": warranty}, {"role": "assistant", "content": "2 y"}]
+    _logged(log, "f1", "And the Talon?", _answer("a", p=0.7), history=earlier)
+    _logged(log, "f2", "And the Talon?", _answer("a", p=0.7))
+    desk = ReviewDesk(domain, log)
+    listed = {e["id"]: e for e in desk.pending()}
+    assert set(listed) == {"w2", "bitcoin", "f1", "f2"}, "the least sure of the three first"
+    assert listed["w2"]["asked"] == 3 and sorted(listed["w2"]["same_question"]) == ["w1", "w3"]
+    assert listed["bitcoin"]["asked"] == 1 and listed["f1"]["asked"] == 1
+
+    desk.mark(Verdict("w2", "line", line.id))
+    assert {e["id"] for e in desk.pending()} == {"bitcoin", "f1", "f2"}
+    log.feedback("w3", "down", "wrong_answer", "it is three years now")
+    assert {e["id"] for e in desk.pending()} == {"w3", "bitcoin", "f1", "f2"}
+
+
 def test_feedback_per_exchange_is_capped(tmp_path):
     log = SqliteLog(tmp_path / "log.sqlite")
     _logged(log, "x", "q", _answer("a"))

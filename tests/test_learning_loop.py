@@ -159,6 +159,9 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 _thumbs_down(second["bubble"], "wrong_answer")
                 third = _ask(page, TWO_LINES)
                 _thumbs_down(third["bubble"], "wrong_answer")
+                another = browser.new_page()  # another user, a conversation of their own
+                another.goto(served.url)
+                _ask(another, ASKED)
 
             # The reviewer: the thumbs-down exchanges come first; one gets its line from a
             # search of the documents, the other is marked "the documents do not answer it".
@@ -171,6 +174,7 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 )
                 assert cards.count() == 3, page.inner_text("body")
                 assert all("👎" in cards.nth(i).inner_text() for i in range(3))
+                assert "asked 2 times" in cards.filter(has_text=ASKED).inner_text()
                 asked = cards.filter(has_text=ASKED)
                 asked.locator("form.search input").fill("Perch warranty")
                 asked.locator("form.search button").click()

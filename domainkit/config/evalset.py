@@ -64,13 +64,17 @@ class EvalSet(BaseModel):
         kept = []
         for q in reversed(self.questions):
             if q.exchange:
-                asked = " ".join(q.question.lower().split())
-                keys = {f"exchange:{q.exchange}", f"question:{asked}"}
+                keys = {f"exchange:{q.exchange}", f"question:{question_key(q.question)}"}
                 if keys & later:
                     continue
                 later |= keys
             kept.append(q)
         return kept[::-1]
+
+
+def question_key(question: str) -> str:
+    """What makes two questions the same question: their words, case and spacing aside."""
+    return " ".join(question.lower().split())
 
 
 def load_eval_set(path: Path) -> EvalSet:

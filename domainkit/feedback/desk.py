@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from domainkit.config.evalset import question_key
 from domainkit.config.loading import Domain
 from domainkit.feedback.log import ConversationLog
 from domainkit.feedback.review import (
     Verdict,
     record_verdict,
+    reviewed_questions,
     search_lines,
     stale_reviews,
 )
@@ -50,7 +52,23 @@ class ReviewDesk:
         return self._retriever
 
     def pending(self, limit: int = 100) -> list[dict]:
-        return [e.to_dict() for e in self.log.pending(limit)]
+        """The exchanges waiting for review, in review order, a question asked many times
+        once (``asked``, and the other exchanges' ids in ``same_question``). A question
+        with a verdict is not listed again unless a user disliked an answer to it; a
+        follow-up is the same question only with the same earlier turns."""
+        decided = {question_key(q["question"]) for q in reviewed_questions(self.domain)}
+        groups: dict[tuple, dict] = {}
+        for exchange in self.log.pending(limit=1 << 30):
+            asked = question_key(exchange.question)
+            if not exchange.history and asked in decided and exchange.rating != "down":
+                continue
+            key = (asked, *(question_key(m["content"]) for m in exchange.history))
+            if key in groups:
+                groups[key]["same_question"].append(exchange.id)
+                groups[key]["asked"] += 1
+            else:
+                groups[key] = {**exchange.to_dict(), "asked": 1, "same_question": []}
+        return list(groups.values())[:limit]
 
     def mark(self, verdict: Verdict) -> dict:
         return record_verdict(self.domain, self.log, verdict, self.chunks)
