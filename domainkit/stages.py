@@ -243,7 +243,8 @@ def _kept_adapter(domain: Domain, last: dict, run: dict) -> dict | None:
 
 
 def _reviews(domain: Domain, limits: Limits, progress) -> dict:
-    """The reviewed questions the runtime answers repeats of (``feedback.repeats``)."""
+    """The reviewed questions the runtime answers repeats of (``feedback.repeats``), and the
+    same as training samples (``feedback.samples``)."""
     from domainkit.feedback.repeats import build_repeats
     from domainkit.retrieval import open_retriever
 
@@ -252,7 +253,10 @@ def _reviews(domain: Domain, limits: Limits, progress) -> dict:
 
 def _reviews_inputs(domain: Domain, limits: Limits) -> tuple:
     path = domain.validation_path
-    return (_hash(path.read_bytes().hex() if path.is_file() else ""),)
+    config = domain.config
+    # The evidence, system prompt and refusal shape the reviewed samples.
+    samples = (config.evidence, config.render_system_prompt(), config.refusal)
+    return (_hash(path.read_bytes().hex() if path.is_file() else ""), *samples)
 
 
 def _eval(domain: Domain, limits: Limits, progress) -> dict:

@@ -325,6 +325,52 @@ def test_repeats_of_reviewed_questions_get_the_reviewed_line_or_refusal(domain):
     assert report.stale == [line.id] and report.answers == 0
 
 
+def test_reviewed_questions_become_samples_in_the_runtimes_format(domain):
+    """A line verdict: the runtime's evidence block for the question with the reviewed line
+    in it, and a reply quoting that line; a "not in the documents" verdict: the refusal;
+    an answer in the reviewer's words: no sample."""
+    from domainkit.feedback.repeats import build_repeats
+    from domainkit.prompting import parse_quote
+    from domainkit.synth.sample import Sample
+    from domainkit.utils.atomic import read_jsonl
+
+    retriever = open_retriever(domain)
+    line = _line_of(domain, WARRANTY_LINE)
+    _write_reviews(
+        domain,
+        _line_review("Is there any guarantee if it breaks?", line),
+        {
+            "question": "Can I pay for my order with Bitcoin?",
+            "answerable": False,
+            "verdict": "not_in_docs",
+            "exchange": "e2",
+        },
+        {"question": "Do you ship to Mars?", "answer": "No.", "exchange": "e3"},
+    )
+    report = build_repeats(domain, retriever)
+    samples = [Sample.from_row(r) for r in read_jsonl(domain.layout.reviewed_samples)]
+    assert report.samples == len(samples) == 2
+    quoted, refused = samples
+    system, user, reply = quoted.messages
+    assert system["content"] == domain.config.render_system_prompt()
+    assert user["content"].startswith("Evidence:\n[1]")
+    assert "Question: Is there any guarantee if it breaks?" in user["content"]
+    assert WARRANTY_LINE in user["content"], "the reviewed line is in the evidence"
+    quote = parse_quote(reply["content"])
+    assert quote is not None and quote.text == WARRANTY_LINE
+    assert quoted.generator == "reviewed" and quoted.source == "warranty.md"
+    assert quoted.meta["line"] == line.id and quoted.chunk_id in quoted.meta["passages"]
+    assert refused.messages[-1]["content"] == domain.config.refusal
+    assert refused.messages[1]["content"].startswith("Evidence:")
+    assert refused.meta["verdict"] == "not_in_docs" and refused.chunk_id is None
+
+    from domainkit.eval.report import _learning_lines
+    from domainkit.eval.runner import _learning
+
+    report_lines = _learning_lines(_learning(domain, [], {}))
+    assert any(x.startswith("- training samples: 2 ") for x in report_lines), report_lines
+
+
 def test_a_later_verdict_on_the_same_question_replaces_the_earlier_one(domain, tmp_path):
     """The same question asked twice and reviewed twice (a reviewer correcting themselves):
     the later verdict is the one repeats, the gate's validation and --export use, and the

@@ -441,6 +441,14 @@ def test_cli_train_then_export(trained_domain):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "tokens_per_s"} <= set(metrics[0]) and any("val_loss" in m for m in metrics)
 
+    from domainkit.feedback.repeats import build_repeats
+    from domainkit.retrieval import open_retriever
+
+    domain = load_domain(trained_domain)  # a reviewed question goes out with the dataset
+    refused = {"question": "Can I pay with Bitcoin?", "answerable": False, "exchange": "e1"}
+    domain.validation_path.write_text(yaml.safe_dump({"questions": [refused]}))
+    assert build_repeats(domain, open_retriever(domain)).samples == 1
+
     formats = "adapter,merged,dataset"
     result = runner.invoke(app, ["export", str(trained_domain), "--format", formats, "--json"])
     assert result.exit_code == 0, result.output
@@ -458,6 +466,7 @@ def test_cli_train_then_export(trained_domain):
         assert card.data.license == "other", "a local random base has no known license"
         assert "| steps | 4 |" in card.text and "## Limitations" in card.text
     data = DatasetCard.load(Path(exported["dataset"]) / "README.md").data
+    assert [f["split"] for f in data.configs[0]["data_files"]][-1] == "reviewed"
     for split in data.configs[0]["data_files"]:
         rows = (Path(exported["dataset"]) / split["path"]).read_text().splitlines()
         first = json.loads(rows[0])

@@ -81,6 +81,11 @@ class Layout:
         return self.root / "runtime" / "reviewed.json"
 
     @property
+    def reviewed_samples(self) -> Path:
+        """The reviewed questions as training samples (``feedback.samples``)."""
+        return self.root / "reviews" / "samples.jsonl"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval"
 

@@ -171,6 +171,12 @@ def _learning_lines(learning: dict) -> list[str]:
         )
     else:
         lines.append("- answers to repeats: none (no reviewed questions with a verdict)")
+    if learning.get("samples"):
+        lines.append(
+            f"- training samples: {learning['samples']} in the runtime's format "
+            "(`domainkit export` writes them as dataset/reviewed.jsonl); the build does not "
+            "train on them, since they calibrate the gate"
+        )
     return lines
 
 

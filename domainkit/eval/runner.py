@@ -42,7 +42,7 @@ from domainkit.eval.scoring import (
     score,
 )
 from domainkit.synth.teachers.base import CallCache
-from domainkit.utils.atomic import atomic_write_json
+from domainkit.utils.atomic import atomic_write_json, read_jsonl
 from domainkit.utils.hashing import code_hash
 
 log = logging.getLogger(__name__)
@@ -419,6 +419,8 @@ def _learning(domain: Domain, items: list[Item], calibration: dict) -> dict:
             "refusals": sum(e["verdict"] != "line" for e in entries),
             "threshold": reviewed["threshold"],
         }
+    if domain.layout.reviewed_samples.is_file():
+        out["samples"] = len(read_jsonl(domain.layout.reviewed_samples))
     return out
 
 

@@ -22,7 +22,9 @@ import numpy as np
 from domainkit.answer.memory import DEFAULT_THRESHOLD, Reviewed, ReviewedAnswers, same_things
 from domainkit.config.loading import Domain
 from domainkit.feedback.review import reviewed_questions
+from domainkit.feedback.samples import reviewed_samples
 from domainkit.ingest.lines import LineRef
+from domainkit.utils.atomic import atomic_write_jsonl
 from domainkit.utils.stats import prediction_bound
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class RepeatsReport:
     text_only: int = 0
     threshold: float = DEFAULT_THRESHOLD
     calibration: str = ""
+    samples: int = 0
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -73,6 +76,9 @@ def build_repeats(domain: Domain, retriever) -> RepeatsReport:
     report.answers = sum(e.verdict == "line" for e in entries)
     report.refusals = len(entries) - report.answers
     ReviewedAnswers(entries, vectors, report.threshold).save(domain.layout.reviewed)
+    samples = reviewed_samples(domain, retriever, entries)
+    atomic_write_jsonl(domain.layout.reviewed_samples, (s.to_row() for s in samples))
+    report.samples = len(samples)
     return report
 
 

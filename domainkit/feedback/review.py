@@ -5,8 +5,8 @@ right, this line of the documents answers it (picked from the evidence shown or 
 searching the documents), this text does, the documents do not answer it, or it is off
 topic. Each becomes a question in ``validation.yaml``, the ``eval.yaml`` format, with the
 line's text as its reference and span, the line's id and the exchange it came from; the
-build then calibrates the gate on it, answers its repeats and trains on it
-(``docs/concepts/learning.md``). Verdicts are appended to the file as text, so whatever a
+build then calibrates the gate on it, answers its repeats and writes it as a training sample
+(``docs/concepts/reviewed-questions.md``). Verdicts are appended to the file as text, so whatever a
 person wrote there stays byte for byte; a question marked again counts by its latest verdict.
 """
 
@@ -37,7 +37,7 @@ VERDICTS = ("right", "line", "answer_text", "not_in_docs", "off_topic")
 MAX_LINES = 4
 _CITATION = re.compile(r"\s*\[\d{1,3}\]")
 HEADER = (
-    "# Validation questions: calibrate the answerability gate, answer repeats and train\n"
+    "# Validation questions: calibrate the answerability gate and answer repeats\n"
     "# (eval.yaml's format). `domainkit review` appends reviewed users' questions below;\n"
     "# hand-written questions are welcome too.\n"
 )

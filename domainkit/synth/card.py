@@ -12,7 +12,14 @@ _GENERATORS = {
     "mention -> the refusal",
     "refusal": "a question the documents do not answer -> the refusal",
     "self_chat": "Baize-style multi-turn dialogs in the same evidence format, for tone",
+    "reviewed": "a user's question a reviewer marked (`domainkit review`), in the same "
+    "evidence format -> quote of the line the reviewer chose, or the refusal",
 }
+_REVIEWED_NOTE = (
+    "\n`reviewed` holds users' questions a reviewer marked. They are also the domain's "
+    "validation questions (they calibrate its gate): a model trained on them needs other "
+    "questions to be measured on.\n"
+)
 _FILTERS = {
     "parse": "the teacher's reply held no usable question (or copied an example)",
     "roundtrip": "searching with the question did not bring back its source passage",
@@ -107,6 +114,7 @@ construction as far as the source is; the teacher writes questions and dialog tu
 | split | samples | file |
 |---|---|---|
 {chr(10).join(f"| {s} | {splits.get(s, 0)} | {f} |" for s, f in data_files.items())}
+{_REVIEWED_NOTE if "reviewed" in data_files else ""}
 
 ## Limitations
 

@@ -25,7 +25,7 @@ from domainkit.config.layout import ExportLayout, adapter_config, card_of
 from domainkit.config.loading import EVAL_FILE, Domain
 from domainkit.errors import DomainkitError
 from domainkit.train import cards, gguf
-from domainkit.utils.atomic import atomic_write_jsonl, atomic_write_text, replace_dir
+from domainkit.utils.atomic import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,24 @@ def _prompts(domain: Domain, count: int = 3) -> list[str]:
 
 
 def export_dataset(domain: Domain, target: Path) -> Path:
-    """The current synthetic dataset as messages JSONL per split, with a dataset card."""
+    """The current synthetic dataset as messages JSONL per split, with a dataset card; the
+    reviewed questions as samples of the same format (``reviewed.jsonl``) when there are any."""
     from domainkit.synth import dataset
     from domainkit.synth.card import dataset_card
+    from domainkit.synth.sample import Sample
 
     root = domain.layout.synth
     summary = dataset.load_summary(root)
     splits = dataset.load_samples(root)
+    if domain.layout.reviewed_samples.is_file():
+        reviewed = [Sample.from_row(r) for r in read_jsonl(domain.layout.reviewed_samples)]
+        if reviewed:
+            splits["reviewed"] = reviewed
+            summary = {
+                **summary,
+                "splits": {**summary.get("splits", {}), "reviewed": len(reviewed)},
+                "kept": {**summary.get("kept", {}), "reviewed": len(reviewed)},
+            }
     files = {name: f"{name}.jsonl" for name in splits if splits[name]}
 
     def write(folder: Path) -> None:
