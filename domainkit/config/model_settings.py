@@ -219,7 +219,8 @@ class RuntimeConfig(Section):
         description="Expected share of new answerable questions the calibrated gate may "
         "refuse, judged from the users' own validation questions (validation.yaml); the gate "
         "refuses as much as that allows. With synthetic validation questions only, the cut "
-        "goes to the low end of their scores. null: the cut of best balanced accuracy.",
+        "goes to the low end of their scores, where that share of new ones would fall "
+        "below it. null: the cut of best balanced accuracy.",
     )
     max_new_tokens: int = Field(
         96, ge=1, le=8192, description="Longest reply generated (a quote is one sentence)."

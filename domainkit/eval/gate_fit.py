@@ -140,8 +140,9 @@ def calibrate(
     questions"). So unless at least ``MIN_GUARDED`` answerable questions are users' own (a
     domain's ``validation.yaml``), and enough that refusing none of them keeps the budget
     (1/(n+1) <= budget: 9 at 10%), the cut goes to the low end of every answerable
-    validation question's scores, right or wrong: where the lowest of n falls on average
-    (``low_end``), estimated from them all rather than set by the lowest one.
+    validation question's scores, right or wrong: where the budget's share of new ones like
+    them falls (``low_end``, a bound estimated from them all), and below each of the users'
+    own answered right.
 
     Without a budget, the cut maximizes balanced accuracy (the mean of answerable questions
     answered and unanswerable ones refused), so neither kind dominates because it is more
@@ -164,12 +165,12 @@ def calibrate(
     probabilities = [gate.probability(f) for f in features]
     curve = tradeoff(probabilities, answerable)
     guarded, users = _guarded(probabilities, answerable, right, synthetic)
-    below: list[float] = []  # scores the cut must answer whatever the low end says
+    # A cut set at the low end stays below the users' own questions answered right, however
+    # few: they are what new questions look like.
+    below = [p for p, r in _own(probabilities, answerable, right, synthetic) if r]
     if users and max_false_refusals is not None and 1 / (len(guarded) + 1) > max_false_refusals:
         # Too few to keep the budget even refusing none of them (order statistics): the cut
-        # goes to the low end of every answerable question, as with synthetic questions
-        # only, and below the users' own, which are what new questions look like.
-        below = guarded
+        # goes to the low end of every answerable question, as with synthetic questions only.
         guarded, users = [p for p, ok in zip(probabilities, answerable, strict=True) if ok], False
     if users and max_false_refusals is not None:
         # Fitted on the users' questions too, the weights lift those questions' own scores
@@ -188,8 +189,7 @@ def calibrate(
         # answered (the curve's cuts are rounded for the report).
         misses = allowed_misses(len(guarded), max_false_refusals) if users else 0
         if not users:
-            share = min(max_false_refusals, 1 / (len(guarded) + 1))
-            cut = min([low_end(guarded, share), *below])
+            cut = min([low_end(guarded, max_false_refusals), *below])
         elif misses < len(guarded):
             cut = sorted(guarded)[misses]
         else:
@@ -264,14 +264,24 @@ def _guarded(
 ) -> tuple[list[float], bool]:
     """The scores the false-refusal budget protects, and whether they are users' questions
     (the budget applies) rather than synthetic ones (the cut goes to their low end)."""
-    marks = zip(
-        answerable, right or answerable, synthetic or [False] * len(answerable), strict=True
-    )
-    own = [(p, r) for p, (ok, r, s) in zip(probabilities, marks, strict=True) if ok and not s]
+    own = _own(probabilities, answerable, right, synthetic)
     if len(own) < MIN_GUARDED:
         return [p for p, ok in zip(probabilities, answerable, strict=True) if ok], False
     kept = [p for p, r in own if r]
     return (kept if len(kept) >= MIN_GUARDED else [p for p, _ in own]), True
+
+
+def _own(
+    probabilities: list[float],
+    answerable: list[bool],
+    right: list[bool] | None,
+    synthetic: list[bool] | None,
+) -> list[tuple[float, bool]]:
+    """(score, answered right) of each answerable question of the users' own."""
+    marks = zip(
+        answerable, right or answerable, synthetic or [False] * len(answerable), strict=True
+    )
+    return [(p, r) for p, (ok, r, s) in zip(probabilities, marks, strict=True) if ok and not s]
 
 
 def _at(cut: float, probabilities: list[float], answerable: list[bool]) -> dict:

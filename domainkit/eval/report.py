@@ -158,8 +158,8 @@ def _learning_lines(learning: dict) -> list[str]:
     else:
         lines.append(
             "- gate: calibrated, its cut at the low end of the answerable validation "
-            "questions' scores: too few users' questions answered right for the "
-            "false-refusal budget to hold on them"
+            "questions' scores (below the users' own answered right): too few users' "
+            "questions answered right for the false-refusal budget to hold on them"
         )
     repeats = learning.get("repeats")
     if repeats and repeats["answers"] + repeats["refusals"]:
