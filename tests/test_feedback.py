@@ -29,6 +29,12 @@ from domainkit.retrieval import build_index, open_retriever
 from .conftest import SUPPORT_DOCS, HashEmbedder, write_domain
 
 WARRANTY_LINE = "Every Perch speaker has a two-year limited warranty."
+BITCOIN_REFUSED = {
+    "question": "Can I pay for my order with Bitcoin?",
+    "answerable": False,
+    "verdict": "not_in_docs",
+    "exchange": "e2",
+}
 
 
 @pytest.fixture
@@ -295,12 +301,7 @@ def test_repeats_of_reviewed_questions_get_the_reviewed_line_or_refusal(domain):
     _write_reviews(
         domain,
         _line_review("How long is the warranty on a Perch speaker?", line),
-        {
-            "question": "Can I pay for my order with Bitcoin?",
-            "answerable": False,
-            "verdict": "not_in_docs",
-            "exchange": "e2",
-        },
+        BITCOIN_REFUSED,
     )
     report = build_repeats(domain, retriever)
     assert (report.entries, report.answers, report.refusals) == (2, 1, 1)
@@ -339,12 +340,7 @@ def test_reviewed_questions_become_samples_in_the_runtimes_format(domain):
     _write_reviews(
         domain,
         _line_review("Is there any guarantee if it breaks?", line),
-        {
-            "question": "Can I pay for my order with Bitcoin?",
-            "answerable": False,
-            "verdict": "not_in_docs",
-            "exchange": "e2",
-        },
+        BITCOIN_REFUSED,
         {"question": "Do you ship to Mars?", "answer": "No.", "exchange": "e3"},
     )
     report = build_repeats(domain, retriever)
