@@ -21,7 +21,8 @@ def export(
         typer.Option(
             "--format",
             help="Comma-separated: adapter (peft), merged (transformers safetensors), gguf "
-            "(llama.cpp / Ollama, with a Modelfile), dataset (the synthetic data, JSONL).",
+            "(llama.cpp / Ollama, with a Modelfile), dataset (the synthetic data and the reviewed "
+            "questions, JSONL).",
         ),
     ] = "adapter,merged,gguf,dataset",
     gguf_type: Annotated[
