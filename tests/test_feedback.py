@@ -150,8 +150,8 @@ def test_review_order_is_thumbs_down_then_least_sure_then_the_rest(tmp_path):
 def test_the_review_list_shows_a_question_asked_many_times_once_and_not_once_reviewed(domain):
     """A support bot is asked the same thing all day: the reviewer sees it once, with how
     often it was asked, and not again once it has a verdict, unless a user disliked an
-    answer to it since. A follow-up is grouped only with the same follow-up in the same
-    conversation, not with its words asked elsewhere."""
+    answer to it since. A short follow-up is grouped with the same follow-up of the same
+    question, not with its words asked elsewhere."""
     from domainkit.feedback.desk import ReviewDesk
 
     log = SqliteLog(domain.log_path)
@@ -174,6 +174,9 @@ def test_the_review_list_shows_a_question_asked_many_times_once_and_not_once_rev
     assert {e["id"] for e in desk.pending()} == {"bitcoin", "f1", "f2"}
     log.feedback("w3", "down", "wrong_answer", "it is three years now")
     assert {e["id"] for e in desk.pending()} == {"w3", "bitcoin", "f1", "f2"}
+    desk.mark(Verdict("f1", "not_in_docs"))
+    _logged(log, "f3", "and the talon?", _answer("a", p=0.7), history=earlier)
+    assert {e["id"] for e in desk.pending()} == {"w3", "bitcoin", "f2"}
 
 
 def test_feedback_per_exchange_is_capped(tmp_path):
@@ -270,6 +273,36 @@ def test_right_on_a_refusal_means_rightly_refused_and_a_line_found_by_search_cou
     fee = _line_of(domain, "Opened soundbars carry a 15 percent restocking fee.")
     entry = record_verdict(domain, log, Verdict("s", "line", fee.id), chunks)
     assert entry["answer"].startswith("Opened soundbars") and entry["line"] == fee.id
+
+
+def test_a_reviewed_short_follow_up_is_written_with_the_question_it_follows(domain):
+    """ "And the soundbar?" means nothing alone: validation.yaml gets it as the runtime
+    searched for it, so the gate, the repeats and the samples see what the user meant, and
+    the same follow-up after another question is another question."""
+    log = SqliteLog(domain.log_path)
+    line = _line_of(domain, WARRANTY_LINE)
+    perch = [
+        {"role": "user", "content": "How long is a Perch covered?"},
+        {"role": "assistant", "content": "Two years."},
+    ]
+    fee = [
+        {"role": "user", "content": "What is the restocking fee?"},
+        {"role": "assistant", "content": "15 percent."},
+    ]
+    _logged(log, "f1", "And the soundbar?", _answer("x"), history=perch)
+    _logged(log, "f2", "And the soundbar?", _answer("x"), history=fee)
+    long = "Does that warranty also cover a Perch I bought second-hand?"
+    _logged(log, "f3", long, _answer("x"), history=perch)
+    chunks = open_retriever(domain).index.chunks
+    entry = record_verdict(domain, log, Verdict("f1", "line", line.id), chunks)
+    assert entry["question"] == "How long is a Perch covered? And the soundbar?"
+    record_verdict(domain, log, Verdict("f2", "not_in_docs"), chunks)
+    record_verdict(domain, log, Verdict("f3", "line", line.id), chunks)
+    assert [(i.question, i.answerable) for i in validation_items(domain)] == [
+        ("How long is a Perch covered? And the soundbar?", True),
+        ("What is the restocking fee? And the soundbar?", False),
+        (long, True),  # long enough to stand alone, as the runtime takes it
+    ]
 
 
 def test_a_reviewed_line_the_documents_no_longer_hold_is_stale(domain, tmp_path):

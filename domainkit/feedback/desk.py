@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from domainkit.answer.retrieve import search_query
 from domainkit.config.evalset import question_key
 from domainkit.config.loading import Domain
 from domainkit.feedback.log import ConversationLog
@@ -55,14 +56,14 @@ class ReviewDesk:
         """The exchanges waiting for review, in review order, a question asked many times
         once (``asked``, and the other exchanges' ids in ``same_question``). A question
         with a verdict is not listed again unless a user disliked an answer to it; a
-        follow-up is the same question only with the same earlier turns."""
+        short follow-up is the question as the runtime searched for it, with the one it
+        follows, as its verdict is written (``feedback.review.question_of``)."""
         decided = {question_key(q["question"]) for q in reviewed_questions(self.domain)}
-        groups: dict[tuple, dict] = {}
+        groups: dict[str, dict] = {}
         for exchange in self.log.pending(limit=1 << 30):
-            asked = question_key(exchange.question)
-            if not exchange.history and asked in decided and exchange.rating != "down":
+            key = question_key(search_query(exchange.question, exchange.history))
+            if key in decided and exchange.rating != "down":
                 continue
-            key = (asked, *(question_key(m["content"]) for m in exchange.history))
             if key in groups:
                 groups[key]["same_question"].append(exchange.id)
                 groups[key]["asked"] += 1

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from domainkit.answer.retrieve import search_query
 from domainkit.config.evalset import EvalSet, load_eval_set
 from domainkit.config.loading import Domain
 from domainkit.errors import DomainkitError
@@ -99,7 +100,8 @@ def question_of(
     """The ``validation.yaml`` question a verdict makes of an exchange."""
     if verdict.kind not in VERDICTS:
         raise ReviewError(f"unknown verdict {verdict.kind!r}: expected one of {VERDICTS}")
-    entry: dict = {"question": exchange.question}
+    # A short follow-up is written as the runtime searched for it: it means nothing alone.
+    entry: dict = {"question": search_query(exchange.question, exchange.history)}
     kind, line = verdict.kind, verdict.line
     if verdict.also and kind != "line":
         raise ReviewError(f"further lines go with a verdict of line, not {kind}")
