@@ -101,6 +101,13 @@ class Evidence:
             for n, chunk in enumerate(self.passages, start=1)
         ]
 
+    def at(self, chunk_id: str, start: int) -> EvidenceSentence | None:
+        """The selected sentence of passage ``chunk_id`` that starts at document offset
+        ``start``, if the evidence holds it."""
+        return next(
+            (s for s in self.sentences if s.chunk.id == chunk_id and s.start == start), None
+        )
+
     def lead_of(self, sentence: EvidenceSentence) -> EvidenceSentence | None:
         """The lead-in line ``sentence`` depends on, when it is in the evidence."""
         if sentence.lead is None:

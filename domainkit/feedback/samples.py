@@ -11,10 +11,9 @@ own words names no line and gives no sample.
 
 from __future__ import annotations
 
-from domainkit.answer.evidence import Evidence, EvidenceSelector
+from domainkit.answer.evidence import EvidenceSelector
 from domainkit.answer.memory import Reviewed
 from domainkit.config.loading import Domain
-from domainkit.ingest import Chunk
 from domainkit.ingest.lines import LineRef
 from domainkit.prompting import chat, evidence_question, quote_reply
 from domainkit.synth.sample import Sample
@@ -53,10 +52,10 @@ def _sample(domain: Domain, retriever, selector, chunks, entry: Reviewed, system
             passages = [*passages[: n - 1], gold]
         required = ((gold, ref.start - gold.start, ref.end - gold.start),)
         evidence = selector.select(entry.question, passages, required=required)
-        line = _line(evidence, gold, ref)
+        line = evidence.at(gold.id, ref.start)
         if line is None:
             return None
-        reply = quote_reply(line)
+        reply = quote_reply(line.text)
     user = evidence_question(entry.question, evidence.block())
     return Sample(
         messages=chat(system, ("user", user), ("assistant", reply)),
@@ -71,12 +70,4 @@ def _sample(domain: Domain, retriever, selector, chunks, entry: Reviewed, system
             "passages": [c.id for c in evidence.passages],
             "answer_origin": "quote" if gold else "refusal",
         },
-    )
-
-
-def _line(evidence: Evidence, chunk: Chunk, ref: LineRef) -> str | None:
-    """The reviewed line's text as the evidence block holds it."""
-    return next(
-        (s.text for s in evidence.sentences if s.chunk.id == chunk.id and s.start == ref.start),
-        None,
     )

@@ -105,10 +105,9 @@ class SynthContext:
         None when the evidence lost the line."""
         start = gold.chunk.start + gold.start
         text = " ".join(gold.chunk.text[gold.start : gold.end].lower().split())
-        line = next(
-            (s for s in evidence.sentences if s.chunk.id == gold.chunk.id and s.start == start),
-            None,
-        ) or next((s for s in evidence.sentences if " ".join(s.text.lower().split()) == text), None)
+        line = evidence.at(gold.chunk.id, start) or next(
+            (s for s in evidence.sentences if " ".join(s.text.lower().split()) == text), None
+        )
         if line is None:
             return None
         user = evidence_question(question, evidence.block())
