@@ -169,6 +169,7 @@ def test_the_review_list_shows_a_question_asked_many_times_once_and_not_once_rev
     assert set(listed) == {"w2", "bitcoin", "f1", "f2"}, "the least sure of the three first"
     assert listed["w2"]["asked"] == 3 and sorted(listed["w2"]["same_question"]) == ["w1", "w3"]
     assert listed["bitcoin"]["asked"] == 1 and listed["f1"]["asked"] == 1
+    assert listed["f1"]["follows"] == warranty and listed["f2"]["follows"] is None
 
     desk.mark(Verdict("w2", "line", line.id))
     assert {e["id"] for e in desk.pending()} == {"bitcoin", "f1", "f2"}

@@ -39,6 +39,7 @@ LINE_TEXT = "two-year limited warranty"
 # An answer no single line holds: the reviewer ticks a rule and its exception.
 TWO_LINES = "Can I return an opened soundbar for a full refund?"
 RULE, EXCEPTION = "return any product within 30 days", "15 percent restocking fee"
+FOLLOW_UP = "And a Talon?"
 
 
 def _port() -> int:
@@ -159,6 +160,7 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 _thumbs_down(second["bubble"], "wrong_answer")
                 third = _ask(page, TWO_LINES)
                 _thumbs_down(third["bubble"], "wrong_answer")
+                _thumbs_down(_ask(page, FOLLOW_UP)["bubble"], "wrong_answer")
                 another = browser.new_page()  # another user, a conversation of their own
                 another.goto(served.url)
                 _ask(another, ASKED)
@@ -172,8 +174,10 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 page.wait_for_function(
                     "document.getElementById('count').textContent !== ''", timeout=30_000
                 )
-                assert cards.count() == 3, page.inner_text("body")
-                assert all("👎" in cards.nth(i).inner_text() for i in range(3))
+                assert cards.count() == 4, page.inner_text("body")
+                assert all("👎" in cards.nth(i).inner_text() for i in range(4))
+                # A short follow-up is shown with the question it follows.
+                assert f"Follows: {TWO_LINES}" in cards.filter(has_text=FOLLOW_UP).inner_text()
                 assert "asked 2 times" in cards.filter(has_text=ASKED).inner_text()
                 asked = cards.filter(has_text=ASKED)
                 asked.locator("form.search input").fill("Perch warranty")
@@ -184,7 +188,7 @@ def test_a_reviewed_answer_is_given_again_after_the_next_build(tmp_path):
                 other = cards.filter(has_text=NOT_IN_DOCS)
                 other.locator("button[data-verdict=not_in_docs]").click()
                 other.locator(".status").filter(has_text="Recorded: not_in_docs").wait_for()
-                both = cards.filter(has_text=TWO_LINES)
+                both = cards.filter(has_text=TWO_LINES, has_not_text=FOLLOW_UP)
                 both.locator("form.search input").fill("return an opened soundbar restocking fee")
                 both.locator("form.search button").click()
                 several = both.locator("button[data-verdict=lines]")

@@ -57,18 +57,25 @@ class ReviewDesk:
         once (``asked``, and the other exchanges' ids in ``same_question``). A question
         with a verdict is not listed again unless a user disliked an answer to it; a
         short follow-up is the question as the runtime searched for it, with the one it
-        follows, as its verdict is written (``feedback.review.question_of``)."""
+        follows (``follows``), as its verdict is written (``feedback.review.question_of``)."""
         decided = {question_key(q["question"]) for q in reviewed_questions(self.domain)}
         groups: dict[str, dict] = {}
         for exchange in self.log.pending(limit=1 << 30):
-            key = question_key(search_query(exchange.question, exchange.history))
+            searched = search_query(exchange.question, exchange.history)
+            key = question_key(searched)
             if key in decided and exchange.rating != "down":
                 continue
             if key in groups:
                 groups[key]["same_question"].append(exchange.id)
                 groups[key]["asked"] += 1
             else:
-                groups[key] = {**exchange.to_dict(), "asked": 1, "same_question": []}
+                follows = searched.removesuffix(exchange.question).strip() or None
+                groups[key] = {
+                    **exchange.to_dict(),
+                    "asked": 1,
+                    "same_question": [],
+                    "follows": follows,
+                }
         return list(groups.values())[:limit]
 
     def mark(self, verdict: Verdict) -> dict:
