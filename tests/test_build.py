@@ -3,6 +3,7 @@ eval stage within it (calibration, report files holding the printed numbers, res
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -575,6 +576,37 @@ def test_a_rerun_after_a_killed_eval_asks_the_model_only_for_the_missing_replies
         assert {k: v for k, v in again.items() if k != "seconds_per_answer"} == {
             k: v for k, v in metrics.items() if k != "seconds_per_answer"
         }
+
+
+def test_the_eval_progress_bar_ends_at_its_total_and_each_answer_is_made_once(
+    buildable, monkeypatch
+):
+    """Evidence only reads no model: with the comparison rows it ran with the base model
+    and again with the tuned one, its rows written twice and the bar past 100%."""
+    from tqdm import tqdm
+
+    from domainkit.eval import runner
+
+    built = CliRunner().invoke(app, ["build", str(buildable), "--until", "train", "--limit", "12"])
+    assert built.exit_code == 0, built.output
+    bars: list[tqdm] = []
+
+    class Recorded(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
+            bars.append(self)
+
+    monkeypatch.setattr(runner, "tqdm", Recorded)
+    domain = load_domain(buildable)
+    for compare in (False, True):
+        runner.run_eval(domain, compare=compare)
+        assert bars[-1].n == bars[-1].total > 0, (compare, bars[-1].n, bars[-1].total)
+        rows = [json.loads(line) for line in domain.layout.eval_answers.open()]
+        keys = [(r["set"], r["condition"], r["question"]) for r in rows]
+        assert len(keys) == len(set(keys)), "an answer written twice"
+        assert ("evidence only" in {r["condition"] for r in rows}) and (
+            compare == ("naive RAG (base)" in {r["condition"] for r in rows})
+        )
 
 
 def test_an_edited_document_keeps_the_adapter_and_the_eval_asks_only_what_changed(

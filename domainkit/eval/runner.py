@@ -184,15 +184,17 @@ def run_eval(
         if domain.config.eval.general_knowledge and mode == "on"
         else []
     )
-    generated = [c for c in conditions if c.policy not in ("auto", "evidence")]
-    total = sum(len(v) for v in sets.values()) * len(generated) + len(general) * 2
+    # Evidence only reads no model: it runs once, in the tuned model's pass when there is one.
+    base = [
+        c for c in conditions if not c.tuned and (c.policy != "evidence" or not tuned_available)
+    ]
+    tuned = [c for c in conditions if c.tuned or (c.policy == "evidence" and tuned_available)]
+    passes = [(False, base)] * bool(base) + [(True, tuned)] * tuned_available
+    total = _answers_to_make(passes, sets, general)
     bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
     run = _Run(domain, _MemoRetriever(open_retriever(domain)), bar, sets, general)
-    base = [c for c in conditions if not c.tuned and c.policy != "evidence"]
-    if base or not tuned_available:
-        run.evaluate_model(False, [c for c in conditions if not c.tuned])
-    if tuned_available:
-        run.evaluate_model(True, [c for c in conditions if c.tuned or c.policy == "evidence"])
+    for with_adapter, run_conditions in passes:
+        run.evaluate_model(with_adapter, run_conditions)
     bar.close()
     if mode == "on":
         comparison.save(domain, sets, run.results, run.rows)
@@ -217,6 +219,17 @@ def run_eval(
     write_report(domain, report, run.rows)
     run.finish_replies(keep_replies)
     return report
+
+
+def _answers_to_make(passes: list[tuple[bool, list[Condition]]], sets: dict, general: list) -> int:
+    """The answers the passes make, for the progress bar: per question one per policy of
+    each pass (the runtime policy reuses the tuned model's evidence reading), and the
+    general-knowledge questions once per pass."""
+    policies = sum(
+        len({"rag" if c.policy == "auto" else c.policy for c in conditions})
+        for _, conditions in passes
+    )
+    return sum(len(v) for v in sets.values()) * policies + len(general) * len(passes)
 
 
 def _question_sets(domain: Domain, limit: int | None) -> dict[str, list[Item]]:
