@@ -43,10 +43,14 @@ def split_conversation(messages: list[Message]) -> tuple[str, list[Message]]:
     return question, turns[:-1]
 
 
+def follows(question: str, history: list[Message]) -> str | None:
+    """The previous question, when ``question`` is a short follow-up that leans on it."""
+    earlier = [m["content"] for m in history if m["role"] == "user"]
+    return earlier[-1] if earlier and len(question.split()) <= FOLLOW_UP_WORDS else None
+
+
 def search_query(question: str, history: list[Message]) -> str:
     """What to search for: the question, and for a short follow-up the previous question
     too, which usually names what it refers to."""
-    earlier = [m["content"] for m in history if m["role"] == "user"]
-    if earlier and len(question.split()) <= FOLLOW_UP_WORDS:
-        return f"{earlier[-1]} {question}"
-    return question
+    earlier = follows(question, history)
+    return f"{earlier} {question}" if earlier else question

@@ -189,7 +189,7 @@ def run_eval(
         c for c in conditions if not c.tuned and (c.policy != "evidence" or not tuned_available)
     ]
     tuned = [c for c in conditions if c.tuned or (c.policy == "evidence" and tuned_available)]
-    passes = [(False, base)] * bool(base) + [(True, tuned)] * tuned_available
+    passes = ([(False, base)] if base else []) + ([(True, tuned)] if tuned_available else [])
     total = _answers_to_make(passes, sets, general)
     bar = tqdm(total=total, desc="Evaluating", unit="answer", disable=not progress)
     run = _Run(domain, _MemoRetriever(open_retriever(domain)), bar, sets, general)

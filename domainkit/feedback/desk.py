@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from domainkit.answer.retrieve import search_query
+from domainkit.answer.retrieve import follows, search_query
 from domainkit.config.evalset import question_key
 from domainkit.config.loading import Domain
 from domainkit.feedback.log import ConversationLog
@@ -61,20 +61,18 @@ class ReviewDesk:
         decided = {question_key(q["question"]) for q in reviewed_questions(self.domain)}
         groups: dict[str, dict] = {}
         for exchange in self.log.pending(limit=1 << 30):
-            searched = search_query(exchange.question, exchange.history)
-            key = question_key(searched)
+            key = question_key(search_query(exchange.question, exchange.history))
             if key in decided and exchange.rating != "down":
                 continue
             if key in groups:
                 groups[key]["same_question"].append(exchange.id)
                 groups[key]["asked"] += 1
             else:
-                follows = searched.removesuffix(exchange.question).strip() or None
                 groups[key] = {
                     **exchange.to_dict(),
                     "asked": 1,
                     "same_question": [],
-                    "follows": follows,
+                    "follows": follows(exchange.question, exchange.history),
                 }
         return list(groups.values())[:limit]
 
